@@ -1,0 +1,33 @@
+# Quick start: `make demo` and `make test`. Both build their own virtualenv in .venv.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Reuse the torch version already installed for $(PY) (a local CPU build), else 2.13.0.
+TORCH_VERSION ?= $(shell $(PY) -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || echo 2.13.0)
+STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
+
+.PHONY: venv test lint demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) "torch==$(TORCH_VERSION)"
+	$(PIP) -e ".[test]" "torch==$(TORCH_VERSION)"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check tensorvcs tests bench examples
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-run bench/results

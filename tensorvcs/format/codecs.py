@@ -1,0 +1,161 @@
+"""Codecs: how an object's canonical content is turned into the payload that is stored.
+
+- ``raw``: the content as is.
+- ``zstd``: one zstd frame of the whole content.
+- ``planes``: the content is a run of fixed-width elements (a tensor's bytes); byte ``i`` of
+  every element forms plane ``i``. Each plane is stored zstd-compressed when that pays and raw
+  otherwise. For floats only the plane holding sign and exponent shrinks, so deciding per plane
+  on a sample skips the incompressible mantissa planes cheaply.
+
+A codec never changes an id: ids hash the decoded content.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from ..errors import CorruptObjectError
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+CODEC_PLANES = 2
+CODEC_NAMES = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd", CODEC_PLANES: "planes"}
+
+ZSTD_LEVEL = 1
+# A plane (or blob) is compressed only when zstd brings it to at most this fraction of its size.
+WORTH_RATIO = 0.97
+# Planes are first tried on a sample of this many bytes; a sample that does not shrink below
+# SAMPLE_RATIO skips the whole plane without compressing it.
+SAMPLE_BYTES = 1 << 16
+SAMPLE_RATIO = 0.95
+# Below this size compression is never attempted (envelope overhead dominates).
+MIN_COMPRESS_BYTES = 64
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "cctx", None)
+    if c is None:
+        c = _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A payload and the codec (id and parameters) that produced it."""
+
+    codec: int
+    params: dict[str, Any]
+    payload: bytes | bytearray | memoryview
+
+
+def _as_u8(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _zstd_if_worth(data: bytes | bytearray | memoryview | np.ndarray) -> bytes | None:
+    n = len(data) if not isinstance(data, np.ndarray) else data.nbytes
+    if n < MIN_COMPRESS_BYTES:
+        return None
+    if n > 2 * SAMPLE_BYTES:
+        sample = _as_u8(data)[:SAMPLE_BYTES]
+        if len(_compressor().compress(sample)) > SAMPLE_RATIO * SAMPLE_BYTES:
+            return None
+    out = _compressor().compress(data)
+    return out if len(out) <= WORTH_RATIO * n else None
+
+
+def encode_bytes(data: bytes | bytearray | memoryview) -> Encoded:
+    """Encode untyped content (manifests, commits, opaque blobs): zstd if it pays, else raw."""
+    z = _zstd_if_worth(data)
+    if z is None:
+        return Encoded(CODEC_RAW, {}, data)
+    return Encoded(CODEC_ZSTD, {"level": ZSTD_LEVEL}, z)
+
+
+def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: int) -> Encoded:
+    """Encode a run of ``width``-byte elements with the byte-plane codec (or raw)."""
+    u8 = _as_u8(data)
+    n = u8.nbytes
+    if width <= 1 or n % width != 0 or n < MIN_COMPRESS_BYTES:
+        z = _zstd_if_worth(u8)
+        if z is None:
+            return Encoded(CODEC_RAW, {}, u8.data)
+        return Encoded(CODEC_ZSTD, {"level": ZSTD_LEVEL}, z)
+    planes = u8.reshape(-1, width).T
+    segments: list[bytes | memoryview] = []
+    spec: list[list[Any]] = []
+    any_compressed = False
+    for i in range(width):
+        plane = np.ascontiguousarray(planes[i])
+        z = _zstd_if_worth(plane)
+        if z is None:
+            segments.append(plane.data)
+            spec.append(["raw", plane.nbytes])
+        else:
+            segments.append(z)
+            spec.append(["zstd", len(z)])
+            any_compressed = True
+    if not any_compressed:
+        return Encoded(CODEC_RAW, {}, u8.data)
+    return Encoded(CODEC_PLANES, {"width": width, "planes": spec}, b"".join(segments))
+
+
+def decode_into(
+    codec: int, params: dict[str, Any], payload: memoryview, out: np.ndarray, object_id: str
+) -> None:
+    """Decode ``payload`` into the uint8 array ``out`` (whose length is the content length)."""
+    n = out.nbytes
+    try:
+        if codec == CODEC_RAW:
+            if len(payload) != n:
+                raise ValueError(f"raw payload is {len(payload)} bytes, expected {n}")
+            out[:] = np.frombuffer(payload, dtype=np.uint8)
+        elif codec == CODEC_ZSTD:
+            data = _decompressor().decompress(payload, max_output_size=n)
+            if len(data) != n:
+                raise ValueError(f"zstd frame holds {len(data)} bytes, expected {n}")
+            out[:] = np.frombuffer(data, dtype=np.uint8)
+        elif codec == CODEC_PLANES:
+            width = int(params["width"])
+            spec = params["planes"]
+            if width < 2 or n % width or len(spec) != width:
+                raise ValueError("plane parameters do not fit the content length")
+            rows = out.reshape(-1, width)
+            m = n // width
+            pos = 0
+            for i, (kind, size) in enumerate(spec):
+                seg = payload[pos : pos + size]
+                pos += size
+                if kind == "raw":
+                    plane = np.frombuffer(seg, dtype=np.uint8)
+                elif kind == "zstd":
+                    plane = np.frombuffer(
+                        _decompressor().decompress(seg, max_output_size=m), dtype=np.uint8
+                    )
+                else:
+                    raise ValueError(f"unknown plane encoding {kind!r}")
+                if plane.nbytes != m:
+                    raise ValueError(f"plane {i} holds {plane.nbytes} bytes, expected {m}")
+                rows[:, i] = plane
+            if pos != len(payload):
+                raise ValueError("payload is longer than its planes")
+        else:
+            raise ValueError(f"unknown codec id {codec}")
+    except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
+        raise CorruptObjectError(f"object {object_id} does not decode: {e}", object_id) from e

@@ -1,0 +1,94 @@
+"""The envelope every stored object carries: magic, version, kind, codec and codec parameters.
+
+Layout (little-endian)::
+
+    0   4  magic  b"TVCO"
+    4   1  envelope version (1)
+    5   1  kind   (KIND_* below; advisory: a referrer knows what it points at)
+    6   1  codec  (codecs.CODEC_*)
+    7   1  reserved, 0
+    8   8  content length (u64): bytes after decoding
+    16  4  parameter length P (u32)
+    20  P  codec parameters: a JSON object, UTF-8
+    20+P   payload
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptObjectError
+from . import codecs
+from .ids import object_id
+
+MAGIC = b"TVCO"
+ENVELOPE_VERSION = 1
+_HEADER = struct.Struct("<4sBBBBQI")
+HEADER_SIZE = _HEADER.size
+
+KIND_CHUNK = 1  # a slice of one tensor's bytes
+KIND_PACK = 2  # several small tensors' bytes, concatenated
+KIND_MANIFEST = 3
+KIND_COMMIT = 4
+KIND_BLOB = 5  # opaque bytes: a pickled value, or a file the CLI stores as is
+KIND_NAMES = {
+    KIND_CHUNK: "chunk",
+    KIND_PACK: "pack",
+    KIND_MANIFEST: "manifest",
+    KIND_COMMIT: "commit",
+    KIND_BLOB: "blob",
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    kind: int
+    codec: int
+    length: int
+    params: dict[str, Any]
+    payload_offset: int
+
+
+def pack(kind: int, length: int, enc: codecs.Encoded) -> list[bytes | bytearray | memoryview]:
+    """The pieces of an object file, in order (written without joining them)."""
+    params = json.dumps(enc.params, separators=(",", ":"), sort_keys=True).encode()
+    head = _HEADER.pack(MAGIC, ENVELOPE_VERSION, kind, enc.codec, 0, length, len(params))
+    return [head + params, enc.payload]
+
+
+def read_header(data: bytes | memoryview, oid: str) -> Header:
+    if len(data) < HEADER_SIZE:
+        raise CorruptObjectError(f"object {oid} is truncated ({len(data)} bytes)", oid)
+    magic, version, kind, codec, _, length, plen = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise CorruptObjectError(f"object {oid} has no tensorvcs envelope (bad magic)", oid)
+    if version != ENVELOPE_VERSION:
+        raise CorruptObjectError(
+            f"object {oid} has envelope version {version}; this build reads {ENVELOPE_VERSION}",
+            oid,
+        )
+    end = HEADER_SIZE + plen
+    try:
+        params = json.loads(bytes(data[HEADER_SIZE:end]))
+        if not isinstance(params, dict):
+            raise ValueError("parameters are not a JSON object")
+    except ValueError as e:
+        raise CorruptObjectError(f"object {oid} has unreadable codec parameters: {e}", oid) from e
+    return Header(kind, codec, length, params, end)
+
+
+def open_object(
+    data: bytes | memoryview, oid: str, verify: bool = True
+) -> tuple[Header, np.ndarray]:
+    """Decode a whole object file; check that its content hashes to ``oid``."""
+    h = read_header(data, oid)
+    out = np.empty(h.length, dtype=np.uint8)
+    codecs.decode_into(h.codec, h.params, memoryview(data)[h.payload_offset :], out, oid)
+    if verify and object_id(out.data) != oid:
+        raise CorruptObjectError(f"object {oid} is corrupt: its content hashes differently", oid)
+    return h, out

@@ -1,0 +1,472 @@
+"""The repository: commit, checkout, load_into, history, branches and tags.
+
+The API the CLI and the integrations call. Write order for a commit (docs/format.md):
+tensor objects → manifest → commit → ref, each durable before the next, so a crash at any
+point leaves at worst unreferenced objects. Commits hold the ``gc`` lock shared for their
+whole duration; ``gc`` takes it exclusively, so it never deletes what an in-flight commit is
+about to reference.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import (
+    NotFoundError,
+    RepoNotFoundError,
+    UnsupportedValueError,
+    UsageError,
+)
+from .format import envelope, values
+from .format.commit import Commit
+from .format.config import RepoConfig
+from .format.manifest import FileEntry, Manifest, TensorEntry
+from .format.values import KeyPath, path_str
+from .loading import LoadReport, apply_rename, load_state
+from .refs import HEAD, HEADS, TAGS, RefStore, check_ref_name, default_author
+from .revisions import resolve as resolve_revision
+from .state.encode import CheckoutHooks, CommitHooks
+from .state.reader import TensorReader
+from .state.writer import TensorWriter, WriteStats, default_workers
+from .store.base import Store
+from .store.local import LocalStore
+from .store.objects import ObjectStore
+
+DIRNAME = ".tvcs"
+CONFIG = "config.json"
+GC_LOCK = "gc"
+
+
+@dataclass
+class TensorInfo:
+    path: KeyPath
+    key: str
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    objects: list[str]
+
+
+def _select(include: Sequence[str] | None, exclude: Sequence[str] | None) -> Any:
+    if include is None and exclude is None:
+        return None
+    inc = list(include) if include is not None else None
+    exc = list(exclude or [])
+
+    def select(path: KeyPath) -> bool:
+        key = path_str(path)
+        if inc is not None and not any(fnmatch.fnmatchcase(key, g) for g in inc):
+            return False
+        return not any(fnmatch.fnmatchcase(key, g) for g in exc)
+
+    return select
+
+
+def _as_list(globs: str | Sequence[str] | None) -> list[str] | None:
+    if globs is None:
+        return None
+    return [globs] if isinstance(globs, str) else list(globs)
+
+
+def _metric_value(k: str, v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise UnsupportedValueError(f"metric {k!r} is a tensor with {v.numel()} elements")
+        return v.item()
+    if isinstance(v, np.generic):
+        return v.item()
+    if type(v) in (int, float, bool) or v is None:
+        return v
+    raise UnsupportedValueError(f"metric {k!r} must be a number, not {type(v).__name__}")
+
+
+class Repo:
+    """A tensorvcs repository (the ``.tvcs`` folder of a working directory)."""
+
+    def __init__(self, root: Path, store: Store, config: RepoConfig) -> None:
+        self.root = root
+        self.store = store
+        self.config = config
+        self.objects = ObjectStore(store)
+        self.refs = RefStore(store)
+        self.workers = default_workers()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
+        self._commits: dict[str, Commit] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        path: str | os.PathLike[str] = ".",
+        *,
+        chunk_size: int | None = None,
+        pack_threshold: int | None = None,
+        branch: str = "main",
+    ) -> Repo:
+        root = Path(path).resolve()
+        tvcs = root / DIRNAME
+        if (tvcs / CONFIG).exists():
+            raise UsageError(f"a tensorvcs repository already exists at {tvcs}")
+        config = RepoConfig()
+        if chunk_size is not None:
+            config.chunk_size = chunk_size
+        if pack_threshold is not None:
+            config.pack_threshold = pack_threshold
+        RepoConfig.from_bytes(config.to_bytes(), "new config")  # validate the numbers
+        tvcs.mkdir(parents=True, exist_ok=True)
+        store = LocalStore(tvcs)
+        for d in ("objects", "refs/heads", "refs/tags", "logs", "tmp", "locks"):
+            (tvcs / d).mkdir(parents=True, exist_ok=True)
+        store.put("HEAD", [f"ref: {HEADS}{check_ref_name(branch, 'branch')}\n".encode()])
+        store.put(CONFIG, [config.to_bytes()])  # written last: its presence marks a repo
+        return cls(root, store, config)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] = ".") -> Repo:
+        p = Path(path).resolve()
+        tvcs = p if p.name == DIRNAME and (p / CONFIG).exists() else p / DIRNAME
+        if not (tvcs / CONFIG).is_file():
+            raise RepoNotFoundError(f"not a tensorvcs repository: {p} (no {DIRNAME}/{CONFIG})")
+        store = LocalStore(tvcs)
+        config = RepoConfig.from_bytes(store.get(CONFIG), str(tvcs / CONFIG))
+        return cls(tvcs.parent, store, config)
+
+    @classmethod
+    def discover(cls, start: str | os.PathLike[str] | None = None) -> Repo:
+        p = Path(start or os.getcwd()).resolve()
+        for d in (p, *p.parents):
+            if (d / DIRNAME / CONFIG).is_file():
+                return cls.open(d)
+        raise RepoNotFoundError(f"not inside a tensorvcs repository: {p} (nor any parent)")
+
+    @property
+    def path(self) -> Path:
+        return self.root / DIRNAME
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> Repo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tvcs")
+            return self._pool
+
+    # -- objects ---------------------------------------------------------------------------
+    def get_commit(self, oid: str) -> Commit:
+        c = self._commits.get(oid)
+        if c is None:
+            h, content = self.objects.read(oid)
+            if h.kind != envelope.KIND_COMMIT:
+                raise NotFoundError(
+                    f"object {oid} is a {envelope.KIND_NAMES.get(h.kind)}, not a commit"
+                )
+            c = Commit.from_bytes(content.tobytes(), oid)
+            self._commits[oid] = c
+        return c
+
+    def get_manifest(self, oid: str) -> Manifest:
+        m = self._manifests.get(oid)
+        if m is None:
+            m = Manifest.from_bytes(self.objects.read_bytes(oid), oid)
+            self._manifests[oid] = m
+            while len(self._manifests) > 8:
+                self._manifests.popitem(last=False)
+        else:
+            self._manifests.move_to_end(oid)
+        return m
+
+    # -- revisions and history -------------------------------------------------------------
+    def resolve(self, rev: str = HEAD) -> str:
+        """The commit id a revision names (``HEAD~2``, ``main^``, a tag, an id prefix...)."""
+        return resolve_revision(rev, self.refs, self.objects, lambda o: self.get_commit(o).parents)
+
+    def show(self, rev: str = HEAD) -> Commit:
+        return self.get_commit(self.resolve(rev))
+
+    def log(self, rev: str = HEAD, n: int | None = None) -> list[Commit]:
+        """Commits reachable from ``rev``, newest first (by timestamp), at most ``n``."""
+        try:
+            start = self.resolve(rev)
+        except NotFoundError:
+            if rev == HEAD and self.refs.read(HEAD) is None:
+                return []
+            raise
+        out: list[Commit] = []
+        seen = {start}
+        first = self.get_commit(start)
+        heap = [(_neg_time(first), 0, start)]
+        counter = 1
+        while heap and (n is None or len(out) < n):
+            _, _, oid = heapq.heappop(heap)
+            c = self.get_commit(oid)
+            out.append(c)
+            for p in c.parents:
+                if p not in seen:
+                    seen.add(p)
+                    heapq.heappush(heap, (_neg_time(self.get_commit(p)), counter, p))
+                    counter += 1
+        return out
+
+    def head(self) -> tuple[str | None, str | None]:
+        """(current branch name or None when detached, HEAD's commit id or None if unborn)."""
+        target = self.refs.head_target()
+        return (target[len(HEADS) :] if target else None), self.refs.read(HEAD)
+
+    # -- branches and tags -----------------------------------------------------------------
+    def branch(self, name: str, rev: str = HEAD, *, force: bool = False) -> str:
+        """Create (or with force, move) branch ``name`` at ``rev``; returns the commit id."""
+        oid = self.resolve(rev)
+        ref = HEADS + check_ref_name(name, "branch")
+        with self.refs.locked():
+            if not force and self.refs.exists(ref):
+                raise UsageError(f"branch {name!r} already exists (use force to move it)")
+            self.refs.update(ref, oid, message=f"branch: created from {rev}")
+        return oid
+
+    def branches(self) -> dict[str, str]:
+        return self.refs.list(HEADS)
+
+    def delete_branch(self, name: str) -> str:
+        if self.refs.head_target() == HEADS + name:
+            raise UsageError(f"cannot delete branch {name!r}: HEAD is on it")
+        return self.refs.delete(HEADS + check_ref_name(name, "branch"))
+
+    def tag(self, name: str, rev: str | Commit = HEAD, *, force: bool = False) -> str:
+        oid = rev.id if isinstance(rev, Commit) else self.resolve(rev)
+        self.get_commit(oid)
+        ref = TAGS + check_ref_name(name, "tag")
+        with self.refs.locked():
+            if not force and self.refs.exists(ref):
+                raise UsageError(f"tag {name!r} already exists (use force to move it)")
+            self.refs.update(ref, oid, message="tag")
+        return oid
+
+    def tags(self) -> dict[str, str]:
+        return self.refs.list(TAGS)
+
+    def delete_tag(self, name: str) -> str:
+        return self.refs.delete(TAGS + check_ref_name(name, "tag"))
+
+    def switch(self, target: str, *, detach: bool = False) -> None:
+        """Point HEAD at branch ``target``, or (detach=True, or not a branch) at a commit."""
+        if not detach and self.refs.exists(HEADS + target):
+            self.refs.set_head(HEADS + target, message=f"switch to {target}")
+        else:
+            self.refs.set_head(self.resolve(target), message=f"detach at {target}")
+
+    # -- commit ----------------------------------------------------------------------------
+    def commit(
+        self,
+        state: Any,
+        message: str = "",
+        *,
+        step: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        author: str | None = None,
+        branch: str | None = None,
+        allow_pickle: bool = False,
+        files: list[FileEntry] | None = None,
+    ) -> Commit:
+        """Store ``state`` (any nesting of dicts, lists, tensors and plain values) as a commit
+        on ``branch`` (default: HEAD's branch, or HEAD itself when detached)."""
+        if step is not None and (type(step) is not int):
+            raise UsageError(f"step must be an int, not {type(step).__name__}")
+        metrics = {str(k): _metric_value(str(k), v) for k, v in (metrics or {}).items()}
+        with self.store.lock(GC_LOCK, shared=True, timeout=3600):
+            ref = self._commit_target(branch)
+            hint = self.refs.read(ref) if ref != HEAD else self.refs.read(HEAD)
+            if hint is None and branch is not None:
+                hint = self.refs.read(HEAD)
+            known = self._known_small(hint)
+            hooks = CommitHooks(allow_pickle, self._put_blob)
+            tree = values.encode(state, hooks)
+            writer = TensorWriter(
+                self.objects, self.pool, self.config.chunk_size, self.config.pack_threshold, known
+            )
+            entries = writer.write(hooks.pending)
+            self.last_write_stats: WriteStats = writer.stats
+            manifest = Manifest(tree, entries, files or [])
+            self.store.sync()  # objects durable before the manifest that names them
+            mid = self.objects.put_bytes(envelope.KIND_MANIFEST, manifest.to_bytes())
+            self._manifests[mid] = manifest
+            with self.refs.locked():
+                parent = self.refs.read(ref)
+                if parent is None and branch is not None:
+                    parent = self.refs.read(HEAD)  # a new branch starts at HEAD
+                expected = self.refs.read(ref)
+                c = Commit(
+                    manifest=mid,
+                    parents=[parent] if parent else [],
+                    message=message,
+                    author=author or default_author(),
+                    step=step,
+                    metrics=metrics,
+                    metadata=dict(metadata or {}),
+                )
+                c.id = self.objects.put_bytes(envelope.KIND_COMMIT, c.to_bytes())
+                self.store.sync()
+                summary = message.splitlines()[0] if message else ""
+                kind = "commit" if parent else "commit (initial)"
+                self.refs.update(ref, c.id, expected=expected, message=f"{kind}: {summary}")
+                if ref != HEAD and self.refs.head_target() == ref:
+                    self.refs._log(HEAD, parent, c.id, c.author, f"{kind}: {summary}")
+            self._commits[c.id] = c
+            return c
+
+    def _commit_target(self, branch: str | None) -> str:
+        if branch is not None:
+            return HEADS + check_ref_name(branch, "branch")
+        return self.refs.head_target() or HEAD
+
+    def _put_blob(self, data: bytes) -> str:
+        return self.objects.put_bytes(envelope.KIND_BLOB, data)
+
+    def _known_small(self, commit_id: str | None) -> dict[str, tuple[str, int]]:
+        if commit_id is None:
+            return {}
+        m = self.get_manifest(self.get_commit(commit_id).manifest)
+        return {e.id: (e.pack, e.offset) for e in m.tensors if e.pack and e.id}
+
+    # -- checkout --------------------------------------------------------------------------
+    def checkout(
+        self,
+        rev: str = HEAD,
+        *,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        map_location: str | torch.device | None = None,
+        allow_pickle: bool = False,
+    ) -> Any:
+        """The state committed at ``rev``; with include/exclude globs on key paths, only the
+        matching leaves (and only their tensors' objects are read)."""
+        manifest = self.get_manifest(self.get_commit(self.resolve(rev)).manifest)
+        return self._build(
+            manifest, _select(_as_list(include), _as_list(exclude)), map_location, allow_pickle
+        )
+
+    def _build(self, manifest: Manifest, select: Any, map_location: Any, allow_pickle: bool) -> Any:
+        wanted: dict[int, TensorEntry] = {}
+        paths: dict[int, KeyPath] = {}
+        for path, node in values.walk_leaves(manifest.tree):
+            is_tensor = isinstance(node, list) and node and node[0] in ("tensor", "ndarray")
+            if is_tensor and (select is None or select(path)):
+                i = int(node[1])
+                if not 0 <= i < len(manifest.tensors):
+                    raise NotFoundError(f"key path {path_str(path)!r}: no tensor entry {i}")
+                wanted[i] = manifest.tensors[i]
+                paths.setdefault(i, path)
+        loaded = TensorReader(self.objects, self.pool).read(wanted, lambda i: path_str(paths[i]))
+        if map_location is not None:
+            loaded = {i: t.to(map_location) for i, t in loaded.items()}
+
+        def load_tensor(i: int, path: KeyPath) -> torch.Tensor:
+            return loaded[i]
+
+        def load_blob(oid: str, path: KeyPath) -> bytes:
+            return self.objects.read_bytes(oid)
+
+        hooks = CheckoutHooks(load_tensor, load_blob, allow_pickle)
+        out = values.decode(manifest.tree, hooks, (), select)
+        return {} if out is values.ABSENT else out
+
+    def tensors(self, rev: str = HEAD) -> list[TensorInfo]:
+        """Every tensor leaf of ``rev``: key path, dtype, shape, bytes and objects."""
+        manifest = self.get_manifest(self.get_commit(self.resolve(rev)).manifest)
+        out = []
+        for path, node in values.walk_leaves(manifest.tree):
+            if isinstance(node, list) and node and node[0] in ("tensor", "ndarray"):
+                e = manifest.tensors[int(node[1])]
+                out.append(
+                    TensorInfo(path, path_str(path), e.dtype, e.shape, e.nbytes, e.object_ids())
+                )
+        return out
+
+    def load_into(
+        self,
+        module: torch.nn.Module,
+        rev: str = HEAD,
+        *,
+        key: str | Sequence[Any] | None = None,
+        strict: bool = True,
+        rename: Mapping[str, str] | None = None,
+        required: Iterable[str] | None = None,
+        map_location: str | torch.device | None = None,
+    ) -> LoadReport:
+        """Load the state dict at ``key`` (a key path; "model" or ["model"]) of ``rev`` into
+        ``module``. Strict: raise LoadError listing missing/unexpected/mismatched keys."""
+        key_path: tuple[Any, ...] = (
+            () if key is None else ((key,) if isinstance(key, str) else tuple(key))
+        )
+        oid = self.resolve(rev)
+        manifest = self.get_manifest(self.get_commit(oid).manifest)
+        node = manifest.tree
+        for k in key_path:
+            node = _child(node, k)
+            if node is None:
+                raise NotFoundError(
+                    f"commit {oid[:12]} ({rev}) has no key path {path_str(key_path)!r}"
+                )
+        sub = Manifest(node, manifest.tensors)
+        state = self._build(sub, None, map_location, False)
+        if not isinstance(state, Mapping):
+            raise UsageError(f"key path {path_str(key_path)!r} of {rev} is not a state dict")
+        state = apply_rename({str(k): v for k, v in state.items()}, rename)
+        return load_state(
+            module,
+            state,
+            strict=strict,
+            required=required,
+            source=f"{rev} ({oid[:12]}) key {path_str(key_path)!r}",
+        )
+
+    # -- maintenance -----------------------------------------------------------------------
+    def gc(self, *, keep_reflog: bool = False) -> Any:
+        from .maintenance import gc
+
+        return gc(self, keep_reflog=keep_reflog)
+
+    def fsck(self) -> Any:
+        from .maintenance import fsck
+
+        return fsck(self)
+
+
+def _child(node: Any, key: Any) -> Any:
+    if isinstance(node, list) and node and node[0] in ("dict", "odict"):
+        for k, v in node[1]:
+            if k == key or (isinstance(k, list) is False and str(k) == str(key)):
+                return v
+    return None
+
+
+def _neg_time(c: Commit) -> float:
+    try:
+        return -c.datetime.timestamp()
+    except ValueError:
+        return math.inf

@@ -1,0 +1,1 @@
+"""Checkpoint state: walking nested training state into a value tree plus tensors, and back."""

@@ -1,0 +1,82 @@
+"""Reading tensors back: each selected entry is allocated once and its objects are decoded
+straight into its memory, in parallel; every object's hash is checked on the way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ..errors import CorruptObjectError, ObjectNotFoundError
+from ..format.manifest import TensorEntry
+from ..store.objects import ObjectStore
+from .tensors import byte_view, dtype_from_name
+
+
+def _u8(t: torch.Tensor) -> np.ndarray:
+    return byte_view(t).numpy()
+
+
+class TensorReader:
+    def __init__(self, objects: ObjectStore, pool: ThreadPoolExecutor) -> None:
+        self.objects = objects
+        self.pool = pool
+
+    def read(
+        self, entries: dict[int, TensorEntry], where: Callable[[int], str]
+    ) -> dict[int, torch.Tensor]:
+        """Tensors for ``entries`` ({index: entry}); ``where(i)`` names entry i's key path."""
+        out: dict[int, torch.Tensor] = {}
+        jobs: list[tuple[int, Future[object]]] = []
+        packs: dict[str, list[int]] = {}
+        for i, e in entries.items():
+            t = torch.empty(e.shape, dtype=dtype_from_name(e.dtype))
+            if t.numel() * t.element_size() != e.nbytes:
+                raise CorruptObjectError(
+                    f"tensor at key path {where(i)!r}: {e.dtype}{e.shape} is not {e.nbytes} bytes"
+                )
+            out[i] = t
+            if e.pack is not None:
+                packs.setdefault(e.pack, []).append(i)
+                continue
+            dst = _u8(t)
+            off = 0
+            for oid, length in e.chunks or []:
+                piece = dst[off : off + length]
+                jobs.append((i, self.pool.submit(self.objects.read_into, oid, piece)))
+                off += length
+        for pack_id, members in packs.items():
+            fut = self.pool.submit(self._unpack, pack_id, members, entries, out)
+            jobs.append((members[0], fut))
+        for i, fut in jobs:
+            try:
+                fut.result()
+            except (CorruptObjectError, ObjectNotFoundError) as err:
+                oid = getattr(err, "object_id", None)
+                raise type(err)(f"tensor at key path {where(i)!r}: {err}", oid) from err
+        for i, e in entries.items():
+            t = out[i]
+            if e.param:
+                out[i] = torch.nn.Parameter(t, requires_grad=e.requires_grad)
+            elif e.requires_grad and t.is_floating_point():
+                t.requires_grad_(True)
+        return out
+
+    def _unpack(
+        self,
+        pack_id: str,
+        members: list[int],
+        entries: dict[int, TensorEntry],
+        out: dict[int, torch.Tensor],
+    ) -> None:
+        _, content = self.objects.read(pack_id)
+        for i in members:
+            e = entries[i]
+            if e.offset + e.nbytes > content.nbytes:
+                raise CorruptObjectError(
+                    f"pack {pack_id} is {content.nbytes} bytes; entry needs {e.offset}+{e.nbytes}",
+                    pack_id,
+                )
+            _u8(out[i])[:] = content[e.offset : e.offset + e.nbytes]

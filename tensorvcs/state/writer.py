@@ -1,0 +1,166 @@
+"""Writing tensors into the object store: chunking, packing, hashing, encoding — in parallel.
+
+- A tensor larger than the pack threshold is cut into ``chunk_size`` pieces of its canonical
+  bytes; each piece is an object (so a few changed rows of an embedding make a few new chunks).
+- Smaller tensors are packed: each gets the id of its own bytes; one already known (from the
+  parent commit or earlier in this commit) keeps its place, the new ones are concatenated into
+  pack objects (one run per element width, so the byte-plane codec applies).
+- Chunk jobs run on a thread pool: BLAKE3 and zstd release the GIL, so hashing, encoding and
+  file writes of different chunks overlap. CUDA tensors are copied to the host one chunk at a
+  time inside the jobs, so host memory stays around ``workers × chunk_size``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..format import codecs, envelope
+from ..format.ids import object_id
+from ..format.manifest import TensorEntry
+from ..store.objects import ObjectStore
+from .encode import PendingTensor
+from .tensors import byte_view, dtype_name
+
+Location = tuple[str, int]  # (pack id, offset)
+
+
+def default_workers() -> int:
+    return max(2, min(8, (os.cpu_count() or 2)))
+
+
+@dataclass
+class WriteStats:
+    tensors: int = 0
+    logical_bytes: int = 0
+    new_objects: int = 0
+    new_stored_bytes: int = 0
+    reused_objects: int = 0
+    per_tensor_new: dict[int, int] = field(default_factory=dict)
+
+
+class TensorWriter:
+    def __init__(
+        self,
+        objects: ObjectStore,
+        pool: ThreadPoolExecutor,
+        chunk_size: int,
+        pack_threshold: int,
+        known_small: dict[str, Location] | None = None,
+    ) -> None:
+        self.objects = objects
+        self.pool = pool
+        self.chunk_size = chunk_size
+        self.pack_threshold = pack_threshold
+        self.known_small = dict(known_small or {})
+        self.stats = WriteStats()
+
+    def _write_chunk(
+        self, src: torch.Tensor, offset: int, length: int, width: int
+    ) -> tuple[str, int]:
+        piece = src[offset : offset + length]
+        if piece.device.type != "cpu":
+            piece = piece.cpu()
+        arr = piece.numpy()
+        oid = object_id(arr.data)
+        if self.objects.has(oid):
+            return oid, 0
+        enc = codecs.encode_elements(arr, width)
+        return oid, self.objects.write(oid, envelope.KIND_CHUNK, length, enc)
+
+    def _write_pack(self, parts: list[np.ndarray], width: int) -> tuple[str, int]:
+        content = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        oid = object_id(content.data)
+        if self.objects.has(oid):
+            return oid, 0
+        enc = codecs.encode_elements(content, width)
+        return oid, self.objects.write(oid, envelope.KIND_PACK, content.nbytes, enc)
+
+    def write(self, pending: list[PendingTensor]) -> list[TensorEntry]:
+        entries: list[TensorEntry] = []
+        chunk_jobs: list[tuple[int, list[Future[tuple[str, int]]]]] = []
+        # packing state: per width, the parts of the pack being filled and who sits where
+        open_parts: dict[int, list[np.ndarray]] = {}
+        open_size: dict[int, int] = {}
+        open_members: dict[int, list[tuple[int, int]]] = {}  # width -> [(entry index, offset)]
+        pack_jobs: list[tuple[Future[tuple[str, int]], list[tuple[int, int]]]] = []
+        placed_here: dict[str, tuple[int, int]] = {}  # small id -> (entry idx, offset) pending
+
+        def flush(width: int) -> None:
+            if open_parts.get(width):
+                fut = self.pool.submit(self._write_pack, open_parts[width], width)
+                pack_jobs.append((fut, open_members[width]))
+            open_parts[width], open_size[width], open_members[width] = [], 0, []
+
+        for i, p in enumerate(pending):
+            t = p.tensor
+            n = t.numel() * t.element_size()
+            entry = TensorEntry(
+                dtype=dtype_name(t.dtype),
+                shape=list(t.shape),
+                nbytes=n,
+                param=isinstance(t, torch.nn.Parameter),
+                requires_grad=bool(t.requires_grad),
+            )
+            entries.append(entry)
+            self.stats.logical_bytes += n
+            if n == 0:
+                entry.chunks = []
+                continue
+            src = byte_view(t)
+            if n > self.pack_threshold:
+                cs = self.chunk_size
+                futs = [
+                    self.pool.submit(self._write_chunk, src, off, min(cs, n - off), p.width)
+                    for off in range(0, n, cs)
+                ]
+                chunk_jobs.append((i, futs))
+                continue
+            arr = src.cpu().numpy() if src.device.type != "cpu" else src.numpy()
+            sid = object_id(arr.data)
+            entry.id = sid
+            if sid in self.known_small:
+                entry.pack, entry.offset = self.known_small[sid]
+                continue
+            if sid in placed_here:
+                continue  # resolved to the same place once its pack is written
+            w = p.width if p.width > 0 and n % p.width == 0 else 1
+            if open_size.get(w, 0) + n > self.chunk_size:
+                flush(w)
+            open_parts.setdefault(w, []).append(arr)
+            open_members.setdefault(w, []).append((i, open_size.get(w, 0)))
+            placed_here[sid] = (i, open_size.get(w, 0))
+            open_size[w] = open_size.get(w, 0) + n
+        for w in list(open_parts):
+            flush(w)
+
+        for i, futs in chunk_jobs:
+            e = entries[i]
+            e.chunks = []
+            for k, f in enumerate(futs):
+                oid, written = f.result()
+                e.chunks.append((oid, min(self.chunk_size, e.nbytes - k * self.chunk_size)))
+                self._count(written)
+                self.stats.per_tensor_new[i] = self.stats.per_tensor_new.get(i, 0) + written
+        for fut, members in pack_jobs:
+            pack_id, written = fut.result()
+            self._count(written)
+            for idx, off in members:
+                entries[idx].pack, entries[idx].offset = pack_id, off
+                self.known_small[entries[idx].id or ""] = (pack_id, off)
+        for e in entries:  # small tensors that repeated one packed earlier in this commit
+            if e.id is not None and e.pack is None:
+                e.pack, e.offset = self.known_small[e.id]
+        self.stats.tensors = len(entries)
+        return entries
+
+    def _count(self, written: int) -> None:
+        if written:
+            self.stats.new_objects += 1
+            self.stats.new_stored_bytes += written
+        else:
+            self.stats.reused_objects += 1

@@ -1,0 +1,70 @@
+"""The Store interface: named byte files with atomic puts, listing, deletion and locks.
+
+Names are relative, '/'-separated, and may not contain '..', empty parts or a leading '/'.
+Every backend (the local directory here; object storage later) implements exactly this.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+
+from ..errors import UsageError
+
+Chunk = bytes | bytearray | memoryview
+_PART = re.compile(r"^[^/\x00]+$")
+
+
+def check_name(name: str) -> str:
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") or not _PART.match(p) for p in parts):
+        raise UsageError(f"invalid store name {name!r}")
+    return name
+
+
+class Store(ABC):
+    """Named byte files. ``put`` is atomic and durable: a reader sees the old file or the new."""
+
+    @abstractmethod
+    def get(self, name: str) -> bytes:
+        """The whole file; FileNotFoundError if absent."""
+
+    @abstractmethod
+    def put(self, name: str, data: Iterable[Chunk], *, durable: bool = True) -> None:
+        """Write ``data`` (pieces, concatenated) as ``name``, replacing it atomically."""
+
+    @abstractmethod
+    def put_if_absent(self, name: str, data: Iterable[Chunk]) -> bool:
+        """Write unless ``name`` exists; True when this call wrote it."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, name: str) -> int: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Names of files under the folder ``prefix`` (recursively), in no set order."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove ``name``; absent names are not an error."""
+
+    @abstractmethod
+    def append(self, name: str, data: bytes) -> None:
+        """Append to ``name`` durably (used for reflogs), creating it if needed."""
+
+    @abstractmethod
+    def lock(
+        self, name: str, *, shared: bool = False, timeout: float = 60.0
+    ) -> AbstractContextManager[None]:
+        """A lock named ``name``: exclusive, or shared with other shared holders.
+
+        Released when the holder exits the context or dies.
+        """
+
+    def sync(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Make the names created so far durable (directory entries)."""

@@ -1,0 +1,154 @@
+"""A Store in a local directory: temp file, fsync, rename; locks with flock(2)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import LockTimeoutError
+from .base import Chunk, Store, check_name
+
+TMP_DIR = "tmp"
+LOCK_DIR = "locks"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._dirty_dirs: set[Path] = set()
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def get(self, name: str) -> bytes:
+        with open(self._path(name), "rb") as f:
+            return f.read()
+
+    def _write_tmp(self, data: Iterable[Chunk], durable: bool) -> Path:
+        tmp_dir = self.root / TMP_DIR
+        tmp = tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
+        if not tmp_dir.is_dir():
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "xb") as f:
+                for piece in data:
+                    f.write(piece)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _install(self, tmp: Path, path: Path, durable: bool) -> None:
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        if durable:
+            self._dirty_dirs.add(path.parent)
+
+    def put(self, name: str, data: Iterable[Chunk], *, durable: bool = True) -> None:
+        path = self._path(name)
+        tmp = self._write_tmp(data, durable)
+        self._install(tmp, path, durable)
+        if durable:
+            self.sync()
+
+    def put_if_absent(self, name: str, data: Iterable[Chunk]) -> bool:
+        path = self._path(name)
+        if path.exists():
+            return False
+        tmp = self._write_tmp(data, durable=True)
+        try:
+            # link() fails if the name exists, so two writers of one object never clobber.
+            try:
+                os.link(tmp, path)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._dirty_dirs.add(path.parent)
+        return True
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def size(self, name: str) -> int:
+        return self._path(name).stat().st_size
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, _, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for fn in files:
+                yield fn if rel == "." else f"{rel}/{fn}"
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        path.unlink(missing_ok=True)
+        self._dirty_dirs.add(path.parent)
+
+    def append(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def lock(self, name: str, *, shared: bool = False, timeout: float = 60.0) -> Iterator[None]:
+        path = self.root / LOCK_DIR / check_name(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            deadline = time.monotonic() + timeout
+            delay = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise LockTimeoutError(
+                            f"could not take lock {path} within {timeout:g}s "
+                            "(another tensorvcs process holds it)"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def sync(self) -> None:
+        dirs, self._dirty_dirs = self._dirty_dirs, set()
+        for d in dirs:
+            if d.exists():
+                _fsync_dir(d)
