@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from .errors import CorruptObjectError, FormatVersionError, NotFoundError, TensorVCSError
 from .format.config import RepoConfig
+from .format.envelope import KIND_COMMIT
 from .format.values import path_str, walk_leaves
 from .refs import HEAD, HEADS, LOGS, TAGS
 from .store.local import TMP_DIR
@@ -69,9 +70,19 @@ def root_refs(repo: Repo, keep_reflog: bool = False) -> dict[str, str]:
 
 
 def walk(repo: Repo, roots: dict[str, str]) -> Iterator[tuple[str, str]]:
-    """Yield (object id, where) for every object reachable from ``roots``; missing or corrupt
-    commits and manifests raise, with ``where`` in the message."""
+    """Yield (object id, where) for every object reachable from ``roots``, delta bases
+    included; missing or corrupt commits and manifests raise, naming the object."""
     seen: set[str] = set()
+    for oid, where in _walk_commits(repo, roots, seen):
+        yield oid, where
+        base = repo.objects.delta_base(oid) if repo.objects.has(oid) else None
+        while base is not None and base not in seen:
+            seen.add(base)
+            yield base, f"delta base of {oid[:12]} ({where})"
+            base = repo.objects.delta_base(base) if repo.objects.has(base) else None
+
+
+def _walk_commits(repo: Repo, roots: dict[str, str], seen: set[str]) -> Iterator[tuple[str, str]]:
     stack = [(oid, name) for name, oid in roots.items()]
     while stack:
         cid, where = stack.pop()
@@ -170,7 +181,9 @@ def fsck(repo: Repo) -> FsckReport:
         report.objects_checked += 1
         where = reachable.get(oid, "unreachable")
         try:
-            fut.result()
+            h = fut.result()
+            if h.kind == KIND_COMMIT and oid in reachable:
+                report.commits += 1
         except CorruptObjectError as e:
             report.problems.append(Problem("corrupt", oid, f"{where}: {e}"))
     present = set(futures)
@@ -178,5 +191,4 @@ def fsck(repo: Repo) -> FsckReport:
         if oid not in present:
             report.problems.append(Problem("missing", oid, where))
     report.dangling = len(present - set(reachable))
-    report.commits = sum(1 for w in reachable.values() if not w.startswith(("manifest", "commit ")))
     return report

@@ -134,7 +134,7 @@ class RefStore:
         return self.store.exists(name)
 
     # -- writing ---------------------------------------------------------------------------
-    def _log(self, name: str, old: str | None, new: str | None, who: str, message: str) -> None:
+    def log(self, name: str, old: str | None, new: str | None, who: str, message: str) -> None:
         line = {"old": old, "new": new, "time": utc_now(), "who": who, "msg": message}
         self.store.append(LOGS + name, jsonenc.dumps(line) + b"\n")
 
@@ -160,7 +160,7 @@ class RefStore:
                     f"{current or 'nothing'} (another writer updated it; fetch and retry)"
                 )
             self.store.put(name, [new.encode() + b"\n"])
-            self._log(name, current, new, who or default_author(), message)
+            self.log(name, current, new, who or default_author(), message)
 
     def delete(self, name: str, *, expected: str | Any | None = ANY, message: str = "") -> str:
         with self.locked():
@@ -171,7 +171,7 @@ class RefStore:
                 raise RefConflictError(f"ref {name} moved: expected {expected}, found {current}")
             self.store.delete(name)
             self.store.sync()
-            self._log(name, current, None, default_author(), message or "delete")
+            self.log(name, current, None, default_author(), message or "delete")
             return current
 
     def set_head(self, target: str, message: str = "checkout") -> None:
@@ -186,7 +186,7 @@ class RefStore:
                 raise UsageError(f"HEAD can point at a branch or a commit, not {target!r}")
             self.store.put(HEAD, [content.encode() + b"\n"])
             if new is not None:
-                self._log(HEAD, old, new, default_author(), message)
+                self.log(HEAD, old, new, default_author(), message)
 
     def reflog(self, name: str) -> list[ReflogEntry]:
         try:

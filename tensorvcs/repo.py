@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import (
+    FormatVersionError,
     NotFoundError,
     RepoNotFoundError,
     UnsupportedValueError,
@@ -38,6 +39,7 @@ from .format.values import KeyPath, path_str
 from .loading import LoadReport, apply_rename, load_state
 from .refs import HEAD, HEADS, TAGS, RefStore, check_ref_name, default_author
 from .revisions import resolve as resolve_revision
+from .state.basecache import BaseCache
 from .state.encode import CheckoutHooks, CommitHooks
 from .state.reader import TensorReader
 from .state.writer import TensorWriter, WriteStats, default_workers
@@ -48,6 +50,7 @@ from .store.objects import ObjectStore
 DIRNAME = ".tvcs"
 CONFIG = "config.json"
 GC_LOCK = "gc"
+DEFAULT_DELTA_MAX_DEPTH = 10
 
 
 @dataclass
@@ -107,6 +110,10 @@ class Repo:
         self._pool_lock = threading.Lock()
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._commits: dict[str, Commit] = {}
+        self.base_cache = BaseCache(config.settings.get("delta_cache_bytes"))
+        self.delta_max_depth = int(
+            config.settings.get("delta_max_depth", DEFAULT_DELTA_MAX_DEPTH)
+        )
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -127,7 +134,11 @@ class Repo:
             config.chunk_size = chunk_size
         if pack_threshold is not None:
             config.pack_threshold = pack_threshold
-        RepoConfig.from_bytes(config.to_bytes(), "new config")  # validate the numbers
+        check_ref_name(branch, "branch")
+        try:
+            RepoConfig.from_bytes(config.to_bytes(), "init")  # validate the numbers
+        except FormatVersionError as e:  # a bad argument here, not a bad repository
+            raise UsageError(str(e)) from e
         tvcs.mkdir(parents=True, exist_ok=True)
         store = LocalStore(tvcs)
         for d in ("objects", "refs/heads", "refs/tags", "logs", "tmp", "locks"):
@@ -300,44 +311,65 @@ class Repo:
         metrics = {str(k): _metric_value(str(k), v) for k, v in (metrics or {}).items()}
         with self.store.lock(GC_LOCK, shared=True, timeout=3600):
             ref = self._commit_target(branch)
-            hint = self.refs.read(ref) if ref != HEAD else self.refs.read(HEAD)
+            hint = self.refs.read(ref)
             if hint is None and branch is not None:
-                hint = self.refs.read(HEAD)
-            known = self._known_small(hint)
-            hooks = CommitHooks(allow_pickle, self._put_blob)
-            tree = values.encode(state, hooks)
-            writer = TensorWriter(
-                self.objects, self.pool, self.config.chunk_size, self.config.pack_threshold, known
-            )
-            entries = writer.write(hooks.pending)
-            self.last_write_stats: WriteStats = writer.stats
-            manifest = Manifest(tree, entries, files or [])
-            self.store.sync()  # objects durable before the manifest that names them
-            mid = self.objects.put_bytes(envelope.KIND_MANIFEST, manifest.to_bytes())
-            self._manifests[mid] = manifest
-            with self.refs.locked():
-                parent = self.refs.read(ref)
-                if parent is None and branch is not None:
-                    parent = self.refs.read(HEAD)  # a new branch starts at HEAD
-                expected = self.refs.read(ref)
+                hint = self.refs.read(HEAD)  # a new branch starts at HEAD
+            try:
+                mid = self._write_state(state, hint, allow_pickle, files or [])
                 c = Commit(
                     manifest=mid,
-                    parents=[parent] if parent else [],
+                    parents=[],
                     message=message,
                     author=author or default_author(),
                     step=step,
                     metrics=metrics,
                     metadata=dict(metadata or {}),
                 )
-                c.id = self.objects.put_bytes(envelope.KIND_COMMIT, c.to_bytes())
-                self.store.sync()
-                summary = message.splitlines()[0] if message else ""
-                kind = "commit" if parent else "commit (initial)"
-                self.refs.update(ref, c.id, expected=expected, message=f"{kind}: {summary}")
-                if ref != HEAD and self.refs.head_target() == ref:
-                    self.refs._log(HEAD, parent, c.id, c.author, f"{kind}: {summary}")
-            self._commits[c.id] = c
+                self._record(c, ref, new_branch=branch is not None)
+            except BaseException:
+                self.base_cache.discard()
+                raise
+            self.base_cache.promote()
             return c
+
+    def _write_state(
+        self, state: Any, hint: str | None, allow_pickle: bool, files: list[FileEntry]
+    ) -> str:
+        """Write the objects of ``state`` and then its manifest; returns the manifest id."""
+        parent = self.get_manifest(self.get_commit(hint).manifest) if hint else None
+        hooks = CommitHooks(allow_pickle, self._put_blob)
+        tree = values.encode(state, hooks)
+        writer = TensorWriter(
+            self.objects,
+            self.pool,
+            self.config.chunk_size,
+            self.config.pack_threshold,
+            known_small=_small_index(parent),
+            parent=_entries_by_key(parent),
+            cache=self.base_cache,
+            max_depth=self.delta_max_depth,
+        )
+        manifest = Manifest(tree, writer.write(hooks.pending), files)
+        self.last_write_stats: WriteStats = writer.stats
+        self.store.sync()  # objects durable before the manifest that names them
+        mid = self.objects.put_bytes(envelope.KIND_MANIFEST, manifest.to_bytes())
+        self._manifests[mid] = manifest
+        return mid
+
+    def _record(self, c: Commit, ref: str, new_branch: bool) -> None:
+        """Under the refs lock: take the ref's commit as parent, write ``c``, move the ref."""
+        with self.refs.locked():
+            current = self.refs.read(ref)
+            parent = current if current is not None or not new_branch else self.refs.read(HEAD)
+            c.parents = [parent] if parent else []
+            c.id = self.objects.put_bytes(envelope.KIND_COMMIT, c.to_bytes())
+            self.store.sync()
+            summary = c.message.splitlines()[0] if c.message else ""
+            log = f"{'commit' if parent else 'commit (initial)'}: {summary}"
+            self.refs.update(ref, c.id, expected=current, message=log)
+            if ref != HEAD and self.refs.head_target() == ref:
+                self.refs.log(HEAD, parent, c.id, c.author, log)
+        self._commits[c.id] = c
 
     def _commit_target(self, branch: str | None) -> str:
         if branch is not None:
@@ -346,12 +378,6 @@ class Repo:
 
     def _put_blob(self, data: bytes) -> str:
         return self.objects.put_bytes(envelope.KIND_BLOB, data)
-
-    def _known_small(self, commit_id: str | None) -> dict[str, tuple[str, int]]:
-        if commit_id is None:
-            return {}
-        m = self.get_manifest(self.get_commit(commit_id).manifest)
-        return {e.id: (e.pack, e.offset) for e in m.tensors if e.pack and e.id}
 
     # -- checkout --------------------------------------------------------------------------
     def checkout(
@@ -470,3 +496,19 @@ def _neg_time(c: Commit) -> float:
         return -c.datetime.timestamp()
     except ValueError:
         return math.inf
+
+
+def _small_index(m: Manifest | None) -> dict[str, tuple[str, int]]:
+    if m is None:
+        return {}
+    return {e.id: (e.pack, e.offset) for e in m.tensors if e.pack and e.id}
+
+
+def _entries_by_key(m: Manifest | None) -> dict[str, TensorEntry]:
+    if m is None:
+        return {}
+    out = {}
+    for path, node in values.walk_leaves(m.tree):
+        if isinstance(node, list) and node and node[0] == "tensor":
+            out.setdefault(path_str(path), m.tensors[int(node[1])])
+    return out

@@ -24,7 +24,9 @@ from ..errors import CorruptObjectError
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 CODEC_PLANES = 2
-CODEC_NAMES = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd", CODEC_PLANES: "planes"}
+CODEC_DELTA = 3
+CODEC_NAMES = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd", CODEC_PLANES: "planes", CODEC_DELTA: "delta"}
+_LANES = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 ZSTD_LEVEL = 1
 # A plane (or blob) is compressed only when zstd brings it to at most this fraction of its size.
@@ -116,6 +118,55 @@ def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: in
     return Encoded(CODEC_PLANES, {"width": width, "planes": spec}, b"".join(segments))
 
 
+def delta_lane(width: int) -> int:
+    """The integer lane the delta codec subtracts in: the element width, capped at 8 bytes."""
+    while width not in _LANES:
+        width //= 2
+    return width
+
+
+def delta_diff(content: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+    """zigzag(content - base), element-wise in ``width``-byte little-endian integer lanes,
+    wrapping. Small changes of a float's bit pattern become small unsigned numbers, whose high
+    byte planes are nearly all zero."""
+    lane = _LANES[width]
+    bits = 8 * width
+    d = (content.view(lane) - base.view(lane)).view(lane.__name__.replace("u", ""))
+    z = (d << 1) ^ (d >> (bits - 1))
+    return z.view(np.uint8)
+
+
+def delta_apply(base_then_out: np.ndarray, diff: np.ndarray, width: int) -> None:
+    """Invert ``delta_diff`` in place: ``base_then_out`` holds the base and receives content."""
+    lane = _LANES[width]
+    z = diff.view(lane)
+    d = (z >> 1) ^ (np.zeros(1, dtype=lane) - (z & 1))
+    out = base_then_out.view(lane)
+    np.add(out, d, out=out)
+
+
+def encode_delta(
+    content: np.ndarray, base: np.ndarray, width: int, base_id: str, depth: int
+) -> Encoded:
+    """The delta codec: the byte-plane encoding of ``delta_diff(content, base)``; ``depth`` is
+    the number of deltas down to a full (non-delta) object, this one included."""
+    lane = delta_lane(width)
+    inner = encode_elements(delta_diff(content, base, lane), lane)
+    params = {
+        "base": base_id,
+        "depth": depth,
+        "op": "sub-zigzag",
+        "width": lane,
+        "inner": {"codec": inner.codec, "params": inner.params},
+    }
+    return Encoded(CODEC_DELTA, params, inner.payload)
+
+
+def payload_size(enc: Encoded) -> int:
+    p = enc.payload
+    return p.nbytes if isinstance(p, memoryview) else len(p)
+
+
 def decode_into(
     codec: int, params: dict[str, Any], payload: memoryview, out: np.ndarray, object_id: str
 ) -> None:
@@ -159,3 +210,20 @@ def decode_into(
             raise ValueError(f"unknown codec id {codec}")
     except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
         raise CorruptObjectError(f"object {object_id} does not decode: {e}", object_id) from e
+
+
+def decode_delta_into(
+    params: dict[str, Any], payload: memoryview, out: np.ndarray, object_id: str
+) -> None:
+    """Apply a delta payload to ``out``, which already holds the decoded base."""
+    try:
+        width = int(params["width"])
+        if width not in _LANES or out.nbytes % width or params.get("op") != "sub-zigzag":
+            raise ValueError("bad delta parameters")
+        inner = params["inner"]
+        diff = np.empty(out.nbytes, dtype=np.uint8)
+    except (KeyError, TypeError, ValueError) as e:
+        msg = f"object {object_id} has bad delta parameters: {e}"
+        raise CorruptObjectError(msg, object_id) from e
+    decode_into(int(inner["codec"]), inner["params"], payload, diff, object_id)
+    delta_apply(out, diff, width)

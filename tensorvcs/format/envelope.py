@@ -61,6 +61,11 @@ def pack(kind: int, length: int, enc: codecs.Encoded) -> list[bytes | bytearray 
     return [head + params, enc.payload]
 
 
+def header_span(data: bytes | memoryview) -> int:
+    """Bytes from the file's start through its codec parameters (needs HEADER_SIZE bytes)."""
+    return HEADER_SIZE + int(_HEADER.unpack_from(data, 0)[-1])
+
+
 def read_header(data: bytes | memoryview, oid: str) -> Header:
     if len(data) < HEADER_SIZE:
         raise CorruptObjectError(f"object {oid} is truncated ({len(data)} bytes)", oid)
@@ -82,12 +87,21 @@ def read_header(data: bytes | memoryview, oid: str) -> Header:
     return Header(kind, codec, length, params, end)
 
 
+
 def open_object(
     data: bytes | memoryview, oid: str, verify: bool = True
 ) -> tuple[Header, np.ndarray]:
-    """Decode a whole object file; check that its content hashes to ``oid``."""
+    """Decode a self-contained object file and check that its content hashes to ``oid``.
+
+    Delta objects need their base: read them through store.objects.ObjectStore.
+    """
     h = read_header(data, oid)
-    out = np.empty(h.length, dtype=np.uint8)
+    if h.codec == codecs.CODEC_DELTA:
+        raise CorruptObjectError(f"object {oid} is a delta; its base is needed to decode it", oid)
+    try:
+        out = np.empty(h.length, dtype=np.uint8)
+    except (MemoryError, ValueError) as e:  # a corrupt length field, not a real object
+        raise CorruptObjectError(f"object {oid} declares {h.length} bytes: {e}", oid) from e
     codecs.decode_into(h.codec, h.params, memoryview(data)[h.payload_offset :], out, oid)
     if verify and object_id(out.data) != oid:
         raise CorruptObjectError(f"object {oid} is corrupt: its content hashes differently", oid)

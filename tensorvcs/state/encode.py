@@ -53,6 +53,8 @@ class CommitHooks(Hooks):
                 t.storage_offset(),
                 tuple(t.shape),
                 tuple(t.stride()),
+                t.is_conj(),
+                t.is_neg(),
             )
             if key in self._views:
                 return self._views[key]
@@ -65,7 +67,9 @@ class CommitHooks(Hooks):
     def encode_leaf(self, value: Any, path: KeyPath) -> Node | None:
         if isinstance(value, torch.Tensor):
             check_storable(value, path_str(path))
-            return ["tensor", self._add(value, path, value.element_size())]
+            # complex elements are (real, imaginary): code them as two real lanes
+            width = value.element_size() // (2 if value.is_complex() else 1)
+            return ["tensor", self._add(value, path, width)]
         if isinstance(value, np.ndarray):
             if value.dtype.hasobject or value.dtype.fields is not None:
                 return None  # object / structured arrays: only as an opaque pickle

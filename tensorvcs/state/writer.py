@@ -5,6 +5,11 @@
 - Smaller tensors are packed: each gets the id of its own bytes; one already known (from the
   parent commit or earlier in this commit) keeps its place, the new ones are concatenated into
   pack objects (one run per element width, so the byte-plane codec applies).
+- A chunk whose tensor existed at the same key path in the parent commit, with the same dtype
+  and shape, is also tried as a delta against the parent's chunk at the same index (byte-plane
+  encoding of the zigzag integer difference); the smaller encoding is kept. The parent's bytes
+  come from the in-memory BaseCache when this process wrote the parent, else from the store.
+  Chains stop at ``max_depth`` deltas: the next version is stored whole (a keyframe).
 - Chunk jobs run on a thread pool: BLAKE3 and zstd release the GIL, so hashing, encoding and
   file writes of different chunks overlap. CUDA tensors are copied to the host one chunk at a
   time inside the jobs, so host memory stays around ``workers × chunk_size``.
@@ -22,7 +27,9 @@ import torch
 from ..format import codecs, envelope
 from ..format.ids import object_id
 from ..format.manifest import TensorEntry
+from ..format.values import path_str
 from ..store.objects import ObjectStore
+from .basecache import BaseCache
 from .encode import PendingTensor
 from .tensors import byte_view, dtype_name
 
@@ -51,26 +58,59 @@ class TensorWriter:
         chunk_size: int,
         pack_threshold: int,
         known_small: dict[str, Location] | None = None,
+        parent: dict[str, TensorEntry] | None = None,
+        cache: BaseCache | None = None,
+        max_depth: int = 0,
     ) -> None:
         self.objects = objects
         self.pool = pool
         self.chunk_size = chunk_size
         self.pack_threshold = pack_threshold
         self.known_small = dict(known_small or {})
+        self.parent = parent or {}
+        self.cache = cache
+        self.max_depth = max_depth
         self.stats = WriteStats()
 
+    def _base(self, oid: str, length: int) -> tuple[np.ndarray, int] | None:
+        """The content and delta depth of base chunk ``oid``: from the cache, else the store."""
+        hit = self.cache.get(oid) if self.cache is not None else None
+        if hit is not None and hit[0].nbytes == length:
+            content, depth = hit
+            return content, self.objects.depth(oid) if depth is None else depth
+        content = np.empty(length, dtype=np.uint8)
+        h = self.objects.read_into(oid, content)
+        return content, int(h.params.get("depth", 1)) if h.codec == codecs.CODEC_DELTA else 0
+
+    def _base_chunks(self, p: PendingTensor, t: torch.Tensor) -> list[tuple[str, int]] | None:
+        if self.max_depth <= 0:
+            return None
+        e = self.parent.get(path_str(p.path))
+        if e is None or e.chunks is None or e.dtype != dtype_name(t.dtype):
+            return None
+        return e.chunks if e.shape == list(t.shape) else None
+
     def _write_chunk(
-        self, src: torch.Tensor, offset: int, length: int, width: int
+        self, src: torch.Tensor, offset: int, length: int, width: int, base_id: str | None
     ) -> tuple[str, int]:
         piece = src[offset : offset + length]
         if piece.device.type != "cpu":
             piece = piece.cpu()
         arr = piece.numpy()
         oid = object_id(arr.data)
-        if self.objects.has(oid):
-            return oid, 0
-        enc = codecs.encode_elements(arr, width)
-        return oid, self.objects.write(oid, envelope.KIND_CHUNK, length, enc)
+        written, depth = 0, None
+        if not self.objects.has(oid):
+            enc = codecs.encode_elements(arr, width)
+            base = self._base(base_id, length) if base_id and base_id != oid else None
+            if base is not None and base[1] < self.max_depth:
+                delta = codecs.encode_delta(arr, base[0], width, base_id or "", base[1] + 1)
+                if codecs.payload_size(delta) < codecs.payload_size(enc):
+                    enc = delta
+            depth = int(enc.params["depth"]) if enc.codec == codecs.CODEC_DELTA else 0
+            written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc)
+        if self.cache is not None:
+            self.cache.keep(oid, arr, depth)
+        return oid, written
 
     def _write_pack(self, parts: list[np.ndarray], width: int) -> tuple[str, int]:
         content = np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -114,9 +154,13 @@ class TensorWriter:
             src = byte_view(t)
             if n > self.pack_threshold:
                 cs = self.chunk_size
+                bases = self._base_chunks(p, t)
                 futs = [
-                    self.pool.submit(self._write_chunk, src, off, min(cs, n - off), p.width)
-                    for off in range(0, n, cs)
+                    self.pool.submit(
+                        self._write_chunk, src, off, min(cs, n - off), p.width,
+                        _base_id(bases, k, min(cs, n - off)),
+                    )
+                    for k, off in enumerate(range(0, n, cs))
                 ]
                 chunk_jobs.append((i, futs))
                 continue
@@ -164,3 +208,9 @@ class TensorWriter:
             self.stats.new_stored_bytes += written
         else:
             self.stats.reused_objects += 1
+
+
+def _base_id(bases: list[tuple[str, int]] | None, k: int, length: int) -> str | None:
+    if bases is None or k >= len(bases) or bases[k][1] != length:
+        return None
+    return bases[k][0]

@@ -31,6 +31,10 @@ class Store(ABC):
     def get(self, name: str) -> bytes:
         """The whole file; FileNotFoundError if absent."""
 
+    def get_head(self, name: str, n: int) -> bytes:
+        """The first ``n`` bytes of the file (or all of it, if shorter)."""
+        return self.get(name)[:n]
+
     @abstractmethod
     def put(self, name: str, data: Iterable[Chunk], *, durable: bool = True) -> None:
         """Write ``data`` (pieces, concatenated) as ``name``, replacing it atomically."""

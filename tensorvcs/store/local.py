@@ -35,8 +35,15 @@ class LocalStore(Store):
         return self.root / check_name(name)
 
     def get(self, name: str) -> bytes:
-        with open(self._path(name), "rb") as f:
-            return f.read()
+        return self.get_head(name, -1)
+
+    def get_head(self, name: str, n: int) -> bytes:
+        try:
+            with open(self._path(name), "rb") as f:
+                return f.read(n)
+        except (NotADirectoryError, IsADirectoryError):
+            # "a/b" where "a" is a file, or "a" where "a/" is a folder: no such file
+            raise FileNotFoundError(name) from None
 
     def _write_tmp(self, data: Iterable[Chunk], durable: bool) -> Path:
         tmp_dir = self.root / TMP_DIR
