@@ -89,3 +89,15 @@ class LockTimeoutError(TensorVCSError):
     """A repository lock could not be taken in time."""
 
     exit_code = 10
+
+
+class InputFileError(TensorVCSError):
+    """A file given to the CLI is corrupt, or in a format it cannot convert (names the file)."""
+
+    exit_code = 11
+
+
+class OverwriteError(TensorVCSError):
+    """Checkout would overwrite a file whose content no commit holds (use --force)."""
+
+    exit_code = 12

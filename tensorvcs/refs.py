@@ -131,7 +131,7 @@ class RefStore:
         return out
 
     def exists(self, name: str) -> bool:
-        return self.store.exists(name)
+        return self._read_raw(name) is not None  # a file: a folder of refs is not a ref
 
     # -- writing ---------------------------------------------------------------------------
     def log(self, name: str, old: str | None, new: str | None, who: str, message: str) -> None:
@@ -159,8 +159,18 @@ class RefStore:
                     f"ref {name} moved: expected {expected or 'nothing'}, found "
                     f"{current or 'nothing'} (another writer updated it; fetch and retry)"
                 )
+            if current is None:
+                self._check_free(name)
             self.store.put(name, [new.encode() + b"\n"])
             self.log(name, current, new, who or default_author(), message)
+
+    def _check_free(self, name: str) -> None:
+        """Refuse a new ref inside another ref's name, or over a folder of refs (as git does)."""
+        parts = name.split("/")
+        clash = [p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if self.exists(p)]
+        clash += sorted(self.store.list(name))[:1]
+        if clash:
+            raise UsageError(f"ref {name} conflicts with the existing ref {clash[0]}")
 
     def delete(self, name: str, *, expected: str | Any | None = ANY, message: str = "") -> str:
         with self.locked():

@@ -61,7 +61,17 @@ class Encoded:
 
     codec: int
     params: dict[str, Any]
-    payload: bytes | bytearray | memoryview
+    # the payload as the pieces it was built from: written one after another, never joined
+    pieces: tuple[bytes | bytearray | memoryview, ...]
+
+    @property
+    def payload(self) -> bytes:
+        """The whole payload as one bytes object (a copy; for tests and small objects)."""
+        return b"".join(self.pieces)
+
+    @property
+    def size(self) -> int:
+        return sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in self.pieces)
 
 
 def _as_u8(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
@@ -86,8 +96,8 @@ def encode_bytes(data: bytes | bytearray | memoryview) -> Encoded:
     """Encode untyped content (manifests, commits, opaque blobs): zstd if it pays, else raw."""
     z = _zstd_if_worth(data)
     if z is None:
-        return Encoded(CODEC_RAW, {}, data)
-    return Encoded(CODEC_ZSTD, {"level": ZSTD_LEVEL}, z)
+        return Encoded(CODEC_RAW, {}, (data,))
+    return Encoded(CODEC_ZSTD, {"level": ZSTD_LEVEL}, (z,))
 
 
 def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: int) -> Encoded:
@@ -97,8 +107,8 @@ def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: in
     if width <= 1 or n % width != 0 or n < MIN_COMPRESS_BYTES:
         z = _zstd_if_worth(u8)
         if z is None:
-            return Encoded(CODEC_RAW, {}, u8.data)
-        return Encoded(CODEC_ZSTD, {"level": ZSTD_LEVEL}, z)
+            return Encoded(CODEC_RAW, {}, (u8.data,))
+        return Encoded(CODEC_ZSTD, {"level": ZSTD_LEVEL}, (z,))
     planes = u8.reshape(-1, width).T
     segments: list[bytes | memoryview] = []
     spec: list[list[Any]] = []
@@ -114,8 +124,8 @@ def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: in
             spec.append(["zstd", len(z)])
             any_compressed = True
     if not any_compressed:
-        return Encoded(CODEC_RAW, {}, u8.data)
-    return Encoded(CODEC_PLANES, {"width": width, "planes": spec}, b"".join(segments))
+        return Encoded(CODEC_RAW, {}, (u8.data,))
+    return Encoded(CODEC_PLANES, {"width": width, "planes": spec}, tuple(segments))
 
 
 def delta_lane(width: int) -> int:
@@ -130,19 +140,25 @@ def delta_diff(content: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
     wrapping. Small changes of a float's bit pattern become small unsigned numbers, whose high
     byte planes are nearly all zero."""
     lane = _LANES[width]
-    bits = 8 * width
-    d = (content.view(lane) - base.view(lane)).view(lane.__name__.replace("u", ""))
-    z = (d << 1) ^ (d >> (bits - 1))
+    d = np.subtract(content.view(lane), base.view(lane))  # wraps: unsigned arithmetic
+    z = np.left_shift(d, 1)
+    signed = d.view(np.dtype(f"i{width}"))
+    np.right_shift(signed, 8 * width - 1, out=signed)  # all ones where d < 0, else zero
+    np.bitwise_xor(z, d, out=z)
     return z.view(np.uint8)
 
 
 def delta_apply(base_then_out: np.ndarray, diff: np.ndarray, width: int) -> None:
-    """Invert ``delta_diff`` in place: ``base_then_out`` holds the base and receives content."""
+    """Invert ``delta_diff`` in place: ``base_then_out`` holds the base and receives the
+    content. ``diff`` is consumed (overwritten)."""
     lane = _LANES[width]
     z = diff.view(lane)
-    d = (z >> 1) ^ (np.zeros(1, dtype=lane) - (z & 1))
+    sign = np.bitwise_and(z, 1)
+    np.negative(sign, out=sign)  # 0 or all ones (unsigned wrap)
+    np.right_shift(z, 1, out=z)
+    np.bitwise_xor(z, sign, out=z)
     out = base_then_out.view(lane)
-    np.add(out, d, out=out)
+    np.add(out, z, out=out)
 
 
 def encode_delta(
@@ -159,12 +175,11 @@ def encode_delta(
         "width": lane,
         "inner": {"codec": inner.codec, "params": inner.params},
     }
-    return Encoded(CODEC_DELTA, params, inner.payload)
+    return Encoded(CODEC_DELTA, params, inner.pieces)
 
 
 def payload_size(enc: Encoded) -> int:
-    p = enc.payload
-    return p.nbytes if isinstance(p, memoryview) else len(p)
+    return enc.size
 
 
 def decode_into(

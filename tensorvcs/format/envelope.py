@@ -58,7 +58,7 @@ def pack(kind: int, length: int, enc: codecs.Encoded) -> list[bytes | bytearray 
     """The pieces of an object file, in order (written without joining them)."""
     params = json.dumps(enc.params, separators=(",", ":"), sort_keys=True).encode()
     head = _HEADER.pack(MAGIC, ENVELOPE_VERSION, kind, enc.codec, 0, length, len(params))
-    return [head + params, enc.payload]
+    return [head + params, *enc.pieces]
 
 
 def header_span(data: bytes | memoryview) -> int:
