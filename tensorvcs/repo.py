@@ -472,6 +472,15 @@ class Repo:
         )
 
     # -- maintenance -----------------------------------------------------------------------
+    def drop(
+        self, revs: Iterable[str], *, branch: str | None = None
+    ) -> dict[str, str | None]:
+        """Rewrite ``branch`` (default: HEAD's) without the commits ``revs`` names; see
+        history.drop. Their bytes are reclaimed by the next ``gc``."""
+        from .history import drop
+
+        return drop(self, revs, branch=branch)
+
     def gc(self, *, keep_reflog: bool = False) -> Any:
         from .maintenance import gc
 

@@ -43,6 +43,10 @@ class ObjectStore:
             return 0
         return sum(len(p) for p in pieces)
 
+    def replace(self, oid: str, kind: int, length: int, enc: codecs.Encoded) -> None:
+        """Atomically swap the stored encoding of an existing object (same content, same id)."""
+        self.store.put(object_name(oid), envelope.pack(kind, length, enc))
+
     def put_bytes(self, kind: int, content: Buffer) -> str:
         """Hash, encode (zstd when it pays) and store untyped content; returns its id."""
         oid = object_id(content)
