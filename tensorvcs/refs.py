@@ -97,9 +97,13 @@ class RefStore:
     # -- reading ---------------------------------------------------------------------------
     def _read_raw(self, name: str) -> str | None:
         try:
-            return self.store.get(name).decode("utf-8").strip()
+            data = self.store.get(name)
         except FileNotFoundError:
             return None
+        try:
+            return data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise CorruptObjectError(f"ref {name} holds {data[:80]!r}, not text") from None
 
     def head_target(self) -> str | None:
         """The branch ref HEAD points at (``refs/heads/x``), or None when detached."""
@@ -131,7 +135,12 @@ class RefStore:
         return out
 
     def exists(self, name: str) -> bool:
-        return self._read_raw(name) is not None  # a file: a folder of refs is not a ref
+        """True when ``name`` is a file (a folder of refs, like refs/heads/a/, is not a ref)."""
+        try:
+            self.store.get_head(name, 0)
+        except FileNotFoundError:
+            return False
+        return True
 
     # -- writing ---------------------------------------------------------------------------
     def log(self, name: str, old: str | None, new: str | None, who: str, message: str) -> None:
@@ -165,12 +174,16 @@ class RefStore:
             self.log(name, current, new, who or default_author(), message)
 
     def _check_free(self, name: str) -> None:
-        """Refuse a new ref inside another ref's name, or over a folder of refs (as git does)."""
+        """Refuse a new ref named like a folder of other refs or inside another ref (as git
+        does); reflogs outlive their refs, so their names are checked as well."""
         parts = name.split("/")
-        clash = [p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if self.exists(p)]
-        clash += sorted(self.store.list(name))[:1]
-        if clash:
-            raise UsageError(f"ref {name} conflicts with the existing ref {clash[0]}")
+        ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        for space in ("", LOGS):
+            clash = [space + a for a in ancestors if self.exists(space + a)]
+            clash += sorted(self.store.list(space + name))[:1]
+            if clash:
+                what = "the reflog " if space else "the ref "
+                raise UsageError(f"ref {name} conflicts with {what}{clash[0]}")
 
     def delete(self, name: str, *, expected: str | Any | None = ANY, message: str = "") -> str:
         with self.locked():

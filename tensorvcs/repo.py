@@ -69,11 +69,15 @@ def _select(include: Sequence[str] | None, exclude: Sequence[str] | None) -> Any
     inc = list(include) if include is not None else None
     exc = list(exclude or [])
 
+    def matches(key: str, glob: str) -> bool:
+        # a glob also names everything under it, as a path does in git: "model" = "model/*"
+        return fnmatch.fnmatchcase(key, glob) or fnmatch.fnmatchcase(key, glob + "/*")
+
     def select(path: KeyPath) -> bool:
         key = path_str(path)
-        if inc is not None and not any(fnmatch.fnmatchcase(key, g) for g in inc):
+        if inc is not None and not any(matches(key, g) for g in inc):
             return False
-        return not any(fnmatch.fnmatchcase(key, g) for g in exc)
+        return not any(matches(key, g) for g in exc)
 
     return select
 
@@ -309,6 +313,8 @@ class Repo:
         if step is not None and (type(step) is not int):
             raise UsageError(f"step must be an int, not {type(step).__name__}")
         metrics = {str(k): _metric_value(str(k), v) for k, v in (metrics or {}).items()}
+        # refuse bad metadata before any object is written
+        values.encode(dict(metadata or {}), values.Hooks(), ("<metadata>",))
         with self.store.lock(GC_LOCK, shared=True, timeout=3600):
             ref = self._commit_target(branch)
             hint = self.refs.read(ref)
@@ -396,10 +402,18 @@ class Repo:
             manifest, _select(_as_list(include), _as_list(exclude)), map_location, allow_pickle
         )
 
-    def _build(self, manifest: Manifest, select: Any, map_location: Any, allow_pickle: bool) -> Any:
+    def _build(
+        self,
+        manifest: Manifest,
+        select: Any,
+        map_location: Any,
+        allow_pickle: bool,
+        root: KeyPath = (),
+    ) -> Any:
+        """Decode ``manifest.tree``, which sits at key path ``root`` (named in errors)."""
         wanted: dict[int, TensorEntry] = {}
         paths: dict[int, KeyPath] = {}
-        for path, node in values.walk_leaves(manifest.tree):
+        for path, node in values.walk_leaves(manifest.tree, root):
             is_tensor = isinstance(node, list) and node and node[0] in ("tensor", "ndarray")
             if is_tensor and (select is None or select(path)):
                 i = int(node[1])
@@ -418,7 +432,7 @@ class Repo:
             return self.objects.read_bytes(oid)
 
         hooks = CheckoutHooks(load_tensor, load_blob, allow_pickle)
-        out = values.decode(manifest.tree, hooks, (), select)
+        out = values.decode(manifest.tree, hooks, root, select)
         return {} if out is values.ABSENT else out
 
     def tensors(self, rev: str = HEAD) -> list[TensorInfo]:
@@ -459,7 +473,7 @@ class Repo:
                     f"commit {oid[:12]} ({rev}) has no key path {path_str(key_path)!r}"
                 )
         sub = Manifest(node, manifest.tensors)
-        state = self._build(sub, None, map_location, False)
+        state = self._build(sub, None, map_location, False, key_path)
         if not isinstance(state, Mapping):
             raise UsageError(f"key path {path_str(key_path)!r} of {rev} is not a state dict")
         state = apply_rename({str(k): v for k, v in state.items()}, rename)
@@ -493,10 +507,12 @@ class Repo:
 
 
 def _child(node: Any, key: Any) -> Any:
-    if isinstance(node, list) and node and node[0] in ("dict", "odict"):
-        for k, v in node[1]:
-            if k == key or (isinstance(k, list) is False and str(k) == str(key)):
-                return v
+    """The value node under ``key`` of a dict node (None if absent or not a dict)."""
+    if not (isinstance(node, list) and node and node[0] in ("dict", "odict")):
+        return None
+    for k, v in node[1]:
+        if k == key and type(k) is type(key):
+            return v
     return None
 
 

@@ -445,6 +445,33 @@ def test_valid_ref_names(repo: tv.Repo, name: str) -> None:
     assert repo.resolve(name) == c.id
 
 
+def test_ref_names_that_clash_as_folders(repo: tv.Repo) -> None:
+    """As in git, "a" and "a/b" cannot both be refs; a clash is a UsageError, not an OSError."""
+    c = make_commits(repo, 1)[0]
+    with pytest.raises(tv.UsageError, match="conflicts with the ref refs/heads/main"):
+        repo.branch("main/x")
+    with pytest.raises(tv.UsageError, match="conflicts"):
+        repo.commit(STATE, branch="main/y")
+    repo.branch("a/b")
+    for make in (lambda: repo.branch("a"), lambda: repo.branch("a", force=True)):
+        with pytest.raises(tv.UsageError, match="conflicts with the ref refs/heads/a/b"):
+            make()
+    with pytest.raises(tv.RevisionNotFoundError):
+        repo.resolve("a")  # a folder of branches is not a branch
+    with pytest.raises(tv.RevisionNotFoundError):
+        repo.switch("a")
+    assert repo.head() == ("main", c.id)
+    with pytest.raises(tv.NotFoundError):
+        repo.delete_branch("a")
+    assert repo.tag("main/x") == c.id  # tags and branches are separate namespaces
+    # reflogs outlive deleted refs (gc can keep what they name), so their names stay taken
+    repo.delete_branch("a/b")
+    with pytest.raises(tv.UsageError, match="reflog"):
+        repo.branch("a")
+    assert repo.branches() == {"main": c.id}
+    assert repo.tags() == {"main/x": c.id}
+
+
 # -- HEAD, switching, committing to other branches --------------------------------------------
 
 

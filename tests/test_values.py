@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tensorvcs as tv
 from tensorvcs import CorruptObjectError, UnsupportedValueError
 from tensorvcs.format import jsonenc, values
 
@@ -104,13 +105,13 @@ def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 state_values = st.recursive(scalars, _containers, max_leaves=30)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(state_values)
 def test_round_trip_is_exact(value: Any) -> None:
     assert_same(round_trip(value), value)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(state_values)
 def test_encoding_is_deterministic(value: Any) -> None:
     a = jsonenc.dumps(values.encode(value, values.Hooks()))
@@ -269,3 +270,9 @@ def test_non_standard_json_constants_are_refused() -> None:
         jsonenc.loads(b"[NaN]")
     with pytest.raises(ValueError):
         jsonenc.dumps([float("nan")])
+
+
+def test_a_string_that_is_not_unicode_is_refused_with_its_key_path(repo: tv.Repo) -> None:
+    with pytest.raises(tv.UnsupportedValueError, match=r"key path 'meta/name'.*not valid Unicode"):
+        repo.commit({"meta": {"name": "bad \ud800 surrogate"}}, "x")
+    assert list(repo.objects.ids()) == []

@@ -182,6 +182,18 @@ def payload_size(enc: Encoded) -> int:
     return enc.size
 
 
+def _unzstd(frame: memoryview, n: int) -> bytes:
+    """The content of one zstd frame that must hold ``n`` bytes. The size the frame header
+    declares is checked first: zstd allocates that much, so a corrupt header must not reach it."""
+    declared = zstandard.frame_content_size(frame)
+    if declared not in (-1, n):
+        raise ValueError(f"zstd frame declares {declared} bytes, expected {n}")
+    data = _decompressor().decompress(frame, max_output_size=n)
+    if len(data) != n:
+        raise ValueError(f"zstd frame holds {len(data)} bytes, expected {n}")
+    return data
+
+
 def decode_into(
     codec: int, params: dict[str, Any], payload: memoryview, out: np.ndarray, object_id: str
 ) -> None:
@@ -193,10 +205,7 @@ def decode_into(
                 raise ValueError(f"raw payload is {len(payload)} bytes, expected {n}")
             out[:] = np.frombuffer(payload, dtype=np.uint8)
         elif codec == CODEC_ZSTD:
-            data = _decompressor().decompress(payload, max_output_size=n)
-            if len(data) != n:
-                raise ValueError(f"zstd frame holds {len(data)} bytes, expected {n}")
-            out[:] = np.frombuffer(data, dtype=np.uint8)
+            out[:] = np.frombuffer(_unzstd(payload, n), dtype=np.uint8)
         elif codec == CODEC_PLANES:
             width = int(params["width"])
             spec = params["planes"]
@@ -211,9 +220,7 @@ def decode_into(
                 if kind == "raw":
                     plane = np.frombuffer(seg, dtype=np.uint8)
                 elif kind == "zstd":
-                    plane = np.frombuffer(
-                        _decompressor().decompress(seg, max_output_size=m), dtype=np.uint8
-                    )
+                    plane = np.frombuffer(_unzstd(seg, m), dtype=np.uint8)
                 else:
                     raise ValueError(f"unknown plane encoding {kind!r}")
                 if plane.nbytes != m:
@@ -235,10 +242,10 @@ def decode_delta_into(
         width = int(params["width"])
         if width not in _LANES or out.nbytes % width or params.get("op") != "sub-zigzag":
             raise ValueError("bad delta parameters")
-        inner = params["inner"]
+        inner_codec, inner_params = int(params["inner"]["codec"]), params["inner"]["params"]
         diff = np.empty(out.nbytes, dtype=np.uint8)
     except (KeyError, TypeError, ValueError) as e:
         msg = f"object {object_id} has bad delta parameters: {e}"
         raise CorruptObjectError(msg, object_id) from e
-    decode_into(int(inner["codec"]), inner["params"], payload, diff, object_id)
+    decode_into(inner_codec, inner_params, payload, diff, object_id)
     delta_apply(out, diff, width)

@@ -69,7 +69,7 @@ def header_span(data: bytes | memoryview) -> int:
 def read_header(data: bytes | memoryview, oid: str) -> Header:
     if len(data) < HEADER_SIZE:
         raise CorruptObjectError(f"object {oid} is truncated ({len(data)} bytes)", oid)
-    magic, version, kind, codec, _, length, plen = _HEADER.unpack_from(data, 0)
+    magic, version, kind, codec, reserved, length, plen = _HEADER.unpack_from(data, 0)
     if magic != MAGIC:
         raise CorruptObjectError(f"object {oid} has no tensorvcs envelope (bad magic)", oid)
     if version != ENVELOPE_VERSION:
@@ -77,6 +77,8 @@ def read_header(data: bytes | memoryview, oid: str) -> Header:
             f"object {oid} has envelope version {version}; this build reads {ENVELOPE_VERSION}",
             oid,
         )
+    if reserved != 0 or kind not in KIND_NAMES:
+        raise CorruptObjectError(f"object {oid} has a malformed header (kind {kind})", oid)
     end = HEADER_SIZE + plen
     try:
         params = json.loads(bytes(data[HEADER_SIZE:end]))

@@ -5,7 +5,9 @@ A manifest is canonical JSON (format/jsonenc.py)::
     {"type": "manifest", "version": 1,
      "tree": <value node; tensors appear as ["tensor", i]>,
      "tensors": [<tensor entry>, ...],
-     "files": [<file entry>, ...]}          # optional, used by the CLI
+     "files": [<file entry>, ...],          # optional, used by the CLI
+     "dcp": <object>}                       # optional: torch.distributed.checkpoint metadata
+                                            # (tensorvcs/dcp, docs/format.md section 10)
 
 Tensor entry: ``dtype`` (torch name without "torch."), ``shape``, ``nbytes``, and either
 ``chunks`` (a list of ``[object id, length]`` covering the bytes in order) or a packed location
@@ -127,6 +129,7 @@ class Manifest:
     tree: Any
     tensors: list[TensorEntry]
     files: list[FileEntry] = field(default_factory=list)
+    dcp: dict[str, Any] | None = None  # the "dcp" section, kept as parsed JSON
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
@@ -137,6 +140,8 @@ class Manifest:
         }
         if self.files:
             doc["files"] = [f.to_json() for f in self.files]
+        if self.dcp is not None:
+            doc["dcp"] = self.dcp
         return jsonenc.dumps(doc)
 
     @classmethod
@@ -154,6 +159,7 @@ class Manifest:
             tree=doc["tree"],
             tensors=[TensorEntry.from_json(t, where) for t in doc.get("tensors", [])],
             files=[FileEntry.from_json(f, where) for f in doc.get("files", [])],
+            dcp=doc["dcp"] if isinstance(doc.get("dcp"), dict) else None,
         )
 
     def object_ids(self) -> set[str]:

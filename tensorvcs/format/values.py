@@ -16,6 +16,7 @@ Dict nodes keep insertion order and allow any scalar or tuple key (int keys in o
 from __future__ import annotations
 
 import base64
+import binascii
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -71,7 +72,11 @@ def _float_node(x: float) -> Node:
 def encode(value: Any, hooks: Hooks, path: KeyPath = ()) -> Node:
     """Encode ``value``; raise UnsupportedValueError naming the key path of what cannot be."""
     t = type(value)
-    if value is None or t is bool or t is str:
+    if value is None or t is bool:
+        return value
+    if t is str:
+        if not value.isascii():
+            _check_utf8(value, path)
         return value
     if t is int:
         return value
@@ -112,6 +117,17 @@ def encode(value: Any, hooks: Hooks, path: KeyPath = ()) -> Node:
     )
 
 
+def _check_utf8(text: str, path: KeyPath) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UnsupportedValueError(
+            f"cannot store the string at key path {path_str(path)!r}: it is not valid Unicode "
+            f"({e.reason} at index {e.start})",
+            key_path=path_str(path),
+        ) from None
+
+
 def _encode_key(key: Any, hooks: Hooks, path: KeyPath) -> Node:
     t = type(key)
     if key is None or t in (bool, str, int, float, bytes, complex):
@@ -147,7 +163,14 @@ ABSENT: Any = _Absent()
 def decode(node: Node, hooks: Hooks, path: KeyPath = (), select: Select | None = None) -> Any:
     """Rebuild the value for ``node``. With ``select``, leaves whose path it rejects are left
     out: dicts drop their keys, sequences drop their elements, and an emptied container is
-    itself left out (``ABSENT``)."""
+    itself left out (``ABSENT``). A malformed tree raises CorruptObjectError."""
+    try:
+        return _decode(node, hooks, path, select)
+    except (TypeError, IndexError, ValueError, KeyError, binascii.Error) as e:
+        raise CorruptObjectError(f"malformed value tree under {path_str(path)}: {e}") from e
+
+
+def _decode(node: Node, hooks: Hooks, path: KeyPath, select: Select | None) -> Any:
     if node is None or type(node) in (bool, str, int, float):
         if select is not None and not select(path):
             return ABSENT
@@ -159,18 +182,18 @@ def decode(node: Node, hooks: Hooks, path: KeyPath = (), select: Select | None =
         out: dict[Any, Any] = {} if tag == "dict" else OrderedDict()
         for pair in node[1]:
             key = _decode_key(pair[0], path)
-            v = decode(pair[1], hooks, (*path, key), select)
+            v = _decode(pair[1], hooks, (*path, key), select)
             if v is not ABSENT:
                 out[key] = v
         if len(node) > 2:
-            meta = decode(node[2], hooks, (*path, "<_metadata>"))
+            meta = _decode(node[2], hooks, (*path, "<_metadata>"), None)
             if isinstance(out, OrderedDict):
                 out._metadata = meta  # type: ignore[attr-defined]
         if select is not None and not out and (node[1] or not select(path)):
             return ABSENT
         return out
     if tag in ("list", "tuple", "set", "frozenset"):
-        items = [decode(v, hooks, (*path, i), select) for i, v in enumerate(node[1])]
+        items = [_decode(v, hooks, (*path, i), select) for i, v in enumerate(node[1])]
         kept = [v for v in items if v is not ABSENT]
         if select is not None and not kept and (node[1] or not select(path)):
             return ABSENT

@@ -19,6 +19,16 @@ def _u8(t: torch.Tensor) -> np.ndarray:
     return byte_view(t).numpy()
 
 
+def _at_key_path(
+    err: CorruptObjectError | ObjectNotFoundError, key_path: str
+) -> CorruptObjectError | ObjectNotFoundError:
+    """The same error, its message (and key_path, for corruption) naming the tensor's key."""
+    message = f"tensor at key path {key_path!r}: {err}"
+    if isinstance(err, CorruptObjectError):
+        return CorruptObjectError(message, err.object_id, key_path)
+    return ObjectNotFoundError(message, err.object_id)
+
+
 class TensorReader:
     def __init__(self, objects: ObjectStore, pool: ThreadPoolExecutor) -> None:
         self.objects = objects
@@ -54,8 +64,7 @@ class TensorReader:
             try:
                 fut.result()
             except (CorruptObjectError, ObjectNotFoundError) as err:
-                oid = getattr(err, "object_id", None)
-                raise type(err)(f"tensor at key path {where(i)!r}: {err}", oid) from err
+                raise _at_key_path(err, where(i)) from err
         for i, e in entries.items():
             t = out[i]
             if e.param:
