@@ -75,10 +75,10 @@ def root_refs(
     for name in names:
         try:
             oid = repo.refs.read(name)
-        except CorruptObjectError as e:
+        except CorruptObjectError as err:
             if bad is None:
                 raise
-            bad.append(e)
+            bad.append(err)
             continue
         if oid:
             roots[name] = oid
@@ -247,9 +247,9 @@ def fsck(repo: Repo) -> FsckReport:
     for oid, where in walk(repo, roots, unreadable):
         reachable.setdefault(oid, where)
     reported: set[str] = set()  # each broken object once, reported where the walk met it
-    for oid, where, e in unreadable:
-        what = "missing" if isinstance(e, ObjectNotFoundError) else "corrupt"
-        report.problems.append(Problem(what, oid, f"{where}: {e}"))
+    for oid, where, err in unreadable:
+        what = "missing" if isinstance(err, ObjectNotFoundError) else "corrupt"
+        report.problems.append(Problem(what, oid, f"{where}: {err}"))
         reported.add(oid)
     futures = {oid: repo.pool.submit(repo.objects.check, oid) for oid in repo.objects.ids()}
     for oid, fut in futures.items():

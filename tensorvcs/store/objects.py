@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import CorruptObjectError, ObjectNotFoundError
 from ..format import codecs, envelope
-from ..format.ids import Buffer, check_object_id, object_id
+from ..format.ids import Buffer, check_object_id, is_object_id, object_id
 from .base import Store
 
 OBJECTS = "objects"
@@ -105,12 +105,16 @@ class ObjectStore:
     ) -> None:
         payload = memoryview(data)[h.payload_offset :]
         if h.codec == codecs.CODEC_DELTA:
-            base = h.params.get("base")
-            if not isinstance(base, str):
-                raise CorruptObjectError(f"object {oid} is a delta without a base", oid)
+            base = _base_id(oid, h)
             # The base is decoded unverified: the final hash covers the whole chain. Only on
             # a mismatch is the chain walked again to name the object that is wrong.
-            self.read_into(base, out, verify=False)
+            try:
+                self.read_into(base, out, verify=False)
+            except CorruptObjectError:
+                self.read(base)  # raises naming the base (or one below it), if it is corrupt
+                raise CorruptObjectError(
+                    f"object {oid} is corrupt: it does not fit its delta base {base}", oid
+                ) from None
             codecs.decode_delta_into(h.params, payload, out, oid)
         else:
             codecs.decode_into(h.codec, h.params, payload, out, oid)
@@ -124,7 +128,7 @@ class ObjectStore:
     def delta_base(self, oid: str) -> str | None:
         """The base a delta object needs, or None for a self-contained object."""
         h = self.header(oid)
-        return h.params.get("base") if h.codec == codecs.CODEC_DELTA else None
+        return _base_id(oid, h) if h.codec == codecs.CODEC_DELTA else None
 
     def depth(self, oid: str) -> int:
         """Deltas to decode before reaching a self-contained object (0 for one)."""
@@ -162,6 +166,13 @@ class ObjectStore:
         """Read and verify one object; raises CorruptObjectError / ObjectNotFoundError."""
         h, _ = self.read(oid)
         return h
+
+
+def _base_id(oid: str, h: envelope.Header) -> str:
+    base = h.params.get("base")
+    if not isinstance(base, str) or not is_object_id(base):
+        raise CorruptObjectError(f"object {oid} is a delta without a valid base id", oid)
+    return base
 
 
 __all__ = ["OBJECTS", "CorruptObjectError", "ObjectStore", "object_name"]

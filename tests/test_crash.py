@@ -1,0 +1,196 @@
+"""Durability: a committing process is SIGKILLed at precise points of the write order
+(tensor objects → manifest → commit → ref → reflog). Whatever the point, the repository stays
+consistent: fsck is clean, the branch names the last complete commit, earlier commits check out
+bitwise, no stale lock blocks the next commit, and gc reclaims exactly the orphaned objects.
+
+The child (tests/proc_worker.py) wraps the library function that runs at the chosen moment so
+that it SIGKILLs its own process there: the kill is real, the library has no test hooks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    CRASH_REPO,
+    assert_same_value,
+    crash_state,
+    kinds,
+    object_ids,
+    start_worker,
+)
+
+import tensorvcs as tv
+from tensorvcs.format.envelope import HEADER_SIZE, KIND_COMMIT, MAGIC
+from tensorvcs.maintenance import TMP_GRACE_SECONDS
+from tensorvcs.refs import HEADS
+
+MAIN = HEADS + "main"
+# crash_state(3) stores as: w1 in 4 chunks, w2 in 2 chunks, the small tensors in 1 pack
+TENSOR_OBJECTS = {"chunk": 6, "pack": 1}
+
+
+def _two_commits(path: Path) -> tuple[str, str]:
+    with tv.Repo.init(path, **CRASH_REPO) as repo:
+        c1 = repo.commit(crash_state(1), "one", step=1)
+        c2 = repo.commit(crash_state(2), "two", step=2)
+    return c1.id, c2.id
+
+
+def _kill_child(args: list[Any]) -> int:
+    """Run the child to its kill point; its process id."""
+    proc = start_worker(*args)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"child was not killed (status {proc.returncode}):\n{out}\n{err}"
+    )
+    return proc.pid
+
+
+def _assert_no_stale_lock(repo: tv.Repo) -> None:
+    # the dead child held these; the kernel released them with its file descriptors
+    with repo.store.lock("gc", timeout=5), repo.store.lock("refs", timeout=5):
+        pass
+
+
+def _assert_good_history(repo: tv.Repo, c1: str, c2: str) -> None:
+    assert repo.head() == ("main", c2)
+    assert repo.branches() == {"main": c2}
+    assert [c.id for c in repo.log()] == [c2, c1]
+    assert_same_value(repo.checkout(c1), crash_state(1))
+    assert_same_value(repo.checkout("main~1"), crash_state(1))
+    assert_same_value(repo.checkout(), crash_state(2))
+
+
+# kill point -> the objects the dead commit left behind, by kind
+ORPHANS: dict[str, dict[str, int] | None] = {
+    "tensors": None,  # some tensor objects (at least two; writer threads race), nothing else
+    "object-midwrite": {"chunk": 2},  # one writer thread: 2 complete chunks, a 3rd half written
+    "manifest": {**TENSOR_OBJECTS, "manifest": 1},
+    "commit": {**TENSOR_OBJECTS, "manifest": 1, "commit": 1},
+    "ref-rename": {**TENSOR_OBJECTS, "manifest": 1, "commit": 1},
+}
+
+
+@pytest.mark.parametrize("point", list(ORPHANS))
+def test_kill_before_ref_update_keeps_last_good_commit(tmp_path: Path, point: str) -> None:
+    c1, c2 = _two_commits(tmp_path)
+    with tv.Repo.open(tmp_path) as repo:
+        before = object_ids(repo)
+    assert not os.listdir(tmp_path / ".tvcs" / "tmp")
+
+    child = _kill_child(["crash", tmp_path, point, 3])
+
+    repo = tv.Repo.open(tmp_path)
+    after = object_ids(repo)
+    assert before <= after
+    orphans = after - before
+    orphan_kinds = kinds(repo, orphans)
+    if point == "tensors":
+        assert set(orphan_kinds) <= {"chunk", "pack"} and len(orphans) >= 2, orphan_kinds
+    else:
+        assert orphan_kinds == ORPHANS[point]
+    # temp files the dead child left: only its own, at most one per writer thread
+    leftovers = sorted((tmp_path / ".tvcs" / "tmp").iterdir())
+    assert all(f.name.startswith(f"{child}-") for f in leftovers)
+    assert len(leftovers) <= repo.workers
+    if point == "object-midwrite":
+        # the object being written when the process died: a partial object file
+        (partial,) = (f.read_bytes() for f in leftovers)
+        assert partial.startswith(MAGIC) and len(partial) > HEADER_SIZE + 1000
+    elif point == "ref-rename":
+        # the new ref's temp file, complete, naming the orphaned commit; never renamed
+        (commit_id,) = (o for o in orphans if repo.objects.kind(o) == KIND_COMMIT)
+        assert [f.read_bytes() for f in leftovers] == [commit_id.encode() + b"\n"]
+    elif point != "tensors":
+        assert leftovers == []
+
+    report = repo.fsck()
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.dangling == len(orphans)
+    _assert_good_history(repo, c1, c2)
+    assert repo.refs.reflog(MAIN)[-1].new == c2
+    _assert_no_stale_lock(repo)
+
+    c4 = repo.commit(crash_state(4), "after the crash", step=4)
+    assert c4.parents == [c2]
+    assert_same_value(repo.checkout(), crash_state(4))
+    with_c4 = object_ids(repo)
+    assert not orphans & (with_c4 - after)  # crash_state(4) shares nothing with the orphans
+
+    old = time.time() - 2 * TMP_GRACE_SECONDS
+    for f in leftovers:
+        os.utime(f, (old, old))
+    gc = repo.gc()
+    assert gc.deleted_objects == len(orphans) > 0
+    assert not any((tmp_path / ".tvcs" / "tmp").iterdir())  # stale temp files are removed
+    assert object_ids(repo) == with_c4 - orphans
+    report = repo.fsck()
+    assert report.ok and report.dangling == 0, [str(p) for p in report.problems]
+    assert [c.id for c in repo.log()] == [c4.id, c2, c1]
+    assert_same_value(repo.checkout(c1), crash_state(1))
+    assert_same_value(repo.checkout(c2), crash_state(2))
+    repo.close()
+
+
+def test_kill_after_ref_rename_keeps_the_new_commit(tmp_path: Path) -> None:
+    """Killed after the branch file was renamed into place, before its reflog line: the
+    commit is complete and is the branch tip; nothing is orphaned."""
+    c1, c2 = _two_commits(tmp_path)
+    with tv.Repo.open(tmp_path) as repo:
+        before = object_ids(repo)
+
+    _kill_child(["crash", tmp_path, "reflog", 3])
+
+    repo = tv.Repo.open(tmp_path)
+    new = object_ids(repo) - before
+    assert kinds(repo, new) == {**TENSOR_OBJECTS, "manifest": 1, "commit": 1}
+    (c3,) = (o for o in new if repo.objects.kind(o) == KIND_COMMIT)
+    report = repo.fsck()
+    assert report.ok and report.dangling == 0, [str(p) for p in report.problems]
+    assert repo.head() == ("main", c3)
+    assert [c.id for c in repo.log()] == [c3, c2, c1]
+    assert repo.refs.reflog(MAIN)[-1].new == c2  # the line that was never appended
+    assert_same_value(repo.checkout(), crash_state(3))
+    assert_same_value(repo.checkout(c2), crash_state(2))
+    assert_same_value(repo.checkout(c1), crash_state(1))
+    _assert_no_stale_lock(repo)
+
+    c4 = repo.commit(crash_state(4), "after the crash")
+    assert c4.parents == [c3]
+    assert repo.refs.reflog(MAIN)[-1].old == c3
+    assert repo.gc().deleted_objects == 0
+    assert repo.fsck().ok
+    repo.close()
+
+
+def test_kill_during_gc_loses_nothing(tmp_path: Path) -> None:
+    """gc killed after its first deletion: the rest of the garbage stays until the next gc,
+    and nothing reachable is touched."""
+    c1, c2 = _two_commits(tmp_path)
+    with tv.Repo.open(tmp_path) as repo:
+        kept = object_ids(repo)
+        repo.commit(crash_state(5), "doomed", branch="doomed")
+        repo.commit(crash_state(6), "doomed too", branch="doomed")
+        repo.delete_branch("doomed")
+        garbage = object_ids(repo) - kept
+    assert len(garbage) == 2 * (7 + 2)  # two commits of 7 tensor objects, manifest, commit
+
+    _kill_child(["gc-crash", tmp_path])
+
+    repo = tv.Repo.open(tmp_path)
+    left = object_ids(repo)
+    assert kept <= left and len(left - kept) == len(garbage) - 1
+    report = repo.fsck()
+    assert report.ok, [str(p) for p in report.problems]
+    _assert_good_history(repo, c1, c2)
+    _assert_no_stale_lock(repo)
+    assert repo.gc().deleted_objects == len(garbage) - 1
+    assert object_ids(repo) == kept
+    assert repo.commit(crash_state(7), "after").parents == [c2]
+    repo.close()
