@@ -84,8 +84,8 @@ def root_refs(
             roots[name] = oid
     if keep_reflog:
         for name in repo.store.list(LOGS.rstrip("/")):
-            for i, e in enumerate(repo.refs.reflog(name[len(LOGS) :])):
-                for oid in (e.old, e.new):
+            for i, entry in enumerate(repo.refs.reflog(name[len(LOGS) :])):
+                for oid in (entry.old, entry.new):
                     if oid and repo.objects.has(oid):
                         roots[f"{name}@{{{i}}}"] = oid
     return roots

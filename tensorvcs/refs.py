@@ -7,6 +7,7 @@ temp file → fsync → rename, then one line appended to the ref's reflog.
 
 from __future__ import annotations
 
+import builtins
 import getpass
 import re
 import socket
@@ -201,6 +202,7 @@ class RefStore:
         """Point HEAD at a branch (``refs/heads/x``) or detach it at a commit id."""
         with self.locked():
             old = self.read(HEAD)
+            new: str | None
             if is_object_id(target):
                 content, new = target, target
             elif target.startswith(HEADS):
@@ -211,7 +213,7 @@ class RefStore:
             if new is not None:
                 self.log(HEAD, old, new, default_author(), message)
 
-    def reflog(self, name: str) -> list[ReflogEntry]:
+    def reflog(self, name: str) -> builtins.list[ReflogEntry]:
         try:
             data = self.store.get(LOGS + name)
         except FileNotFoundError:

@@ -532,7 +532,7 @@ def _small_index(m: Manifest | None) -> dict[str, tuple[str, int]]:
 def _entries_by_key(m: Manifest | None) -> dict[str, TensorEntry]:
     if m is None:
         return {}
-    out = {}
+    out: dict[str, TensorEntry] = {}
     for path, node in values.walk_leaves(m.tree):
         if isinstance(node, list) and node and node[0] == "tensor":
             out.setdefault(path_str(path), m.tensors[int(node[1])])

@@ -86,9 +86,9 @@ def _zstd_if_worth(data: bytes | bytearray | memoryview | np.ndarray) -> bytes |
         return None
     if n > 2 * SAMPLE_BYTES:
         sample = _as_u8(data)[:SAMPLE_BYTES]
-        if len(_compressor().compress(sample)) > SAMPLE_RATIO * SAMPLE_BYTES:
+        if len(_compressor().compress(sample.data)) > SAMPLE_RATIO * SAMPLE_BYTES:
             return None
-    out = _compressor().compress(data)
+    out = _compressor().compress(_as_u8(data).data)
     return out if len(out) <= WORTH_RATIO * n else None
 
 

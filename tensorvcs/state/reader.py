@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ class TensorReader:
     ) -> dict[int, torch.Tensor]:
         """Tensors for ``entries`` ({index: entry}); ``where(i)`` names entry i's key path."""
         out: dict[int, torch.Tensor] = {}
-        jobs: list[tuple[int, Future[object]]] = []
+        jobs: list[tuple[int, Future[Any]]] = []
         packs: dict[str, list[int]] = {}
         for i, e in entries.items():
             t = torch.empty(e.shape, dtype=dtype_from_name(e.dtype))
