@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 bench: $(STAMP)
+	$(PIP) -e ".[bench]" "torch==$(TORCH_VERSION)"
 	$(BIN)/python bench/run.py
 
 clean:

@@ -16,14 +16,43 @@ from .errors import (
 )
 from .format.commit import Commit
 from .loading import LoadReport
+from .manager import CheckpointManager
 from .repo import Repo
+from .retention import (
+    CheckpointInfo,
+    KeepBest,
+    KeepEvery,
+    KeepIf,
+    KeepLast,
+    KeepNewerThan,
+    KeepSteps,
+)
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # tv.dcp (torch.distributed.checkpoint integration) is imported on first use: it pulls in
+    # torch.distributed, which a plain `import tensorvcs` should not pay for.
+    if name == "dcp":
+        import importlib
+
+        return importlib.import_module(".dcp", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "CheckpointInfo",
+    "CheckpointManager",
     "Commit",
     "CorruptObjectError",
     "FormatVersionError",
+    "KeepBest",
+    "KeepEvery",
+    "KeepIf",
+    "KeepLast",
+    "KeepNewerThan",
+    "KeepSteps",
     "LoadError",
     "LoadReport",
     "LockTimeoutError",

@@ -1,0 +1,400 @@
+"""The Lightning integration, written once against the interfaces both ``lightning`` and
+``pytorch_lightning`` share; ``lightning.py`` and ``pytorch_lightning.py`` bind these mixins
+to each package's own ``CheckpointIO`` and ``Callback`` classes (the Trainer checks
+``isinstance`` against its own package's classes).
+
+Nothing here imports a Lightning package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import TensorVCSError, UsageError
+from ..manager import DEFAULT_TAG, STATE_KEY, AsyncCommitter, CheckpointManager, plain_metrics
+from ..refs import check_ref_name
+from ..repo import Repo
+from ..retention import Policy
+from ..snapshot import plain_containers, snapshot
+
+IO_MARKER = "tensorvcs.lightning"  # commit metadata key of checkpoints TVCSCheckpointIO wrote
+POINTER_KIND = "tensorvcs-checkpoint-pointer"
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\@{]")
+
+
+def _repo(repo: Repo | str | os.PathLike[str]) -> Repo:
+    if isinstance(repo, Repo):
+        return repo
+    try:
+        return Repo.open(repo)
+    except TensorVCSError:
+        return Repo.init(repo)
+
+
+def _sanitize(part: str) -> str:
+    part = _BAD_CHARS.sub("_", part).replace("..", "_")
+    if part.startswith((".", "-")):
+        part = "_" + part
+    if part.endswith((".", ".lock")):
+        part += "_"
+    return part or "_"
+
+
+def read_pointer(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The content of a pointer file ``TVCSCheckpointIO`` wrote at ``path``, or None when
+    ``path`` is not one."""
+    p = Path(path)
+    try:
+        if not p.is_file() or p.stat().st_size > 65536:
+            return None
+        doc = json.loads(p.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if (
+        isinstance(doc, dict)
+        and doc.get("kind") == POINTER_KIND
+        and isinstance(doc.get("tag"), str)
+    ):
+        return doc
+    return None
+
+
+def tag_for(repo: Repo, path: str | os.PathLike[str], prefix: str = "ckpt/") -> str:
+    """See ``IOMixin.tag_for``."""
+    p = Path(path)
+    try:
+        parts = p.resolve().relative_to(repo.root).with_suffix("").parts
+    except ValueError:
+        parts = (p.stem,)
+    return check_ref_name(prefix + "/".join(_sanitize(x) for x in parts if x), "tag")
+
+
+def resolve_checkpoint(repo: Repo, path: str | os.PathLike[str], prefix: str = "ckpt/") -> str:
+    """See ``IOMixin.resolve``."""
+    pointer = read_pointer(path)
+    tag = pointer["tag"] if pointer else None
+    if tag is None:
+        try:
+            tag = tag_for(repo, path, prefix)
+        except UsageError:
+            tag = None
+    tags = repo.tags()
+    if tag is not None and tag in tags:
+        return tags[tag]
+    if pointer is not None:
+        raise FileNotFoundError(f"checkpoint {path} points at tag {tag!r}, which {repo.path} lacks")
+    try:
+        return repo.resolve(str(path))
+    except TensorVCSError:
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (no pointer file, no tag {tag!r} in {repo.path}, "
+            "and not a revision)"
+        ) from None
+
+
+class IOMixin:
+    """The ``CheckpointIO`` methods of ``TVCSCheckpointIO`` (see lightning.py)."""
+
+    def __init__(
+        self,
+        repo: Repo | str | os.PathLike[str],
+        *,
+        branch: str | None = None,
+        tag_prefix: str = "ckpt/",
+        pointer_files: bool = True,
+        async_commit: bool = False,
+        gc_every: int | None = 1,
+        allow_pickle: bool = False,
+    ) -> None:
+        super().__init__()
+        self.repo = _repo(repo)
+        if branch is not None:
+            check_ref_name(branch, "branch")
+        self.branch = branch
+        self.tag_prefix = tag_prefix
+        self.pointer_files = pointer_files
+        self.gc_every = gc_every
+        self.allow_pickle = allow_pickle
+        self._committer = AsyncCommitter(async_commit, "tvcs-lightning-io")
+        self._drops_since_gc = 0
+
+    # -- paths and refs ---------------------------------------------------------------------
+    def tag_for(self, path: str | os.PathLike[str]) -> str:
+        """The tag a checkpoint path maps to: ``tag_prefix`` + the path relative to the
+        repository's working directory without its suffix (just the file name's stem for a
+        path outside it), with characters tags cannot hold replaced by ``_``."""
+        return tag_for(self.repo, path, self.tag_prefix)
+
+    def resolve(self, path: str | os.PathLike[str]) -> str:
+        """The commit a checkpoint path names: through its pointer file, the tag derived
+        from it, or the path read as a revision (``"step-100"``, ``"best"``, a commit id).
+        Raises FileNotFoundError when none of these exists."""
+        return resolve_checkpoint(self.repo, path, self.tag_prefix)
+
+    def _write_pointer(self, path: str | os.PathLike[str], tag: str) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"kind": POINTER_KIND, "repo": str(self.repo.root), "tag": tag}
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(doc) + "\n")
+        os.replace(tmp, p)
+
+    # -- CheckpointIO ------------------------------------------------------------------------
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        """Commit ``checkpoint`` and tag it with the tag of ``path`` (moving the tag when the
+        same path is saved again); write a small pointer file at ``path``.
+        ``storage_options`` may be a dict with ``message``, ``metrics`` and ``metadata``."""
+        opts = dict(storage_options or {}) if isinstance(storage_options, Mapping) else None
+        if storage_options is not None and opts is None:
+            raise TypeError(f"{type(self).__name__} takes storage_options as a dict or None")
+        opts = opts or {}
+        tag = self.tag_for(path)
+        self._committer.wait()
+        async_ = self._committer.async_commit
+        payload = snapshot(checkpoint) if async_ else plain_containers(checkpoint)
+        step = checkpoint.get("global_step")
+        own = checkpoint.get(STATE_KEY)
+        if isinstance(own, Mapping) and type(own.get("step")) is int:
+            step = own["step"]
+        metrics = _monitor_metrics(checkpoint)
+        metrics.update(plain_metrics(opts.get("metrics")))
+        metadata = dict(opts.get("metadata") or {})
+        metadata[IO_MARKER] = {
+            "path": str(path),
+            "tag": tag,
+            "epoch": checkpoint.get("epoch"),
+            "weights_only": "optimizer_states" not in checkpoint,
+        }
+        message = opts.get("message") or f"lightning checkpoint {Path(path).name}"
+
+        def commit() -> Any:
+            c = self.repo.commit(
+                payload,
+                message,
+                step=step if type(step) is int else None,
+                metrics=metrics,
+                metadata=metadata,
+                branch=self.branch,
+                allow_pickle=self.allow_pickle,
+            )
+            previous = self.repo.tags().get(tag)
+            self.repo.tag(tag, c.id, force=True)
+            if previous is not None and previous != c.id:
+                self._drop(previous)  # the path was overwritten: its old checkpoint is gone
+            return c
+
+        if self.pointer_files:
+            self._write_pointer(path, tag)
+        self._committer.submit(commit)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint committed for ``path`` (see ``resolve``), as Lightning saved it."""
+        self._committer.wait()
+        if read_pointer(path) is None and Path(path).is_file():  # a plain torch.save file
+            kwargs = {} if weights_only is None else {"weights_only": weights_only}
+            return torch.load(path, map_location=map_location, **kwargs)
+        oid = self.resolve(path)
+        where = map_location if isinstance(map_location, (str, torch.device)) else None
+        state = self.repo.checkout(
+            oid, map_location=where, allow_pickle=self.allow_pickle and weights_only is not True
+        )
+        if not isinstance(state, dict):
+            raise UsageError(f"commit {oid[:12]} is not a Lightning checkpoint")
+        return state
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Delete the tag of ``path`` and its pointer file; drop the commit from the branch's
+        history (so ``gc`` frees its bytes) unless another tag still names it."""
+        self._committer.wait()
+        pointer = read_pointer(path)
+        try:
+            tag = pointer["tag"] if pointer else self.tag_for(path)
+        except UsageError:
+            tag = None
+        oid = self.repo.tags().get(tag) if tag else None
+        if oid is not None:
+            self.repo.delete_tag(tag)  # type: ignore[arg-type]
+            self._drop(oid)
+        if pointer is not None:
+            Path(path).unlink(missing_ok=True)
+
+    def _drop(self, oid: str) -> None:
+        if oid in self.repo.tags().values():
+            return  # another tag (another path, "best", a user's tag) still names it
+        if IO_MARKER not in self.repo.get_commit(oid).metadata:
+            return  # not a commit this plugin wrote
+        try:
+            self.repo.drop([oid], branch=self.branch)
+        except UsageError:
+            return  # not on the branch's first-parent history: leave it
+        self._drops_since_gc += 1
+        if self.gc_every and self._drops_since_gc >= self.gc_every:
+            self.repo.gc()
+            self._drops_since_gc = 0
+
+    def teardown(self) -> None:
+        """Wait for the commit in flight (its error is raised here)."""
+        self._committer.close()
+
+
+def _monitor_metrics(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """{monitor: current score} of every ModelCheckpoint state in ``checkpoint``."""
+    out: dict[str, Any] = {}
+    callbacks = checkpoint.get("callbacks")
+    if not isinstance(callbacks, Mapping):
+        return out
+    for st in callbacks.values():
+        if isinstance(st, Mapping) and isinstance(st.get("monitor"), str):
+            score = st.get("current_score")
+            if isinstance(score, torch.Tensor) and score.numel() == 1:
+                out[st["monitor"]] = score.item()
+            elif isinstance(score, (int, float)) and not isinstance(score, bool):
+                out[st["monitor"]] = score
+    return out
+
+
+def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[str(k)] = float(v.detach().item())
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[str(k)] = float(v)
+    return out
+
+
+class CallbackMixin:
+    """The hooks of ``TVCSCheckpoint`` (see lightning.py)."""
+
+    def __init__(
+        self,
+        repo: Repo | str | os.PathLike[str],
+        every_n_steps: int | None = None,
+        *,
+        every_n_seconds: float | None = None,
+        keep: Sequence[Policy] | None = None,
+        save_weights_only: bool = False,
+        async_commit: bool = True,
+        branch: str | None = None,
+        gc_every: int | None = 1,
+        tag_format: str | None = DEFAULT_TAG,
+        allow_pickle: bool = False,
+    ) -> None:
+        super().__init__()
+        self.repo = _repo(repo)
+        self.every_n_steps = every_n_steps
+        self.save_weights_only = save_weights_only
+        self.manager = CheckpointManager(
+            self.repo,
+            every_n_steps=every_n_steps,
+            every_n_seconds=every_n_seconds,
+            keep=keep,
+            async_commit=async_commit,
+            branch=branch,
+            gc_every=gc_every,
+            tag_format=tag_format,
+            allow_pickle=allow_pickle,
+        )
+        self._restored_step: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(  # type: ignore[attr-defined]
+            every_n_steps=self.every_n_steps, branch=self.manager.branch
+        )
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.manager.step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        step = state_dict.get("step")
+        self._restored_step = step if type(step) is int else None
+
+    # -- hooks -------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.manager.watch(*trainer.optimizers)
+        loaded = getattr(
+            getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None
+        )
+        step = self._restored_step
+        if isinstance(loaded, dict) and loaded:
+            own = loaded.get(STATE_KEY)
+            if isinstance(own, Mapping) and type(own.get("step")) is int:
+                step = own["step"]
+            elif step is None and type(loaded.get("global_step")) is int:
+                step = loaded["global_step"]
+            self._complete_weights_only(trainer, loaded)
+        if step is not None:
+            self.manager.step = step
+            self.manager._last_save_step = step
+        if trainer.ckpt_path:  # a new branch forks at the commit the run resumed from
+            with contextlib.suppress(FileNotFoundError):
+                self.manager.restored_from = resolve_checkpoint(self.repo, trainer.ckpt_path)
+
+    @staticmethod
+    def _complete_weights_only(trainer: Any, loaded: dict[str, Any]) -> None:
+        """Lightning raises KeyError('optimizer_states') when fit resumes a weights-only
+        checkpoint: supply the fresh optimizers' and schedulers' own states instead."""
+        missing = [k for k in ("optimizer_states", "lr_schedulers") if k not in loaded]
+        if not missing:
+            return
+        warnings.warn(
+            "resuming a weights-only checkpoint: the optimizers and LR schedulers start "
+            "fresh (weights, epoch and step are restored)",
+            stacklevel=2,
+        )
+        if "optimizer_states" in missing:
+            loaded["optimizer_states"] = [
+                trainer.strategy.optimizer_state(o) for o in trainer.optimizers
+            ]
+        if "lr_schedulers" in missing:
+            loaded["lr_schedulers"] = [
+                c.scheduler.state_dict() for c in trainer.lr_scheduler_configs
+            ]
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # a step taken after our on_train_batch_end (in the LightningModule's hook) lands here
+        self._maybe_save(trainer)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._maybe_save(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._maybe_save(trainer)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self.manager.wait()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            self.manager.close()
+
+    def _maybe_save(self, trainer: Any) -> None:
+        self.manager._committer.check()
+        if trainer.sanity_checking or not self.manager.should_save():
+            return
+        step = self.manager.step
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
+        if trainer.is_global_zero:
+            metrics = _scalar_metrics(trainer.callback_metrics)
+            self.manager.save(checkpoint, step=step, metrics=metrics)
+        else:
+            self.manager._last_save_step = step

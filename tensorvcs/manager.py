@@ -1,0 +1,534 @@
+"""``CheckpointManager``: periodic, asynchronous, retention-managed checkpoints for any loop.
+
+::
+
+    mgr = tv.CheckpointManager(repo, every_n_steps=100,
+                               keep=[tv.KeepLast(3), tv.KeepBest("val_loss")])
+    mgr.watch(optimizer)               # counts real optimizer steps, wherever step() runs
+    extra = mgr.restore(model=model, optimizer=optimizer, scheduler=scheduler, data=gen)
+    for batch in loader:
+        ...
+        optimizer.step()
+        mgr.maybe_save({"model": model, "optimizer": optimizer, "scheduler": scheduler,
+                        "data": gen, "epoch": epoch}, metrics={"loss": loss})
+    mgr.close()
+
+Steps are counted with ``torch.optim.Optimizer.register_step_post_hook``, so a step taken
+outside any training-step hook (Lightning manual optimization in ``on_train_batch_end``,
+gradient accumulation, GradScaler skipping a step) is counted exactly when it happens.
+
+A save waits only for a host snapshot (``tensorvcs.snapshot``): tensors copied to CPU memory,
+the RNG states captured. Hashing, compression, writing, tagging, retention and gc then run in
+one background thread. At most one commit is in flight: the next save first waits for it. An
+error in the background is raised by the next call (``save``, ``maybe_save``, ``wait``,
+``close``, ``restore``).
+
+Every checkpoint is a commit on ``branch`` (default: HEAD's branch) tagged ``step-<step>``
+(``<branch>/step-<step>`` when a branch is given),
+with commit metadata ``{"tensorvcs.manager": {...}}`` marking it as this kind of checkpoint.
+The committed state is the state passed to ``save`` plus the key ``"_tvcs"``: ``{"step": int,
+"rng": {python, numpy, torch, cuda}}``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import NotFoundError, UsageError
+from .loading import LoadReport, load_state
+from .refs import HEAD, HEADS, check_ref_name
+from .retention import CheckpointInfo, KeepBest, Policy, select
+from .snapshot import capture_rng, restore_rng, snapshot
+
+if TYPE_CHECKING:
+    from .format.commit import Commit
+    from .repo import Repo
+
+__all__ = ["MARKER", "STATE_KEY", "AsyncCommitter", "CheckpointManager", "SavedCheckpoint"]
+
+MARKER = "tensorvcs.manager"  # commit metadata key of checkpoints a manager wrote
+STATE_KEY = "_tvcs"  # the manager's own entry in a committed state
+DEFAULT_TAG = "step-{step}"
+
+
+class AsyncCommitter:
+    """Runs jobs one at a time in a background thread (or inline when ``async_commit`` is
+    false). ``submit`` waits for the previous job first; a job's exception is raised by the
+    next ``submit``, ``check`` (only if already finished), ``wait`` or ``close``."""
+
+    def __init__(self, async_commit: bool = True, name: str = "tvcs-commit") -> None:
+        self.async_commit = async_commit
+        self.name = name
+        self._executor: ThreadPoolExecutor | None = None
+        self._future: Future[Any] | None = None
+        self.last_result: Any = None
+
+    @property
+    def busy(self) -> bool:
+        return self._future is not None and not self._future.done()
+
+    def check(self) -> None:
+        """Raise the error of a background job that has already finished (never blocks)."""
+        f = self._future
+        if f is not None and f.done():
+            self._future = None
+            self.last_result = f.result()
+
+    def wait(self) -> Any:
+        """Wait for the job in flight; return its result or raise its error."""
+        f = self._future
+        if f is not None:
+            self._future = None
+            self.last_result = f.result()
+        return self.last_result
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        self.wait()
+        if not self.async_commit:
+            fut: Future[Any] = Future()
+            fut.set_result(fn())
+            self.last_result = fut.result()
+            return fut
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        self._future = self._executor.submit(fn)
+        return self._future
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+
+@dataclass
+class SavedCheckpoint:
+    """What one ``save`` produced (filled in by the background commit)."""
+
+    step: int
+    commit: str  # the id at commit time; retention rewrites descendants (follow ``tag``)
+    tag: str | None
+    new_stored_bytes: int | None  # bytes of new tensor objects this commit wrote
+    logical_bytes: int | None  # bytes of all its tensors
+    seconds: float  # hashing + compression + writes (+ retention), in the background
+    dropped: list[str]  # commits retention dropped after this save
+
+
+def plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Metrics as plain numbers (one-element tensors and numpy scalars become Python numbers;
+    other values are left for ``Repo.commit`` to refuse)."""
+    out: dict[str, Any] = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.detach().item()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[str(k)] = v
+    return out
+
+
+def _is_factory(x: Any) -> bool:
+    return callable(x) and not isinstance(x, Mapping) and not hasattr(x, "state_dict")
+
+
+class CheckpointManager:
+    """Periodic, asynchronous, retention-managed checkpoints of a training state (see the
+    module docstring).
+
+    Args:
+        repo: the repository to commit into.
+        every_n_steps: ``maybe_save`` saves when the step count crosses a multiple of it.
+        every_n_seconds: ``maybe_save`` saves when this long has passed since the last save.
+        keep: retention policies (``tv.KeepLast``, ``tv.KeepBest``, ``tv.KeepEvery``,
+            ``tv.KeepNewerThan``, ...); a checkpoint is kept if any keeps it, and the newest
+            is always kept. None: keep every checkpoint.
+        async_commit: commit in a background thread (the loop waits only for a CPU copy).
+        branch: the branch to commit to (default: HEAD's branch). A branch that does not
+            exist yet starts at the commit ``restore`` resumed from (else at HEAD).
+        gc_every: run ``repo.gc()`` after this many retention passes that dropped
+            checkpoints (1: each time; None or 0: never, run gc yourself).
+        tag_format: the tag of each checkpoint (``str.format`` with ``step``); None: no tag.
+            The default is ``step-<step>``, or ``<branch>/step-<step>`` with ``branch``.
+        save_rng: also store the global RNG states (restored by ``restore``).
+        allow_pickle: store (and restore) values that are not tensors/containers/scalars as
+            opaque pickles.
+    """
+
+    def __init__(
+        self,
+        repo: Repo,
+        *,
+        every_n_steps: int | None = None,
+        every_n_seconds: float | None = None,
+        keep: Sequence[Policy] | None = None,
+        async_commit: bool = True,
+        branch: str | None = None,
+        gc_every: int | None = 1,
+        tag_format: str | None = DEFAULT_TAG,
+        message: str = "checkpoint at step {step}",
+        save_rng: bool = True,
+        allow_pickle: bool = False,
+    ) -> None:
+        if every_n_steps is not None and every_n_steps <= 0:
+            raise UsageError(f"every_n_steps must be positive, not {every_n_steps}")
+        if every_n_seconds is not None and every_n_seconds <= 0:
+            raise UsageError(f"every_n_seconds must be positive, not {every_n_seconds}")
+        for p in keep or []:
+            if not isinstance(p, Policy):
+                raise UsageError(f"keep= takes retention policies (tv.KeepLast(3), ...), not {p!r}")
+        if branch is not None:
+            check_ref_name(branch, "branch")
+        if tag_format == DEFAULT_TAG and branch is not None:
+            tag_format = f"{branch}/{DEFAULT_TAG}"  # runs on different branches: no clash
+        if tag_format is not None:
+            check_ref_name(tag_format.format(step=0), "tag")
+        self.repo = repo
+        self.every_n_steps = every_n_steps
+        self.every_n_seconds = every_n_seconds
+        self.keep = list(keep or [])
+        self.branch = branch
+        self.gc_every = gc_every
+        self.tag_format = tag_format
+        self.message = message
+        self.save_rng = save_rng
+        self.allow_pickle = allow_pickle
+        self.saved: list[SavedCheckpoint] = []
+        self.load_reports: dict[str, LoadReport] = {}
+        self.restored_from: str | None = None
+        self._committer = AsyncCommitter(async_commit, "tvcs-checkpoint")
+        self._hooks: list[Any] = []
+        self._counts: dict[int, int] = {}
+        self._offset = 0
+        self._last_save_step: int | None = None
+        self._last_save_time = time.monotonic()
+        self._drops_since_gc = 0
+        self._lock = threading.Lock()
+
+    # -- steps ------------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        """Optimizer steps so far: the most-stepped watched optimizer's count, plus the step
+        restored from a checkpoint (or set by ``step=``/assignment)."""
+        return self._offset + max(self._counts.values(), default=0)
+
+    @step.setter
+    def step(self, value: int) -> None:
+        if type(value) is not int:
+            raise UsageError(f"step must be an int, not {type(value).__name__}")
+        self._offset = value - max(self._counts.values(), default=0)
+
+    def watch(self, *optimizers: torch.optim.Optimizer) -> CheckpointManager:
+        """Count the real steps of ``optimizers`` (a post-step hook on each; with several, the
+        step is the largest count, so alternating GAN optimizers count once per round)."""
+        for opt in optimizers:
+            if not isinstance(opt, torch.optim.Optimizer):
+                # LightningOptimizer and similar wrappers hold the real optimizer
+                inner = getattr(opt, "optimizer", getattr(opt, "_optimizer", None))
+                if not isinstance(inner, torch.optim.Optimizer):
+                    raise UsageError(f"watch() takes torch optimizers, not {type(opt).__name__}")
+                opt = inner
+            key = id(opt)
+            if key in self._counts:
+                continue
+            self._counts[key] = 0
+            self._hooks.append(opt.register_step_post_hook(self._make_hook(key)))
+        return self
+
+    def _make_hook(self, key: int) -> Callable[..., None]:
+        def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+            self._counts[key] += 1
+
+        return hook
+
+    def unwatch(self) -> None:
+        """Remove the step hooks (the step count is kept)."""
+        base = self.step
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._counts.clear()
+        self._offset = base
+
+    def should_save(self, step: int | None = None) -> bool:
+        """Whether a step- or time-based save is due at ``step`` (default: ``self.step``)."""
+        s = self.step if step is None else step
+        last = self._last_save_step if self._last_save_step is not None else 0
+        n = self.every_n_steps
+        if n and s > last and s // n > last // n:
+            return True
+        t = self.every_n_seconds
+        return bool(t and time.monotonic() - self._last_save_time >= t)
+
+    # -- saving -----------------------------------------------------------------------------
+    def maybe_save(
+        self,
+        state: Any,
+        *,
+        step: int | None = None,
+        metrics: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Save if a save is due (or ``force``). ``state`` may be a callable returning the
+        state, called only when saving; so may ``metrics``. Returns whether it saved."""
+        self._committer.check()
+        if step is not None:
+            self.step = step
+        if not (force or self.should_save()):
+            return False
+        if _is_factory(state):
+            state = state()
+        if callable(metrics):
+            metrics = metrics()
+        self.save(state, metrics=metrics, metadata=metadata)
+        return True
+
+    def save(
+        self,
+        state: Mapping[str, Any],
+        *,
+        step: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        message: str | None = None,
+        tags: Sequence[str] = (),
+        copy: bool = True,
+    ) -> Future[Commit]:
+        """Checkpoint ``state`` now. Live objects in it (modules, optimizers, schedulers,
+        generators) are replaced by their state. Returns a future of the commit (already
+        done when ``async_commit`` is false). ``copy=False`` skips the snapshot: only for a
+        state nothing else will modify (one freshly loaded from files)."""
+        self._committer.check()
+        if step is not None:
+            self.step = step
+        step = self.step
+        if not isinstance(state, Mapping):
+            raise UsageError(f"save() takes a dict of state, not {type(state).__name__}")
+        if STATE_KEY in state:
+            raise UsageError(f"the key {STATE_KEY!r} is reserved for the checkpoint manager")
+        for t in tags:
+            check_ref_name(t, "tag")
+        self._committer.wait()  # at most one commit in flight, and one host copy
+        payload = snapshot(state) if copy else dict(state)
+        own: dict[str, Any] = {"step": step}
+        if self.save_rng:
+            own["rng"] = capture_rng()
+        payload[STATE_KEY] = own
+        plain = plain_metrics(metrics)
+        self._last_save_step = step
+        self._last_save_time = time.monotonic()
+        msg = (message or self.message).format(step=step)
+        meta = dict(metadata or {})
+        return self._committer.submit(
+            lambda: self._commit(payload, step, plain, meta, msg, list(tags))
+        )
+
+    def _commit(
+        self,
+        payload: dict[str, Any],
+        step: int,
+        metrics: dict[str, Any],
+        metadata: dict[str, Any],
+        message: str,
+        tags: list[str],
+    ) -> Commit:
+        t0 = time.perf_counter()
+        tag = self.tag_format.format(step=step) if self.tag_format else None
+        metadata[MARKER] = {"version": 1, "tag": tag}
+        if (
+            self.branch is not None
+            and self.restored_from is not None
+            and self.branch not in self.repo.branches()
+        ):  # a new branch for a resumed run starts at the commit it resumed from
+            self.repo.branch(self.branch, self.restored_from)
+        c = self.repo.commit(
+            payload,
+            message,
+            step=step,
+            metrics=metrics,
+            metadata=metadata,
+            branch=self.branch,
+            allow_pickle=self.allow_pickle,
+        )
+        stats = getattr(self.repo, "last_write_stats", None)
+        for name in ([tag] if tag else []) + tags:
+            self.repo.tag(name, c.id, force=True)
+        rec = SavedCheckpoint(
+            step=step,
+            commit=c.id,
+            tag=tag,
+            new_stored_bytes=getattr(stats, "new_stored_bytes", None),
+            logical_bytes=getattr(stats, "logical_bytes", None),
+            seconds=0.0,
+            dropped=[],
+        )
+        with self._lock:
+            self.saved.append(rec)
+        rec.dropped = self.apply_retention()
+        rec.seconds = time.perf_counter() - t0
+        return c
+
+    def wait(self) -> Commit | None:
+        """Wait for the commit in flight; return the last commit (raise its error)."""
+        return self._committer.wait()
+
+    def close(self) -> None:
+        """Wait for the commit in flight, remove the step hooks, stop the thread."""
+        try:
+            self._committer.close()
+        finally:
+            self.unwatch()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- history and retention --------------------------------------------------------------
+    def _tip(self) -> str | None:
+        if self.branch is not None:
+            return self.repo.refs.read(HEADS + self.branch)
+        return self.repo.refs.read(HEAD)
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """The checkpoints a manager committed on the branch (its first-parent history, so
+        earlier runs' too), oldest first. Retention chooses among these; other commits
+        (yours, TVCSCheckpointIO's) are left alone."""
+        out = []
+        oid = self._tip()
+        while oid:
+            c = self.repo.get_commit(oid)
+            if MARKER in c.metadata:
+                out.append(CheckpointInfo(c.id, c.step, c.datetime.timestamp(), dict(c.metrics)))
+            oid = c.parents[0] if c.parents else None
+        out.reverse()
+        return out
+
+    def latest(self) -> CheckpointInfo | None:
+        cps = self.checkpoints()
+        return cps[-1] if cps else None
+
+    def apply_retention(self) -> list[str]:
+        """Drop the checkpoints no policy keeps (``Repo.drop``), move the ``best`` tags, and
+        gc every ``gc_every`` drops. Returns the dropped commit ids. Runs after every save;
+        call it yourself after changing ``keep``. A checkpoint that carries a tag the manager
+        did not make is never dropped."""
+        if not self.keep:
+            return []
+        infos = self.checkpoints()
+        kept = select(infos, self.keep, time.time())
+        by_commit: dict[str, list[str]] = {}
+        for name, oid in self.repo.tags().items():
+            by_commit.setdefault(oid, []).append(name)
+        best_tags = {p.tag for p in self.keep if isinstance(p, KeepBest) and p.tag}
+        for c in infos:
+            own = {self.repo.get_commit(c.commit).metadata[MARKER].get("tag")} | best_tags
+            if any(t not in own for t in by_commit.get(c.commit, [])):
+                kept.add(c.commit)  # someone tagged it: not ours to drop
+        survivors = [c for c in infos if c.commit in kept]
+        for p in self.keep:
+            if isinstance(p, KeepBest) and p.tag and p.k > 0:
+                best = p.best(survivors)
+                if best is not None and self.repo.tags().get(p.tag) != best.commit:
+                    self.repo.tag(p.tag, best.commit, force=True)
+        drop = [c.commit for c in infos if c.commit not in kept]
+        if not drop:
+            return []
+        mapping = self.repo.drop(drop, branch=self.branch)
+        with self._lock:
+            for rec in self.saved:
+                new = mapping.get(rec.commit)
+                if new is not None:
+                    rec.commit = new
+        self._drops_since_gc += 1
+        if self.gc_every and self._drops_since_gc >= self.gc_every:
+            self.repo.gc()
+            self._drops_since_gc = 0
+        return drop
+
+    # -- restoring --------------------------------------------------------------------------
+    def restore(
+        self,
+        model: torch.nn.Module | None = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        *,
+        ref: str | None = None,
+        strict: bool = True,
+        map_location: str | torch.device | None = None,
+        rng: bool = True,
+        **objects: Any,
+    ) -> dict[str, Any] | None:
+        """Resume from ``ref`` (default: the branch's newest checkpoint): load ``model`` (strict:
+        missing/unexpected/mismatched keys raise ``tv.LoadError``), ``optimizer``,
+        ``scheduler`` and every other named object (``data=generator``, ``scaler=...``: the
+        state saved under that key; anything with ``load_state_dict``, or a
+        ``torch.Generator``), set the step, and restore the RNG states. A checkpoint without
+        optimizer or scheduler state (weights only) leaves them as they are, with a warning.
+        Returns the rest of the saved state (your own keys), or None when there is nothing
+        to restore yet."""
+        self._committer.wait()
+        if ref is None:
+            newest = self.latest()
+            if newest is None:
+                return None
+            oid = newest.commit
+        else:
+            oid = self.repo.resolve(ref)
+        commit = self.repo.get_commit(oid)
+        state = self.repo.checkout(oid, map_location=map_location, allow_pickle=self.allow_pickle)
+        if not isinstance(state, dict):
+            raise UsageError(f"commit {oid[:12]} holds a {type(state).__name__}, not a dict")
+        own = state.pop(STATE_KEY, None) or {}
+        source = f"{ref or 'latest checkpoint'} ({oid[:12]})"
+        targets = {"model": model, "optimizer": optimizer, "scheduler": scheduler, **objects}
+        self.load_reports = {}
+        for name, obj in targets.items():
+            if obj is None:
+                continue
+            if name not in state:
+                if name == "model" or (strict and name not in ("optimizer", "scheduler")):
+                    raise NotFoundError(f"checkpoint {source} has no {name!r} state")
+                warnings.warn(
+                    f"checkpoint {source} has no {name!r} state (weights-only?): "
+                    f"{name} keeps its current state",
+                    stacklevel=2,
+                )
+                continue
+            self._load_object(name, obj, state.pop(name), strict, source)
+        step = own.get("step", commit.step)
+        self.step = int(step) if step is not None else 0
+        self._last_save_step = self.step
+        self._last_save_time = time.monotonic()
+        if rng and own.get("rng"):
+            restore_rng(own["rng"])
+        self.restored_from = oid
+        return state
+
+    def _load_object(self, name: str, obj: Any, value: Any, strict: bool, source: str) -> None:
+        if isinstance(obj, torch.nn.Module):
+            if not isinstance(value, Mapping):
+                raise UsageError(f"{name!r} of {source} is not a state dict")
+            self.load_reports[name] = load_state(
+                obj, value, strict=strict, required=None, source=f"{source} key {name!r}"
+            )
+        elif isinstance(obj, torch.Generator):
+            obj.set_state(value)
+        elif callable(getattr(obj, "load_state_dict", None)):
+            obj.load_state_dict(value)
+        else:
+            raise UsageError(
+                f"cannot restore {name!r} into a {type(obj).__name__}: it has no load_state_dict"
+            )
