@@ -1,0 +1,5 @@
+"""``python -m tensorvcs.cli``."""
+
+from . import main
+
+main()

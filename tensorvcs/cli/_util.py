@@ -1,0 +1,258 @@
+"""Shared helpers of the CLI: the repository in use, output (sizes, tables, bars, JSON),
+progress bars, and argument parsing."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..repo import Repo
+
+ENV_REPO = "TVCS_REPO"
+
+
+@dataclass
+class State:
+    """The CLI's per-invocation state (``ctx.obj``)."""
+
+    repo_path: str | None = None
+    debug: bool = False
+    _repo: Repo | None = field(default=None, repr=False)
+
+    def repo(self) -> Repo:
+        if self._repo is None:
+            r = Repo.open(self.repo_path) if self.repo_path else Repo.discover()
+            # A CLI process makes one commit: the delta-base cache (which keeps a copy of every
+            # chunk for the *next* commit of the same process) would only cost memory.
+            cache = getattr(r, "base_cache", None)
+            if cache is not None and hasattr(cache, "budget"):
+                cache.budget = 0
+            self._repo = r
+        return self._repo
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
+
+
+def state() -> State:
+    ctx = click.get_current_context()
+    obj = ctx.find_object(State)
+    if obj is None:
+        obj = ctx.ensure_object(State)
+    return obj
+
+
+def repo() -> Repo:
+    return state().repo()
+
+
+# -- formatting ------------------------------------------------------------------------------
+def human_size(n: float | int | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def ratio(a: float, b: float) -> str:
+    if b <= 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'4194304', '4MiB', '4M', '64k' -> bytes (binary units)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise click.BadParameter(f"not a size: {text!r} (e.g. 4194304, 4MiB, 64KiB)")
+    unit = (m.group(2) or "").lower().rstrip("b").rstrip("i")
+    value = float(m.group(1)) * _UNITS[unit]
+    if value != int(value):
+        raise click.BadParameter(f"not a whole number of bytes: {text!r}")
+    return int(value)
+
+
+BLOCKS = " ▏▎▍▌▋▊▉█"
+
+
+def bar(fraction: float, width: int) -> str:
+    """A bar of unicode block characters, ``fraction`` (0..1) of ``width`` cells, padded."""
+    if not math.isfinite(fraction):
+        fraction = 1.0 if fraction > 0 else 0.0
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    if fraction > 0 and eighths == 0:
+        eighths = 1  # anything non-zero shows
+    full, rest = divmod(eighths, 8)
+    s = "█" * full + (BLOCKS[rest] if rest else "")
+    return s.ljust(width)
+
+
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str], right: Sequence[int] = ()) -> str:
+    """A plain text table; columns whose index is in ``right`` are right-aligned."""
+    cols = len(headers)
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i in range(cols):
+            widths[i] = max(widths[i], len(r[i]))
+    out = []
+    for r in [headers, *rows]:
+        cells = []
+        for i in range(cols):
+            cells.append(r[i].rjust(widths[i]) if i in right else r[i].ljust(widths[i]))
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float):
+        return str(o)
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    if isinstance(o, bytes):
+        return o.hex()
+    return repr(o)
+
+
+def json_safe(v: Any) -> Any:
+    """Metrics and metadata as JSON values (NaN/inf become strings)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return repr(v)
+
+
+def note(text: str) -> None:
+    click.echo(f"tvcs: note: {text}", err=True)
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def fmt_metrics(m: dict[str, Any]) -> str:
+    return " ".join(f"{k}={fmt_value(v)}" for k, v in m.items())
+
+
+def short(oid: str | None, n: int = 12) -> str:
+    return oid[:n] if oid else "-"
+
+
+def rel_to_root(root: Path, p: str) -> str:
+    """A path given on the command line as a '/'-separated path relative to the repo root."""
+    ap = Path(os.path.abspath(p))
+    try:
+        return ap.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise UsageError(f"{p}: outside the repository at {root}") from None
+
+
+# -- progress --------------------------------------------------------------------------------
+class Progress:
+    """A byte progress bar with throughput on stderr, drawn only when stderr is a terminal.
+
+    ``update`` may be called from several threads."""
+
+    def __init__(self, enabled: bool | None = None, min_interval: float = 0.1) -> None:
+        if enabled is None:
+            enabled = _stderr_isatty()
+        self.enabled = enabled
+        self.min_interval = min_interval
+        self._lock = threading.Lock()
+        self.label = ""
+        self.total = 0
+        self.done = 0
+        self._t0 = 0.0
+        self._last = 0.0
+        self._active = False
+
+    def start(self, label: str, total: int) -> None:
+        with self._lock:
+            self.label, self.total, self.done = label, max(0, int(total)), 0
+            self._t0 = self._last = time.monotonic()
+            self._active = True
+
+    def update(self, n: int) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            if not self._active:
+                return
+            self.done += n
+            now = time.monotonic()
+            if now - self._last >= self.min_interval:
+                self._last = now
+                self._draw(now)
+
+    def _draw(self, now: float, final: bool = False) -> None:
+        done = min(self.done, self.total) if self.total else self.done
+        if final and self.total:
+            done = self.total
+        elapsed = max(now - self._t0, 1e-9)
+        rate = done / elapsed
+        frac = done / self.total if self.total else 0.0
+        line = (
+            f"{self.label:<9} {bar(frac, 24)} {frac * 100:5.1f}%  "
+            f"{human_size(done)} / {human_size(self.total)}  {human_size(rate)}/s"
+        )
+        sys.stderr.write("\r" + line + "\x1b[K" + ("\n" if final else ""))
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        with self._lock:
+            if self._active and self.enabled and time.monotonic() - self._t0 > self.min_interval:
+                self._draw(time.monotonic(), final=True)
+            self._active = False
+
+
+def _stderr_isatty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# -- completion ------------------------------------------------------------------------------
+def complete_rev(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion for revisions: HEAD, branches and tags."""
+    try:
+        obj = ctx.find_root().params.get("repo_path") or os.environ.get(ENV_REPO)
+        r = Repo.open(obj) if obj else Repo.discover()
+        names = ["HEAD", *r.branches(), *r.tags()]
+        r.close()
+    except Exception:
+        return []
+    return [click.shell_completion.CompletionItem(n) for n in names if n.startswith(incomplete)]

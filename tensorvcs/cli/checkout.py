@@ -1,0 +1,335 @@
+"""``tvcs checkout``: write the files a commit recorded back to disk."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import (
+    CorruptObjectError,
+    NotFoundError,
+    OverwriteError,
+    UnsupportedValueError,
+    UsageError,
+)
+from ..format.manifest import FileEntry, Manifest
+from ..format.values import KeyPath, path_str
+from ..io import exporter
+from ..io.worktree import WorktreeIndex, all_commits, committed_digests, file_digest
+from ._util import Progress, complete_rev, echo_json, human_size, note, rel_to_root, repo, short
+
+SUFFIX = {"pt": ".pt", "safetensors": ".safetensors"}
+
+
+def make_select(include: Sequence[str], exclude: Sequence[str]) -> Callable[[KeyPath], bool] | None:
+    """fnmatch globs on key paths as `tvcs ls` prints them ('*' also matches '/')."""
+    if not include and not exclude:
+        return None
+
+    def select(path: KeyPath) -> bool:
+        key = path_str(path)
+        if include and not any(fnmatch.fnmatchcase(key, g) for g in include):
+            return False
+        return not any(fnmatch.fnmatchcase(key, g) for g in exclude)
+
+    return select
+
+
+@dataclass
+class Job:
+    entry: FileEntry | None  # None: the whole state of a commit made without files
+    dest: Path
+    fmt: str  # "pt", "safetensors" or "blob"
+    exact: bool  # byte-identical to the committed file
+    expected: str | None = None  # BLAKE3 the written file must have (exact jobs)
+    status: str = "written"
+    digest: str | None = None
+    size: int = 0
+    how: str = ""  # what shaped the written bytes, for the worktree index
+
+
+def _plan(
+    r: Any,
+    m: Manifest,
+    paths: Sequence[str],
+    out: str | None,
+    fmt: str | None,
+    select: Callable[[KeyPath], bool] | None,
+    commit_name: str,
+) -> list[Job]:
+    if not m.files:
+        if not out:
+            raise UsageError(
+                f"commit {commit_name} records no files (it was made through the Python API); "
+                "use -o FILE to write its state to a file"
+            )
+        if paths:
+            raise UsageError(f"commit {commit_name} records no files; PATH arguments do not apply")
+        f = fmt or ("safetensors" if out.endswith(".safetensors") else "pt")
+        return [Job(None, Path(out), f, False)]
+    chosen: list[FileEntry] = []
+    if paths:
+        for p in paths:
+            rel = rel_to_root(r.root, p)
+            hits = [
+                fe
+                for fe in m.files
+                if rel == "." or fe.path == rel or fe.path.startswith(rel.rstrip("/") + "/")
+            ]
+            if not hits:
+                raise NotFoundError(f"{p}: not recorded in commit {commit_name}")
+            chosen.extend(fe for fe in hits if fe not in chosen)
+    else:
+        chosen = list(m.files)
+    kept: list[FileEntry] = []
+    for fe in chosen:
+        if select is not None:
+            if fe.kind == "state":
+                node = exporter.file_node(m, fe.path)
+                if not exporter.has_selected_leaf(node, (fe.path,), select):
+                    continue
+            elif not select((fe.path,)):
+                continue
+        kept.append(fe)
+    if not kept:
+        raise NotFoundError(f"nothing in commit {commit_name} matches the given paths and globs")
+    single = (
+        out is not None
+        and len(kept) == 1
+        and not Path(out).is_dir()
+        and not out.endswith(("/", os.sep))
+    )
+    jobs = []
+    for fe in kept:
+        if fe.kind == "state":
+            f = fmt or fe.format
+            if f not in SUFFIX:
+                raise UsageError(f"{fe.path}: unknown stored format {fe.format!r}")
+        else:
+            f = "blob"
+        if single:
+            dest = Path(out)  # type: ignore[arg-type]
+        else:
+            dest = (Path(out) if out else r.root) / fe.path
+            if f != "blob" and f != fe.format:
+                dest = dest.with_suffix(SUFFIX[f])
+        exact = fe.kind == "blob" or (fe.format == f == "safetensors" and select is None)
+        expected = fe.extra.get("blake3") if exact else None
+        jobs.append(Job(fe, dest, f, exact, expected if isinstance(expected, str) else None))
+    return jobs
+
+
+def _check_overwrites(r: Any, cid: str, jobs: list[Job], index: WorktreeIndex) -> None:
+    """Refuse (OverwriteError) to replace a file whose content no commit holds."""
+    known: set[str] | None = None
+    conflicts: list[Path] = []
+    for job in jobs:
+        if not job.dest.exists():
+            continue
+        if job.dest.is_dir():
+            raise UsageError(f"{job.dest}: is a directory")
+        digest = file_digest(job.dest)
+        same = job.expected is not None and digest == job.expected
+        if same or index.wrote(digest, job.dest.resolve(), cid, job.how):
+            job.status = "unchanged"
+            job.digest = digest
+            job.size = job.dest.stat().st_size
+            continue
+        if digest in index:
+            continue
+        if known is None:
+            known = committed_digests(r, [cid, *all_commits(r)])
+        if digest not in known:
+            conflicts.append(job.dest)
+    if conflicts:
+        shown = ", ".join(_shown(p) for p in conflicts[:3]) + (" ..." if len(conflicts) > 3 else "")
+        raise OverwriteError(
+            f"checkout would overwrite {len(conflicts)} file(s) whose content is in no commit: "
+            f"{shown} (commit them first, or use --force)"
+        )
+
+
+def _shown(p: Path) -> str:
+    try:
+        return os.path.relpath(p)
+    except ValueError:
+        return str(p)
+
+
+def _pickle_hint(e: UnsupportedValueError) -> UnsupportedValueError:
+    msg = re.sub(
+        r"pass allow_pickle=True to unpickle it",
+        "check out with --unsafe-pickle to unpickle it",
+        str(e),
+    )
+    return UnsupportedValueError(msg, e.key_path)
+
+
+def _write(
+    r: Any,
+    m: Manifest,
+    job: Job,
+    select: Callable[[KeyPath], bool] | None,
+    unsafe_pickle: bool,
+    progress: Progress,
+    fp: Any,
+) -> str:
+    fe = job.entry
+    if fe is not None and fe.kind == "blob":
+        progress.start("writing", fe.size)
+        return exporter.write_blob(r, fe, fp, progress.update)
+    node = exporter.file_node(m, fe.path) if fe is not None else m.tree
+    prefix: KeyPath = (fe.path,) if fe is not None else ()
+    label = fe.path if fe is not None else "the state"
+    if node is None:
+        raise CorruptObjectError(f"{label}: the commit's state has no key {label!r}")
+    if job.exact:
+        assert fe is not None
+        progress.start("writing", fe.size)
+        return exporter.write_safetensors_exact(r, m, fe, node, fp, progress.update)
+    if job.fmt == "safetensors":
+        items, others = exporter.tensor_items(m, node, prefix, select)
+        if others:
+            note(
+                f"{label}: left out {len(others)} non-tensor value(s) a safetensors file cannot "
+                f"hold (e.g. {others[0]!r}); use --format pt to keep them"
+            )
+        meta = fe.extra.get("metadata") if fe is not None and fe.format == "safetensors" else None
+        progress.start("writing", sum(it.entry.nbytes for it in items))
+        return exporter.write_safetensors_converted(
+            r, items, meta if isinstance(meta, dict) else {"format": "pt"}, fp, progress.update
+        )
+    wanted, _ = exporter.selected_entries(m, node, prefix, select)
+    progress.start("reading", sum(e.nbytes for e in wanted.values()))
+    try:
+        return exporter.write_pt_file(
+            r, m, node, prefix, select, unsafe_pickle, fp, job.dest.parent, progress.update
+        )
+    except UnsupportedValueError as e:
+        raise _pickle_hint(e) from None
+
+
+@click.command()
+@click.argument("rev", shell_complete=complete_rev)
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    help="Write elsewhere: a file (when one file is checked "
+    "out) or a folder that receives the recorded paths.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pt", "safetensors"]),
+    help="Convert checkpoint files to this format.",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Only key paths matching GLOB (as `tvcs ls` prints them; repeatable).",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out key paths matching GLOB (repeatable).",
+)
+@click.option(
+    "-f", "--force", is_flag=True, help="Overwrite files even if no commit holds their content."
+)
+@click.option(
+    "--unsafe-pickle",
+    is_flag=True,
+    help="Unpickle values committed with --unsafe-pickle (runs code stored in the repository).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def checkout(
+    rev: str,
+    paths: tuple[str, ...],
+    out: str | None,
+    fmt: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    force: bool,
+    unsafe_pickle: bool,
+    as_json: bool,
+) -> None:
+    """Restore the files commit REV recorded (all, or those under PATH...).
+
+    A .safetensors file comes back byte-identical; a torch file is written with torch.save
+    and loads back equal. An existing file is replaced only when its content is in some
+    commit (or checkout wrote it); otherwise checkout refuses unless --force. HEAD does not
+    move.
+    """
+    r = repo()
+    cid = r.resolve(rev)
+    m = r.get_manifest(r.get_commit(cid).manifest)
+    select = make_select(include, exclude)
+    jobs = _plan(r, m, paths, out, fmt, select, f"{short(cid)} ({rev})")
+    for job in jobs:
+        job.how = f"{job.fmt}|{include}|{exclude}" if select else job.fmt
+    index = WorktreeIndex(r)
+    if not force:
+        _check_overwrites(r, cid, jobs, index)
+    progress = Progress()
+    try:
+        for job in jobs:
+            if job.status == "unchanged":
+                continue
+            job.dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = job.dest.parent / f".{job.dest.name}.tvcs-{os.getpid()}.tmp"
+            try:
+                with open(tmp, "wb") as fp:
+                    job.digest = _write(r, m, job, select, unsafe_pickle, progress, fp)
+                progress.finish()
+                if job.expected is not None and job.digest != job.expected:
+                    raise CorruptObjectError(
+                        f"{job.dest}: the written bytes do not match the committed file "
+                        f"(blake3 {short(job.digest)} != {short(job.expected)})"
+                    )
+                os.replace(tmp, job.dest)
+            except BaseException:
+                progress.finish()
+                tmp.unlink(missing_ok=True)
+                raise
+            job.size = job.dest.stat().st_size
+            index.add(job.digest, job.dest.resolve(), cid, job.how)
+    finally:
+        if any(j.status == "written" and j.digest for j in jobs):
+            index.save()
+    if as_json:
+        echo_json(
+            {
+                "commit": cid,
+                "files": [
+                    {
+                        "path": j.entry.path if j.entry else None,
+                        "dest": str(j.dest),
+                        "format": j.fmt,
+                        "status": j.status,
+                        "size": j.size,
+                        "blake3": j.digest,
+                        "byte_identical": j.exact,
+                    }
+                    for j in jobs
+                ],
+            }
+        )
+        return
+    for j in jobs:
+        what = "unchanged" if j.status == "unchanged" else "wrote"
+        click.echo(f"{what} {_shown(j.dest)} ({human_size(j.size)}, {j.fmt})")
+    click.echo(f"checked out {len(jobs)} file(s) from {short(cid)}")
+
+
+COMMANDS = [checkout]

@@ -1,0 +1,194 @@
+"""``tvcs du``, ``tvcs gc`` and ``tvcs fsck``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import click
+
+from ..errors import CorruptObjectError, TensorVCSError
+from ..format.manifest import Manifest
+from ._util import complete_rev, echo_json, human_size, ratio, repo, short, table
+
+
+def _content_lengths(r: Any, m: Manifest, header_len: Any) -> dict[str, int]:
+    """{object id: content bytes} of every object a manifest references."""
+    out: dict[str, int] = {}
+    for e in m.tensors:
+        if e.pack is not None:
+            if e.pack not in out:
+                out[e.pack] = header_len(e.pack)
+        else:
+            for oid, n in e.chunks or []:
+                out[oid] = n
+    for f in m.files:
+        for oid, n in f.chunks:
+            out[oid] = n
+    for oid in m.object_ids():
+        if oid not in out:
+            out[oid] = header_len(oid)  # opaque pickles of values
+    return out
+
+
+def _logical(m: Manifest) -> int:
+    tensors = sum(e.nbytes for e in m.tensors)
+    blobs = sum(n for f in m.files for _, n in f.chunks)
+    pickles = 0
+    return tensors + blobs + pickles
+
+
+@click.command()
+@click.argument("rev", default="HEAD", required=False, shell_complete=complete_rev)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def du(rev: str, as_json: bool) -> None:
+    """Disk usage of the history of REV (default HEAD), oldest commit first.
+
+    logical: the bytes of the commit's tensors and files as they would be on disk; new: the
+    content of objects no older commit had; stored: what those new objects take in the store
+    (after compression and deltas). dedup = logical / new, compression = new / stored.
+    """
+    r = repo()
+    commits = list(reversed(r.log(rev)))
+    sizes: dict[str, int] = {}
+    lengths: dict[str, int] = {}
+
+    def stored(oid: str) -> int:
+        if oid not in sizes:
+            try:
+                sizes[oid] = r.objects.stored_size(oid)
+            except OSError:
+                sizes[oid] = 0
+        return sizes[oid]
+
+    def header_len(oid: str) -> int:
+        if oid not in lengths:
+            try:
+                lengths[oid] = r.objects.header(oid).length
+            except TensorVCSError:
+                lengths[oid] = 0
+        return lengths[oid]
+
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for c in commits:
+        m = r.get_manifest(c.manifest)
+        objs = _content_lengths(r, m, header_len)
+        new = {o: n for o, n in objs.items() if o not in seen}
+        seen.update(new)
+        meta = stored(c.id) + (stored(c.manifest) if c.manifest not in seen else 0)
+        seen.add(c.manifest)
+        logical = _logical(m)
+        content = sum(new.values())
+        st = sum(stored(o) for o in new) + meta
+        rows.append(
+            {
+                "commit": c.id,
+                "step": c.step,
+                "message": c.message.splitlines()[0] if c.message else "",
+                "logical_bytes": logical,
+                "new_content_bytes": content,
+                "stored_bytes": st,
+                "dedup_ratio": logical / content if content else None,
+                "compression_ratio": content / st if st else None,
+            }
+        )
+    tl = sum(x["logical_bytes"] for x in rows)
+    tc = sum(x["new_content_bytes"] for x in rows)
+    ts = sum(x["stored_bytes"] for x in rows)
+    all_ids = list(r.objects.ids())
+    on_disk = sum(stored(o) for o in all_ids)
+    total = {
+        "commits": len(rows),
+        "logical_bytes": tl,
+        "unique_content_bytes": tc,
+        "stored_bytes": ts,
+        "dedup_ratio": tl / tc if tc else None,
+        "compression_ratio": tc / ts if ts else None,
+        "overall_ratio": tl / ts if ts else None,
+        "store_objects": len(all_ids),
+        "store_bytes": on_disk,
+    }
+    if as_json:
+        echo_json({"commits": rows, "total": total})
+        return
+    body = [
+        [
+            short(x["commit"]),
+            "-" if x["step"] is None else str(x["step"]),
+            human_size(x["logical_bytes"]),
+            human_size(x["new_content_bytes"]),
+            human_size(x["stored_bytes"]),
+            ratio(x["logical_bytes"], x["new_content_bytes"]),
+            ratio(x["new_content_bytes"], x["stored_bytes"]),
+            x["message"][:40],
+        ]
+        for x in rows
+    ]
+    body.append(
+        [
+            "total",
+            "",
+            human_size(tl),
+            human_size(tc),
+            human_size(ts),
+            ratio(tl, tc),
+            ratio(tc, ts),
+            f"overall {ratio(tl, ts)}",
+        ]
+    )
+    click.echo(
+        table(
+            body,
+            ["commit", "step", "logical", "new", "stored", "dedup", "compr", "message"],
+            right=[1, 2, 3, 4, 5, 6],
+        )
+    )
+    click.echo(f"store: {len(all_ids)} objects, {human_size(on_disk)} on disk")
+
+
+@click.command()
+@click.option("--keep-reflog", is_flag=True, help="Also keep commits that reflogs name.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def gc(keep_reflog: bool, as_json: bool) -> None:
+    """Delete objects no branch, tag or HEAD reaches."""
+    r = repo()
+    rep = r.gc(keep_reflog=keep_reflog)
+    d = dataclasses.asdict(rep)
+    if as_json:
+        echo_json(d)
+        return
+    click.echo(
+        f"removed {rep.deleted_objects} object(s), freed {human_size(rep.freed_bytes)}; "
+        f"kept {rep.reachable_objects} object(s), {human_size(rep.kept_bytes)}"
+    )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def fsck(as_json: bool) -> None:
+    """Verify the repository: config, refs, and every object's hash. Exits 5 on problems."""
+    r = repo()
+    rep = r.fsck()
+    if as_json:
+        echo_json(
+            {
+                "ok": rep.ok,
+                "objects_checked": rep.objects_checked,
+                "commits": rep.commits,
+                "dangling": rep.dangling,
+                "problems": [dataclasses.asdict(p) for p in rep.problems],
+            }
+        )
+    else:
+        for p in rep.problems:
+            click.echo(str(p))
+        click.echo(
+            f"checked {rep.objects_checked} object(s), {rep.commits} commit(s); "
+            f"{rep.dangling} dangling; {len(rep.problems)} problem(s)"
+        )
+    if not rep.ok:
+        raise CorruptObjectError(f"fsck found {len(rep.problems)} problem(s)")
+
+
+COMMANDS = [du, gc, fsck]

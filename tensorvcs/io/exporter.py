@@ -1,0 +1,397 @@
+"""Writing committed files back: byte-identical safetensors, converted safetensors, torch.save
+files and opaque blobs.
+
+Safetensors and blobs stream: tensor bytes are read chunk by chunk (in parallel, a bounded
+window ahead) and written in order, so memory stays near ``window × chunk_size`` whatever the
+file size. ``torch.save`` needs every tensor of the state at once: for a large state the
+tensors are first streamed into a scratch file next to the destination, mapped read-only, and
+``torch.save`` reads them through the mapping while ``mapped.PageDropper`` drops the pages it
+has read (so memory stays small at the cost of writing the bytes twice); a small state is
+simply read into memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import warnings
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import blake3
+import numpy as np
+import torch
+
+from ..errors import CorruptObjectError, InputFileError, ObjectNotFoundError
+from ..format import values
+from ..format.manifest import FileEntry, Manifest, TensorEntry
+from ..format.values import KeyPath, path_str
+from ..state.encode import CheckoutHooks
+from ..state.reader import TensorReader
+from ..state.tensors import dtype_from_name
+from . import safetensors_file as stf
+from .mapped import PageDropper
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+Progress = Callable[[int], None]
+Select = Callable[[KeyPath], bool]
+
+
+def file_node(manifest: Manifest, rel: str) -> Any:
+    """The value node stored under the file's key ``[rel]`` (None if absent)."""
+    tree = manifest.tree
+    if isinstance(tree, list) and tree and tree[0] in ("dict", "odict"):
+        for k, v in tree[1]:
+            if k == rel:
+                return v
+    return None
+
+
+def is_tensor_node(node: Any) -> bool:
+    return isinstance(node, list) and bool(node) and node[0] == "tensor"
+
+
+def has_selected_leaf(node: Any, prefix: KeyPath, select: Select | None) -> bool:
+    if select is None:
+        return True
+    return any(select(p) for p, _ in values.walk_leaves(node, prefix))
+
+
+# -- streaming tensor bytes ------------------------------------------------------------------
+class ByteStreamer:
+    """The bytes of a run of tensor entries (or blob chunks), in order, read a bounded window
+    of objects ahead on the repository's thread pool. Every object's hash is verified."""
+
+    def __init__(self, repo: Repo, window: int | None = None) -> None:
+        self.repo = repo
+        self.window = window or max(4, 2 * repo.workers)
+        self._packs: OrderedDict[str, Future[np.ndarray]] = OrderedDict()
+
+    def _read(self, oid: str, length: int) -> np.ndarray:
+        buf = np.empty(length, dtype=np.uint8)
+        self.repo.objects.read_into(oid, buf)
+        return buf
+
+    def _read_pack(self, oid: str) -> np.ndarray:
+        return self.repo.objects.read(oid)[1]
+
+    def _pack(self, oid: str) -> Future[np.ndarray]:
+        fut = self._packs.get(oid)
+        if fut is None:
+            fut = self.repo.pool.submit(self._read_pack, oid)
+            self._packs[oid] = fut
+            while len(self._packs) > self.window:
+                self._packs.popitem(last=False)
+        return fut
+
+    def _jobs(self, items: list[tuple[str, TensorEntry]]) -> Iterator[tuple[str, Any]]:
+        for name, e in items:
+            if e.pack is not None:
+                if e.nbytes:
+                    yield name, ("pack", e.pack, e.offset, e.nbytes)
+            else:
+                for oid, length in e.chunks or []:
+                    yield name, ("chunk", oid, length)
+
+    def tensors(self, items: list[tuple[str, TensorEntry]]) -> Iterator[np.ndarray]:
+        """Chunks of bytes of the named entries, in order (name is for error messages)."""
+        pending: deque[tuple[str, tuple[Any, ...], Future[np.ndarray]]] = deque()
+        jobs = self._jobs(items)
+
+        def submit() -> bool:
+            job = next(jobs, None)
+            if job is None:
+                return False
+            name, spec = job
+            if spec[0] == "pack":
+                pending.append((name, spec, self._pack(spec[1])))
+            else:
+                pending.append((name, spec, self.repo.pool.submit(self._read, spec[1], spec[2])))
+            return True
+
+        while len(pending) < self.window and submit():
+            pass
+        while pending:
+            name, spec, fut = pending.popleft()
+            try:
+                data = fut.result()
+            except (CorruptObjectError, ObjectNotFoundError) as err:
+                raise type(err)(f"tensor {name!r}: {err}", err.object_id) from err
+            if spec[0] == "pack":
+                off, n = spec[2], spec[3]
+                if off + n > data.nbytes:
+                    raise CorruptObjectError(
+                        f"tensor {name!r}: pack {spec[1]} is {data.nbytes} bytes, entry needs "
+                        f"{off}+{n}",
+                        spec[1],
+                    )
+                data = data[off : off + n]
+            submit()
+            yield data
+
+    def blob(self, fe: FileEntry) -> Iterator[np.ndarray]:
+        entries = [
+            (fe.path, TensorEntry("uint8", [n], n, chunks=[(oid, n)])) for oid, n in fe.chunks
+        ]
+        yield from self.tensors(entries)
+
+
+class _Sink:
+    """Writes to a file while hashing (BLAKE3) and reporting progress."""
+
+    def __init__(self, fp: IO[bytes], progress: Progress | None) -> None:
+        self.fp = fp
+        self.h = blake3.blake3()
+        self.progress = progress
+        self.size = 0
+
+    def write(self, data: Any) -> None:
+        mv = memoryview(data).cast("B")
+        self.fp.write(mv)
+        self.h.update(mv)
+        self.size += mv.nbytes
+        if self.progress is not None:
+            self.progress(mv.nbytes)
+
+    def flush(self) -> None:
+        self.fp.flush()
+
+    def digest(self) -> str:
+        return self.h.hexdigest()
+
+
+# -- the writers -----------------------------------------------------------------------------
+def write_blob(repo: Repo, fe: FileEntry, fp: IO[bytes], progress: Progress | None = None) -> str:
+    sink = _Sink(fp, progress)
+    for data in ByteStreamer(repo).blob(fe):
+        sink.write(data)
+    return sink.digest()
+
+
+def read_blob(repo: Repo, chunks: list[tuple[str, int]]) -> bytes:
+    return b"".join(repo.objects.read_bytes(oid) for oid, _ in chunks)
+
+
+def write_safetensors_exact(
+    repo: Repo,
+    manifest: Manifest,
+    fe: FileEntry,
+    node: Any,
+    fp: IO[bytes],
+    progress: Progress | None = None,
+) -> str:
+    """The committed safetensors file, byte for byte: its header, then every tensor at its
+    offsets."""
+    header = read_blob(repo, fe.chunks)
+    by_name = {k: v for k, v in node[1]} if isinstance(node, list) and node[0] == "dict" else {}
+    items: list[tuple[str, TensorEntry]] = []
+    pos = 0
+    for name, begin, end in stf.header_order(header):
+        leaf: Any = by_name.get(name)
+        if not is_tensor_node(leaf):
+            raise CorruptObjectError(f"{fe.path}: the commit has no tensor {name!r}")
+        e = manifest.tensors[int(leaf[1])]
+        if begin != pos or end - begin != e.nbytes:
+            raise CorruptObjectError(f"{fe.path}: tensor {name!r} does not fit its offsets")
+        pos = end
+        items.append((name, e))
+    sink = _Sink(fp, progress)
+    sink.write(header)
+    for data in ByteStreamer(repo).tensors(items):
+        sink.write(data)
+    return sink.digest()
+
+
+@dataclass
+class TensorItem:
+    path: KeyPath  # key path inside the file (or the state, for a commit without files)
+    entry: TensorEntry
+
+
+def tensor_items(
+    manifest: Manifest, node: Any, prefix: KeyPath, select: Select | None
+) -> tuple[list[TensorItem], list[str]]:
+    """The selected tensor leaves under ``node`` and the key paths of the other selected leaves
+    (values a safetensors file cannot hold)."""
+    items: list[TensorItem] = []
+    others: list[str] = []
+    for path, leaf in values.walk_leaves(node, prefix):
+        if select is not None and not select(path):
+            continue
+        if is_tensor_node(leaf):
+            items.append(TensorItem(path[len(prefix) :], manifest.tensors[int(leaf[1])]))
+        else:
+            others.append(path_str(path))
+    return items, others
+
+
+def safetensors_names(items: list[TensorItem]) -> list[str]:
+    """Tensor names for a converted file: the key path joined with '.', without the part all
+    tensors' parents share (so a Lightning checkpoint's ``state_dict/*`` keeps its keys)."""
+    if not items:
+        return []
+    parents = [it.path[:-1] for it in items]
+    common = 0
+    while all(len(p) > common and p[common] == parents[0][common] for p in parents):
+        common += 1
+    names = [".".join(values._key_str(k) for k in it.path[common:]) for it in items]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise InputFileError(
+                f"two tensors would both be named {n!r} in the safetensors file "
+                f"({path_str(items[seen[n]].path)} and {path_str(items[i].path)})"
+            )
+        seen[n] = i
+    return names
+
+
+def write_safetensors_converted(
+    repo: Repo,
+    items: list[TensorItem],
+    metadata: dict[str, str] | None,
+    fp: IO[bytes],
+    progress: Progress | None = None,
+) -> str:
+    names = safetensors_names(items)
+    header_items = []
+    for name, it in zip(names, items, strict=True):
+        dt = stf.DTYPE_NAMES.get(dtype_from_name(it.entry.dtype))
+        if dt is None:
+            raise InputFileError(
+                f"tensor {path_str(it.path)!r} has dtype {it.entry.dtype}, which safetensors "
+                "cannot hold (use --format pt)"
+            )
+        header_items.append((name, dt, list(it.entry.shape), it.entry.nbytes))
+    sink = _Sink(fp, progress)
+    sink.write(stf.make_header(header_items, metadata))
+    named = [(n, it.entry) for n, it in zip(names, items, strict=True)]
+    for data in ByteStreamer(repo).tensors(named):
+        sink.write(data)
+    return sink.digest()
+
+
+def build_state(
+    repo: Repo,
+    manifest: Manifest,
+    node: Any,
+    prefix: KeyPath,
+    select: Select | None,
+    allow_pickle: bool,
+) -> Any:
+    """The Python value of ``node`` (tensors read in full), with leaves ``select`` rejects left
+    out; ``prefix`` is the key path of ``node`` (what ``select`` sees)."""
+    wanted, paths = selected_entries(manifest, node, prefix, select)
+    loaded = TensorReader(repo.objects, repo.pool).read(wanted, lambda i: path_str(paths[i]))
+
+    def load_tensor(i: int, path: KeyPath) -> torch.Tensor:
+        return loaded[i]
+
+    def load_blob(oid: str, path: KeyPath) -> bytes:
+        return repo.objects.read_bytes(oid)
+
+    hooks = CheckoutHooks(load_tensor, load_blob, allow_pickle)
+    out = values.decode(node, hooks, prefix, select)
+    return {} if out is values.ABSENT else out
+
+
+def write_pt(obj: Any, fp: IO[bytes], progress: Progress | None = None) -> str:
+    sink = _Sink(fp, progress)
+    torch.save(obj, sink)  # type: ignore[arg-type]
+    return sink.digest()
+
+
+STREAM_PT_BYTES = 64 << 20  # states with more tensor bytes than this go through a scratch file
+ALIGN = 64
+
+
+def selected_entries(
+    manifest: Manifest, node: Any, prefix: KeyPath, select: Select | None
+) -> tuple[dict[int, TensorEntry], dict[int, KeyPath]]:
+    wanted: dict[int, TensorEntry] = {}
+    paths: dict[int, KeyPath] = {}
+    for path, leaf in values.walk_leaves(node, prefix):
+        is_data = isinstance(leaf, list) and leaf and leaf[0] in ("tensor", "ndarray")
+        if is_data and (select is None or select(path)):
+            i = int(leaf[1])
+            if not 0 <= i < len(manifest.tensors):
+                raise CorruptObjectError(f"key path {path_str(path)!r}: no tensor entry {i}")
+            wanted.setdefault(i, manifest.tensors[i])
+            paths.setdefault(i, path)
+    return wanted, paths
+
+
+def write_pt_file(
+    repo: Repo,
+    manifest: Manifest,
+    node: Any,
+    prefix: KeyPath,
+    select: Select | None,
+    allow_pickle: bool,
+    fp: IO[bytes],
+    scratch: Path,
+    progress: Progress | None = None,
+) -> str:
+    """torch.save the (selected) value of ``node`` into ``fp``; see the module docstring."""
+    wanted, paths = selected_entries(manifest, node, prefix, select)
+    if sum(e.nbytes for e in wanted.values()) < STREAM_PT_BYTES:
+        return write_pt(build_state(repo, manifest, node, prefix, select, allow_pickle), fp)
+    tmp = scratch / f".tvcs-{os.getpid()}-{secrets.token_hex(4)}.tensors"
+    offsets: dict[int, int] = {}
+    try:
+        with open(tmp, "wb") as out:
+            streamer = ByteStreamer(repo)
+            pos = 0
+            for i, e in wanted.items():
+                pad = -pos % ALIGN
+                out.write(b"\0" * pad)
+                pos += pad
+                offsets[i] = pos
+                for data in streamer.tensors([(path_str(paths[i]), e)]):
+                    out.write(data.data)
+                    pos += data.nbytes
+                    if progress is not None:
+                        progress(data.nbytes)
+        dropper = PageDropper([tmp])
+        with open(tmp, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if pos else None
+    finally:
+        tmp.unlink(missing_ok=True)  # the mapping stays valid; the name goes now
+    tensors: dict[int, torch.Tensor] = {}
+    for i, e in wanted.items():
+        dtype = dtype_from_name(e.dtype)
+        if e.nbytes == 0 or mm is None:
+            t = torch.empty(e.shape, dtype=dtype)
+        else:
+            u8 = np.frombuffer(mm, dtype=np.uint8, count=e.nbytes, offset=offsets[i])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # read-only buffer: torch.save only reads
+                t = torch.from_numpy(u8).view(dtype).reshape(e.shape)
+        if e.param:
+            t = torch.nn.Parameter(t, requires_grad=e.requires_grad)
+        elif e.requires_grad and t.is_floating_point():
+            t.requires_grad_(True)
+        tensors[i] = t
+
+    def load_tensor(i: int, path: KeyPath) -> torch.Tensor:
+        return tensors[i]
+
+    def load_blob(oid: str, path: KeyPath) -> bytes:
+        return repo.objects.read_bytes(oid)
+
+    obj = values.decode(node, CheckoutHooks(load_tensor, load_blob, allow_pickle), prefix, select)
+    if obj is values.ABSENT:
+        obj = {}
+    with dropper:  # the views (tensors, obj) keep the mapping alive until after this block
+        return write_pt(obj, fp)
+
+
+def replace_file(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    os.replace(tmp, dest)

@@ -1,0 +1,112 @@
+"""torch.save files (``.pt``, ``.pth``, ``.ckpt``, ``.bin``): what a file is, loading it safely.
+
+Loading never runs code from the file unless the caller opted in (``--unsafe-pickle``):
+
+- ``torch.load(weights_only=True, mmap=True)``: the restricted unpickler rebuilds only tensors,
+  containers and plain values, and mmap makes every tensor a view of the file (nothing is
+  read until the writer reads it). A pickle that needs anything else is refused.
+- TorchScript archives (a zip with ``constants.pkl``) are never loaded (``torch.load`` would
+  hand them to ``torch.jit.load``, which runs their code): the CLI stores them as opaque bytes.
+- A file that is neither a torch zip nor a legacy torch pickle is opaque bytes, too.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from typing import Any
+
+import torch
+
+from ..errors import InputFileError, UnsupportedValueError
+
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+# what a file with a torch suffix turned out to be
+TORCH_ZIP = "torch"  # torch.save zip format
+TORCH_LEGACY = "torch-legacy"  # torch.save before 1.6 (pickle + tar-free raw storages)
+TORCHSCRIPT = "torchscript"
+OTHER_ZIP = "zip"
+UNKNOWN = "raw"
+
+
+def sniff(path: str | os.PathLike[str], name: str = "") -> str:
+    """Classify a file that has a torch suffix by its bytes (nothing is unpickled)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise InputFileError(f"{name or path}: corrupt zip archive ({e})") from None
+        records = {n.split("/", 1)[1] if "/" in n else n for n in names}
+        if "constants.pkl" in records:
+            return TORCHSCRIPT
+        if "data.pkl" in records:
+            return TORCH_ZIP
+        return OTHER_ZIP
+    if len(magic) >= 2 and magic[0] == 0x80 and 2 <= magic[1] <= 5:
+        return TORCH_LEGACY  # a pickle stream (torch's legacy format starts with one)
+    return UNKNOWN
+
+
+def _refusal(path: str, err: Exception) -> UnsupportedValueError:
+    text = str(err)
+    m = re.search(r"Unsupported global: GLOBAL ([\w.<>]+)", text)
+    if m:
+        why = f"it needs {m.group(1)}"
+    else:
+        m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        why = m.group(1).strip() if m else text.splitlines()[0] if text else type(err).__name__
+    return UnsupportedValueError(
+        f"{path}: refusing to load a pickle that torch.load(weights_only=True) rejects ({why}); "
+        "nothing was executed. Pass --unsafe-pickle only if you trust this file "
+        "(it runs code from the file)"
+    )
+
+
+def load(
+    path: str | os.PathLike[str], kind: str, *, unsafe_pickle: bool = False, name: str = ""
+) -> Any:
+    """Load a torch file of ``kind`` (TORCH_ZIP or TORCH_LEGACY) onto the CPU, memory-mapped
+    when the format allows; errors name the file as ``name`` (default: its path)."""
+    mmap = kind == TORCH_ZIP
+    shown = name or os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(
+                os.fspath(path),
+                map_location="cpu",
+                weights_only=not unsafe_pickle,
+                mmap=mmap,
+            )
+    except pickle.UnpicklingError as e:
+        if not unsafe_pickle and "Weights only load failed" in str(e):
+            raise _refusal(shown, e) from None
+        raise InputFileError(f"{shown}: corrupt torch file ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+        text = str(e)
+        if not unsafe_pickle and "weights_only" in text and "Weights only load failed" in text:
+            raise _refusal(shown, e) from None
+        raise InputFileError(f"{shown}: cannot read torch file ({_first_line(e)})") from None
+    except Exception as e:
+        if unsafe_pickle:
+            raise InputFileError(
+                f"{shown}: loading with --unsafe-pickle failed: {type(e).__name__}: "
+                f"{_first_line(e)}"
+            ) from None
+        raise
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def save(obj: Any, path: str | os.PathLike[str]) -> None:
+    torch.save(obj, os.fspath(path))
