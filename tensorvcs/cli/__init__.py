@@ -117,9 +117,9 @@ def cli(ctx: click.Context, repo_path: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from . import checkout, commit, diff, history, maintenance, refs, setup
+    from . import checkout, commit, dcp, diff, history, maintenance, refs, setup
 
-    for mod in (setup, commit, checkout, history, diff, refs, maintenance):
+    for mod in (setup, commit, checkout, history, diff, refs, maintenance, dcp):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 
