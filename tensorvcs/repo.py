@@ -88,6 +88,11 @@ def _as_list(globs: str | Sequence[str] | None) -> list[str] | None:
     return [globs] if isinstance(globs, str) else list(globs)
 
 
+def normalize_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Metrics as plain numbers: 1-element tensors and numpy scalars become Python numbers."""
+    return {str(k): _metric_value(str(k), v) for k, v in (metrics or {}).items()}
+
+
 def _metric_value(k: str, v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         if v.numel() != 1:
@@ -115,9 +120,7 @@ class Repo:
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._commits: dict[str, Commit] = {}
         self.base_cache = BaseCache(config.settings.get("delta_cache_bytes"))
-        self.delta_max_depth = int(
-            config.settings.get("delta_max_depth", DEFAULT_DELTA_MAX_DEPTH)
-        )
+        self.delta_max_depth = int(config.settings.get("delta_max_depth", DEFAULT_DELTA_MAX_DEPTH))
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -312,16 +315,12 @@ class Repo:
         on ``branch`` (default: HEAD's branch, or HEAD itself when detached)."""
         if step is not None and (type(step) is not int):
             raise UsageError(f"step must be an int, not {type(step).__name__}")
-        metrics = {str(k): _metric_value(str(k), v) for k, v in (metrics or {}).items()}
+        metrics = normalize_metrics(metrics)
         # refuse bad metadata before any object is written
         values.encode(dict(metadata or {}), values.Hooks(), ("<metadata>",))
         with self.store.lock(GC_LOCK, shared=True, timeout=3600):
-            ref = self._commit_target(branch)
-            hint = self.refs.read(ref)
-            if hint is None and branch is not None:
-                hint = self.refs.read(HEAD)  # a new branch starts at HEAD
             try:
-                mid = self._write_state(state, hint, allow_pickle, files or [])
+                mid = self._write_state(state, self.branch_head(branch), allow_pickle, files or [])
                 c = Commit(
                     manifest=mid,
                     parents=[],
@@ -331,12 +330,41 @@ class Repo:
                     metrics=metrics,
                     metadata=dict(metadata or {}),
                 )
-                self._record(c, ref, new_branch=branch is not None)
+                self.record(c, branch)
             except BaseException:
                 self.base_cache.discard()
                 raise
             self.base_cache.promote()
             return c
+
+    def commit_ref(self, branch: str | None = None) -> str:
+        """The ref a commit on ``branch`` moves: the branch, HEAD's branch, or HEAD itself."""
+        if branch is not None:
+            return HEADS + check_ref_name(branch, "branch")
+        return self.refs.head_target() or HEAD
+
+    def branch_head(self, branch: str | None = None) -> str | None:
+        """The commit a new commit on ``branch`` will build on (a new branch starts at HEAD)."""
+        head = self.refs.read(self.commit_ref(branch))
+        if head is None and branch is not None:
+            head = self.refs.read(HEAD)
+        return head
+
+    def tensor_writer(
+        self, parent: Manifest | None, cache: BaseCache | None = None
+    ) -> TensorWriter:
+        """A TensorWriter on this repo's pool that reuses ``parent``'s packed tensors and
+        delta-encodes against its chunks (``cache``: the parent's content, when in memory)."""
+        return TensorWriter(
+            self.objects,
+            self.pool,
+            self.config.chunk_size,
+            self.config.pack_threshold,
+            known_small=parent.packed_locations() if parent else {},
+            parent=parent.tensors_by_key() if parent else {},
+            cache=cache,
+            max_depth=self.delta_max_depth,
+        )
 
     def _write_state(
         self, state: Any, hint: str | None, allow_pickle: bool, files: list[FileEntry]
@@ -345,16 +373,7 @@ class Repo:
         parent = self.get_manifest(self.get_commit(hint).manifest) if hint else None
         hooks = CommitHooks(allow_pickle, self._put_blob)
         tree = values.encode(state, hooks)
-        writer = TensorWriter(
-            self.objects,
-            self.pool,
-            self.config.chunk_size,
-            self.config.pack_threshold,
-            known_small=_small_index(parent),
-            parent=_entries_by_key(parent),
-            cache=self.base_cache,
-            max_depth=self.delta_max_depth,
-        )
+        writer = self.tensor_writer(parent, self.base_cache)
         manifest = Manifest(tree, writer.write(hooks.pending), files)
         self.last_write_stats: WriteStats = writer.stats
         self.store.sync()  # objects durable before the manifest that names them
@@ -362,11 +381,13 @@ class Repo:
         self._manifests[mid] = manifest
         return mid
 
-    def _record(self, c: Commit, ref: str, new_branch: bool) -> None:
-        """Under the refs lock: take the ref's commit as parent, write ``c``, move the ref."""
+    def record(self, c: Commit, branch: str | None = None) -> None:
+        """Write commit ``c`` (whose manifest and objects are stored) on ``branch``: under the
+        refs lock, take the branch's commit as parent, store ``c``, move the branch by CAS."""
+        ref = self.commit_ref(branch)
         with self.refs.locked():
             current = self.refs.read(ref)
-            parent = current if current is not None or not new_branch else self.refs.read(HEAD)
+            parent = current if current is not None or branch is None else self.refs.read(HEAD)
             c.parents = [parent] if parent else []
             c.id = self.objects.put_bytes(envelope.KIND_COMMIT, c.to_bytes())
             self.store.sync()
@@ -376,11 +397,6 @@ class Repo:
             if ref != HEAD and self.refs.head_target() == ref:
                 self.refs.log(HEAD, parent, c.id, c.author, log)
         self._commits[c.id] = c
-
-    def _commit_target(self, branch: str | None) -> str:
-        if branch is not None:
-            return HEADS + check_ref_name(branch, "branch")
-        return self.refs.head_target() or HEAD
 
     def _put_blob(self, data: bytes) -> str:
         return self.objects.put_bytes(envelope.KIND_BLOB, data)
@@ -398,19 +414,20 @@ class Repo:
         """The state committed at ``rev``; with include/exclude globs on key paths, only the
         matching leaves (and only their tensors' objects are read)."""
         manifest = self.get_manifest(self.get_commit(self.resolve(rev)).manifest)
-        return self._build(
+        return self.materialize(
             manifest, _select(_as_list(include), _as_list(exclude)), map_location, allow_pickle
         )
 
-    def _build(
+    def materialize(
         self,
         manifest: Manifest,
-        select: Any,
-        map_location: Any,
-        allow_pickle: bool,
+        select: Any = None,
+        map_location: Any = None,
+        allow_pickle: bool = False,
         root: KeyPath = (),
     ) -> Any:
-        """Decode ``manifest.tree``, which sits at key path ``root`` (named in errors)."""
+        """The Python value of ``manifest.tree`` (which sits at key path ``root``, named in
+        errors): tensors read in parallel and verified; ``select(path)`` filters leaves."""
         wanted: dict[int, TensorEntry] = {}
         paths: dict[int, KeyPath] = {}
         for path, node in values.walk_leaves(manifest.tree, root):
@@ -473,7 +490,7 @@ class Repo:
                     f"commit {oid[:12]} ({rev}) has no key path {path_str(key_path)!r}"
                 )
         sub = Manifest(node, manifest.tensors)
-        state = self._build(sub, None, map_location, False, key_path)
+        state = self.materialize(sub, None, map_location, False, key_path)
         if not isinstance(state, Mapping):
             raise UsageError(f"key path {path_str(key_path)!r} of {rev} is not a state dict")
         state = apply_rename({str(k): v for k, v in state.items()}, rename)
@@ -486,9 +503,7 @@ class Repo:
         )
 
     # -- maintenance -----------------------------------------------------------------------
-    def drop(
-        self, revs: Iterable[str], *, branch: str | None = None
-    ) -> dict[str, str | None]:
+    def drop(self, revs: Iterable[str], *, branch: str | None = None) -> dict[str, str | None]:
         """Rewrite ``branch`` (default: HEAD's) without the commits ``revs`` names; see
         history.drop. Their bytes are reclaimed by the next ``gc``."""
         from .history import drop
@@ -521,19 +536,3 @@ def _neg_time(c: Commit) -> float:
         return -c.datetime.timestamp()
     except ValueError:
         return math.inf
-
-
-def _small_index(m: Manifest | None) -> dict[str, tuple[str, int]]:
-    if m is None:
-        return {}
-    return {e.id: (e.pack, e.offset) for e in m.tensors if e.pack and e.id}
-
-
-def _entries_by_key(m: Manifest | None) -> dict[str, TensorEntry]:
-    if m is None:
-        return {}
-    out: dict[str, TensorEntry] = {}
-    for path, node in values.walk_leaves(m.tree):
-        if isinstance(node, list) and node and node[0] == "tensor":
-            out.setdefault(path_str(path), m.tensors[int(node[1])])
-    return out

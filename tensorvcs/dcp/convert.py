@@ -51,10 +51,8 @@ from .writer import (
     LOCK_TIMEOUT,
     SaveStats,
     as_repo,
-    branch_head,
     bytes_tensor,
     commit_manifest,
-    new_tensor_writer,
     parent_manifest,
     shard_tensor,
 )
@@ -144,8 +142,8 @@ def import_dcp(
     entries: list[TensorEntry] = []
     located: dict[tuple[str, tuple[int, ...] | None], int] = {}
     with r.store.lock(GC_LOCK, shared=True, timeout=LOCK_TIMEOUT):
-        parent = branch_head(r, branch)
-        writer = new_tensor_writer(r, parent_manifest(r, parent), None)
+        parent = r.branch_head(branch)
+        writer = r.tensor_writer(parent_manifest(r, parent))
         batch: list[ReadItem] = []
         size = 0
 

@@ -60,8 +60,10 @@ def read_dcp_pointer(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         doc = json.loads(p.read_bytes())
     except (OSError, ValueError):
         return None
-    if isinstance(doc, dict) and doc.get("kind") == POINTER_KIND and isinstance(
-        doc.get("commit"), str
+    if (
+        isinstance(doc, dict)
+        and doc.get("kind") == POINTER_KIND
+        and isinstance(doc.get("commit"), str)
     ):
         return doc
     return None

@@ -191,11 +191,9 @@ class StorageReader(_DCPStorageReader):
 
         def decode_node(node: Any, path: Any) -> Any:
             sub = Manifest(node, manifest.tensors)
-            return self.repo._build(sub, None, None, self.allow_pickle)
+            return self.repo.materialize(sub, allow_pickle=self.allow_pickle)
 
-        value = materialize(
-            src.value, decode_node, self.read_entry, self._parsed.meta_ids or {}
-        )
+        value = materialize(src.value, decode_node, self.read_entry, self._parsed.meta_ids or {})
         buf = io.BytesIO()
         torch.save(value, buf)
         return buf.getvalue()

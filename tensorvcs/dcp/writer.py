@@ -37,13 +37,12 @@ from ..errors import NotFoundError, UnsupportedValueError, UsageError
 from ..format import envelope
 from ..format.commit import Commit
 from ..format.manifest import Manifest, TensorEntry
-from ..format.values import path_str, walk_leaves
-from ..refs import HEAD, default_author
-from ..repo import GC_LOCK, Repo, _metric_value
+from ..refs import default_author
+from ..repo import GC_LOCK, Repo, normalize_metrics
 from ..state.basecache import BaseCache
 from ..state.encode import PendingTensor
 from ..state.tensors import check_storable
-from ..state.writer import TensorWriter, WriteStats
+from ..state.writer import WriteStats
 from ._format import build_section, index_key, shard_path
 
 LOCK_TIMEOUT = 3600.0
@@ -98,37 +97,8 @@ def _stats_dict(s: WriteStats, items: int) -> dict[str, int]:
     }
 
 
-def small_index(m: Manifest | None) -> dict[str, tuple[str, int]]:
-    if m is None:
-        return {}
-    return {e.id: (e.pack, e.offset) for e in m.tensors if e.pack and e.id}
-
-
-def entries_by_key(m: Manifest | None) -> dict[str, TensorEntry]:
-    if m is None:
-        return {}
-    out: dict[str, TensorEntry] = {}
-    for path, node in walk_leaves(m.tree):
-        if isinstance(node, list) and node and node[0] == "tensor":
-            out.setdefault(path_str(path), m.tensors[int(node[1])])
-    return out
-
-
 def parent_manifest(repo: Repo, parent: str | None) -> Manifest | None:
     return repo.get_manifest(repo.get_commit(parent).manifest) if parent else None
-
-
-def new_tensor_writer(repo: Repo, parent: Manifest | None, cache: BaseCache | None) -> TensorWriter:
-    return TensorWriter(
-        repo.objects,
-        repo.pool,
-        repo.config.chunk_size,
-        repo.config.pack_threshold,
-        known_small=small_index(parent),
-        parent=entries_by_key(parent),
-        cache=cache,
-        max_depth=repo.delta_max_depth,
-    )
 
 
 def bytes_tensor(data: Any) -> torch.Tensor:
@@ -196,7 +166,7 @@ def commit_manifest(
     shared."""
     if step is not None and type(step) is not int:
         raise UsageError(f"step must be an int, not {type(step).__name__}")
-    metrics_d = {str(k): _metric_value(str(k), v) for k, v in (metrics or {}).items()}
+    metrics_d = normalize_metrics(metrics)
     section, tree = build_section(metadata, located, entries)
     manifest = Manifest(tree, entries, dcp=section)
     missing = sorted(
@@ -224,17 +194,7 @@ def commit_manifest(
 
 def record_commit(repo: Repo, c: Commit, branch: str | None) -> None:
     """Take the branch's current commit as parent, write ``c``, move the branch by CAS."""
-    ref = repo._commit_target(branch)
-    repo._record(c, ref, new_branch=branch is not None)
-
-
-def branch_head(repo: Repo, branch: str | None) -> str | None:
-    """The commit a new commit on ``branch`` (None: HEAD's branch) gets as parent."""
-    ref = repo._commit_target(branch)
-    head = repo.refs.read(ref)
-    if head is None and branch is not None:
-        head = repo.refs.read(HEAD)  # a new branch starts at HEAD
-    return head
+    repo.record(c, branch)
 
 
 class StorageWriter(_DCPStorageWriter):
@@ -337,7 +297,7 @@ class StorageWriter(_DCPStorageWriter):
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        data = _PlanData(branch_head(self.repo, self.branch), self.save_id)
+        data = _PlanData(self.repo.branch_head(self.branch), self.save_id)
         return [dataclasses.replace(p, storage_data=data) for p in plans]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
@@ -355,13 +315,13 @@ class StorageWriter(_DCPStorageWriter):
 
     def _write(self, plan: SavePlan, planner: SavePlanner) -> list[WriteResult]:
         data = plan.storage_data
-        parent = data.parent if isinstance(data, _PlanData) else branch_head(self.repo, self.branch)
+        parent = data.parent if isinstance(data, _PlanData) else self.repo.branch_head(self.branch)
         with self.repo.store.lock(GC_LOCK, shared=True, timeout=LOCK_TIMEOUT):
             try:
                 base = parent_manifest(self.repo, parent)
             except NotFoundError:  # a stale plan (DCP's plan caching) naming a dropped commit
-                base = parent_manifest(self.repo, branch_head(self.repo, self.branch))
-            writer = new_tensor_writer(self.repo, base, self._cache)
+                base = parent_manifest(self.repo, self.repo.branch_head(self.branch))
+            writer = self.repo.tensor_writer(base, self._cache)
             pending = [pending_for(item, planner.resolve_data(item)) for item in plan.items]
             entries = writer.write(pending)
             self.repo.store.sync()  # this rank's objects durable before the coordinator commits

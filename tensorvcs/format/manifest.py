@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CorruptObjectError
-from . import jsonenc
+from . import jsonenc, values
 from .ids import is_object_id
 
 MANIFEST_VERSION = 1
@@ -161,6 +161,18 @@ class Manifest:
             files=[FileEntry.from_json(f, where) for f in doc.get("files", [])],
             dcp=doc["dcp"] if isinstance(doc.get("dcp"), dict) else None,
         )
+
+    def packed_locations(self) -> dict[str, tuple[str, int]]:
+        """{content id: (pack id, offset)} of the packed tensors (for reuse by a child)."""
+        return {e.id: (e.pack, e.offset) for e in self.tensors if e.pack and e.id}
+
+    def tensors_by_key(self) -> dict[str, TensorEntry]:
+        """{key path as text: entry} of the tensor leaves (the first leaf wins on sharing)."""
+        out: dict[str, TensorEntry] = {}
+        for path, node in values.walk_leaves(self.tree):
+            if isinstance(node, list) and node and node[0] == "tensor":
+                out.setdefault(values.path_str(path), self.tensors[int(node[1])])
+        return out
 
     def object_ids(self) -> set[str]:
         ids = {o for t in self.tensors for o in t.object_ids()}
