@@ -1,0 +1,1 @@
+"""The tensorvcs benchmark (issue 4): ``make bench`` or ``python bench/run.py``."""
