@@ -13,6 +13,7 @@ import fnmatch
 import heapq
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,21 +64,26 @@ class TensorInfo:
     objects: list[str]
 
 
+def _globs_regex(globs: Sequence[str]) -> re.Pattern[str]:
+    """One regex for several fnmatch globs; a glob also names everything under it, as a path
+    does in git ("model" selects "model/..." too)."""
+    parts = [fnmatch.translate(g) for g in globs] + [fnmatch.translate(g + "/*") for g in globs]
+    return re.compile("|".join(f"(?:{p})" for p in parts) or "(?!)")
+
+
 def _select(include: Sequence[str] | None, exclude: Sequence[str] | None) -> Any:
     if include is None and exclude is None:
         return None
-    inc = list(include) if include is not None else None
-    exc = list(exclude or [])
-
-    def matches(key: str, glob: str) -> bool:
-        # a glob also names everything under it, as a path does in git: "model" = "model/*"
-        return fnmatch.fnmatchcase(key, glob) or fnmatch.fnmatchcase(key, glob + "/*")
+    inc = _globs_regex(include).match if include is not None else None
+    exc = _globs_regex(exclude or []).match
+    seen: dict[KeyPath, bool] = {}  # each leaf is asked about twice per checkout
 
     def select(path: KeyPath) -> bool:
-        key = path_str(path)
-        if inc is not None and not any(matches(key, g) for g in inc):
-            return False
-        return not any(matches(key, g) for g in exc)
+        hit = seen.get(path)
+        if hit is None:
+            key = path_str(path)
+            hit = seen[path] = (inc is None or inc(key) is not None) and exc(key) is None
+        return hit
 
     return select
 
