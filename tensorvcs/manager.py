@@ -360,6 +360,7 @@ class CheckpointManager:
             metadata=metadata,
             branch=self.branch,
             allow_pickle=self.allow_pickle,
+            owned=True,  # a snapshot (or a state the caller promised not to modify)
         )
         stats = getattr(self.repo, "last_write_stats", None)
         for name in ([tag] if tag else []) + tags:

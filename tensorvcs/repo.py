@@ -316,9 +316,13 @@ class Repo:
         branch: str | None = None,
         allow_pickle: bool = False,
         files: list[FileEntry] | None = None,
+        owned: bool = False,
     ) -> Commit:
         """Store ``state`` (any nesting of dicts, lists, tensors and plain values) as a commit
-        on ``branch`` (default: HEAD's branch, or HEAD itself when detached)."""
+        on ``branch`` (default: HEAD's branch, or HEAD itself when detached).
+
+        ``owned=True`` promises that the state's CPU tensors will not be modified after this
+        call (a snapshot made for it): the delta-base cache then keeps them without a copy."""
         if step is not None and (type(step) is not int):
             raise UsageError(f"step must be an int, not {type(step).__name__}")
         metrics = normalize_metrics(metrics)
@@ -326,7 +330,9 @@ class Repo:
         values.encode(dict(metadata or {}), values.Hooks(), ("<metadata>",))
         with self.store.lock(GC_LOCK, shared=True, timeout=3600):
             try:
-                mid = self._write_state(state, self.branch_head(branch), allow_pickle, files or [])
+                mid = self._write_state(
+                    state, self.branch_head(branch), allow_pickle, files or [], owned
+                )
                 c = Commit(
                     manifest=mid,
                     parents=[],
@@ -373,13 +379,19 @@ class Repo:
         )
 
     def _write_state(
-        self, state: Any, hint: str | None, allow_pickle: bool, files: list[FileEntry]
+        self,
+        state: Any,
+        hint: str | None,
+        allow_pickle: bool,
+        files: list[FileEntry],
+        owned: bool = False,
     ) -> str:
         """Write the objects of ``state`` and then its manifest; returns the manifest id."""
         parent = self.get_manifest(self.get_commit(hint).manifest) if hint else None
         hooks = CommitHooks(allow_pickle, self._put_blob)
         tree = values.encode(state, hooks)
         writer = self.tensor_writer(parent, self.base_cache)
+        writer.owned = owned
         manifest = Manifest(tree, writer.write(hooks.pending), files)
         self.last_write_stats: WriteStats = writer.stats
         self.store.sync()  # objects durable before the manifest that names them

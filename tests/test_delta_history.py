@@ -129,3 +129,26 @@ def test_drop_everything_deletes_the_branch(small_repo: tv.Repo) -> None:
     small_repo.drop(["step-0", "step-1"], branch="main")
     assert "main" not in small_repo.branches()
     assert small_repo.tags() == {}
+
+
+def test_owned_state_is_cached_without_a_copy_and_still_deltas(small_repo: tv.Repo) -> None:
+    w = torch.randn(256, 64)
+    small_repo.commit({"w": w}, "first", owned=True)
+    cached = [a for a, _ in small_repo.base_cache._current.values()]
+    assert len(cached) == 16 and all(a.base is not None for a in cached)  # views, no copies
+    w2 = w + 1e-4
+    small_repo.commit({"w": w2}, "second", owned=True)
+    new = [small_repo.objects.header(e[0]).codec
+           for e in small_repo.get_manifest(small_repo.show().manifest).tensors[0].chunks]
+    assert new == [codecs.CODEC_DELTA] * 16
+    assert torch.equal(small_repo.checkout("HEAD~1")["w"], w)
+    assert torch.equal(small_repo.checkout()["w"], w2)
+
+
+def test_live_state_is_copied_into_the_cache(small_repo: tv.Repo) -> None:
+    w = torch.randn(256, 64)
+    small_repo.commit({"w": w}, "first")
+    w.add_(1e-4)  # training modifies the tensor in place after the commit
+    small_repo.commit({"w": w}, "second")
+    assert torch.equal(small_repo.checkout()["w"], w)
+    assert small_repo.fsck().ok

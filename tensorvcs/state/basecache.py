@@ -34,8 +34,9 @@ class BaseCache:
         """(content, delta depth or None if unknown) of a chunk of the last commit."""
         return self._current.get(oid)
 
-    def keep(self, oid: str, content: np.ndarray, depth: int | None) -> None:
-        """Remember ``content`` of ``oid`` for the next commit (a copy, within the budget)."""
+    def keep(self, oid: str, content: np.ndarray, depth: int | None, copy: bool = True) -> None:
+        """Remember ``content`` of ``oid`` for the next commit, within the budget: a copy, or
+        (``copy=False``, for memory nobody will write to again) the array itself."""
         with self._lock:
             if oid in self._next:
                 return
@@ -47,9 +48,9 @@ class BaseCache:
             if self._next_bytes + content.nbytes > self.budget:
                 return
             self._next_bytes += content.nbytes
-        copy = np.array(content, copy=True)
+        kept = np.array(content, copy=True) if copy else content
         with self._lock:
-            self._next[oid] = (copy, depth)
+            self._next[oid] = (kept, depth)
 
     def promote(self) -> None:
         with self._lock:

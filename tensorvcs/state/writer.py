@@ -63,6 +63,7 @@ class TensorWriter:
         parent: dict[str, TensorEntry] | None = None,
         cache: BaseCache | None = None,
         max_depth: int = 0,
+        owned: bool = False,
     ) -> None:
         self.objects = objects
         self.pool = pool
@@ -72,6 +73,7 @@ class TensorWriter:
         self.parent = parent or {}
         self.cache = cache
         self.max_depth = max_depth
+        self.owned = owned  # the tensors will not change after this write: cache them uncopied
         self.stats = WriteStats()
 
     def _base(self, oid: str, length: int) -> tuple[np.ndarray, int] | None:
@@ -96,8 +98,9 @@ class TensorWriter:
         self, src: torch.Tensor, offset: int, length: int, width: int, base_id: str | None
     ) -> tuple[str, int]:
         piece = src[offset : offset + length]
-        if piece.device.type != "cpu":
-            piece = piece.cpu()
+        on_host = piece.device.type == "cpu"
+        if not on_host:
+            piece = piece.cpu()  # one chunk at a time: a fresh host copy nobody else holds
         arr = piece.numpy()
         oid = object_id(arr.data)
         written, depth = 0, None
@@ -111,7 +114,7 @@ class TensorWriter:
             depth = int(enc.params["depth"]) if enc.codec == codecs.CODEC_DELTA else 0
             written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc)
         if self.cache is not None:
-            self.cache.keep(oid, arr, depth)
+            self.cache.keep(oid, arr, depth, copy=on_host and not self.owned)
         return oid, written
 
     def _write_pack(self, parts: list[np.ndarray], width: int) -> tuple[str, int]:
