@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .repo import Repo
 
 TMP_GRACE_SECONDS = 3600.0
+REMOTES = "refs/remotes/"  # remote-tracking refs (tensorvcs.remote)
 
 
 @dataclass
@@ -70,7 +71,7 @@ def root_refs(
     with ``bad`` given, its error is appended there instead and the other refs still count."""
     roots: dict[str, str] = {}
     names = [HEAD]
-    for prefix in (HEADS, TAGS):
+    for prefix in (HEADS, TAGS, REMOTES):  # remote-tracking refs keep fetched commits
         names.extend(sorted(repo.store.list(prefix.rstrip("/"))))
     for name in names:
         try:

@@ -137,7 +137,15 @@ class Repo:
         chunk_size: int | None = None,
         pack_threshold: int | None = None,
         branch: str = "main",
+        **storage_options: Any,
     ) -> Repo:
+        if "://" in str(path):  # a bare repository on object storage (docs/remotes.md)
+            from .remote import init_url
+
+            return init_url(
+                str(path), chunk_size=chunk_size, pack_threshold=pack_threshold, branch=branch,
+                **storage_options,
+            )
         root = Path(path).resolve()
         tvcs = root / DIRNAME
         if (tvcs / CONFIG).exists():
@@ -161,7 +169,11 @@ class Repo:
         return cls(root, store, config)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str] = ".") -> Repo:
+    def open(cls, path: str | os.PathLike[str] = ".", **storage_options: Any) -> Repo:
+        if "://" in str(path):  # s3://bucket/prefix, file:///..., memory://... (bare)
+            from .remote import open_remote_repo
+
+            return open_remote_repo(str(path), **storage_options)
         p = Path(path).resolve()
         tvcs = p if p.name == DIRNAME and (p / CONFIG).exists() else p / DIRNAME
         if not (tvcs / CONFIG).is_file():
@@ -532,6 +544,52 @@ class Repo:
         from .maintenance import gc
 
         return gc(self, keep_reflog=keep_reflog)
+
+    # -- remotes (tensorvcs.remote; docs/remotes.md) ---------------------------------------
+    def remote_add(self, name: str, url: str, **storage_options: Any) -> None:
+        from . import remote
+
+        remote.remote_add(self, name, url, **storage_options)
+
+    def remote_remove(self, name: str) -> None:
+        from . import remote
+
+        remote.remote_remove(self, name)
+
+    def remotes(self) -> dict[str, str]:
+        from . import remote
+
+        return remote.remotes(self)
+
+    def push(self, remote: str = "origin", refs: Sequence[str] | None = None) -> Any:
+        from . import remote as _remote
+
+        return _remote.push(self, remote, refs)
+
+    def fetch(self, remote: str = "origin", *, include: Sequence[str] | None = None) -> Any:
+        from . import remote as _remote
+
+        return _remote.fetch(self, remote, include=include)
+
+    def pull(self, remote: str = "origin", branch: str | None = None) -> Any:
+        from . import remote as _remote
+
+        return _remote.pull(self, remote, branch)
+
+    @classmethod
+    def clone(
+        cls,
+        url: str,
+        path: str | os.PathLike[str],
+        *,
+        filter: Sequence[str] | None = None,
+        **storage_options: Any,
+    ) -> Repo:
+        """A local copy of the repository at ``url`` (remote ``origin``); with ``filter``
+        (key-path globs), only the matching tensors' objects are fetched (partial clone)."""
+        from . import remote as _remote
+
+        return _remote.clone(url, Path(path), filter=filter, **storage_options)[0]
 
     def fsck(self) -> Any:
         from .maintenance import fsck

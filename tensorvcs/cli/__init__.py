@@ -117,9 +117,9 @@ def cli(ctx: click.Context, repo_path: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from . import checkout, commit, dcp, diff, history, maintenance, refs, setup
+    from . import checkout, commit, dcp, diff, history, maintenance, refs, remote, setup
 
-    for mod in (setup, commit, checkout, history, diff, refs, maintenance, dcp):
+    for mod in (setup, commit, checkout, history, diff, refs, maintenance, dcp, remote):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

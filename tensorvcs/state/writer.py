@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import ObjectNotFoundError
 from ..format import codecs, envelope
 from ..format.ids import object_id
 from ..format.manifest import TensorEntry
@@ -83,7 +84,10 @@ class TensorWriter:
             content, depth = hit
             return content, self.objects.depth(oid) if depth is None else depth
         content = np.empty(length, dtype=np.uint8)
-        h = self.objects.read_into(oid, content)
+        try:
+            h = self.objects.read_into(oid, content)
+        except ObjectNotFoundError:  # a partial clone lacks it (docs/remotes.md): no delta
+            return None
         return content, int(h.params.get("depth", 1)) if h.codec == codecs.CODEC_DELTA else 0
 
     def _base_chunks(self, p: PendingTensor, t: torch.Tensor) -> list[tuple[str, int]] | None:

@@ -1,0 +1,597 @@
+"""Remotes: push, fetch, pull and clone between a repository and another store.
+
+A remote is a repository's ``.tvcs`` content at a URL (``s3://bucket/prefix``,
+``file:///path``, ``memory://name`` or a plain local path): config.json, HEAD, refs/ and
+objects/ with the layout of docs/format.md, and no working directory (a "bare" repository).
+
+Transfer order (docs/remotes.md): leaf objects (chunks, packs, blobs; a delta's base before the
+delta) → manifests → commits (parents first) → refs. So a store that holds a commit holds
+everything it reaches, a transfer can stop walking history at the first commit the destination
+has, and a transfer re-run after an interruption sends only what is still missing. Refs are
+updated last, by compare-and-swap against the value read before the transfer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import NotFoundError, RefConflictError, RepoNotFoundError, UsageError
+from .format import codecs, envelope
+from .format.config import RepoConfig
+from .format.manifest import Manifest
+from .format.values import path_str, walk_leaves
+from .refs import HEAD, HEADS, TAGS, check_ref_name
+from .store.base import Store
+from .store.local import LocalStore
+from .store.objects import object_name
+
+if TYPE_CHECKING:
+    from .repo import Repo
+
+REMOTES_FILE = "remotes.json"
+REMOTES = "refs/remotes/"
+CONFIG = "config.json"
+DEFAULT_TRANSFER_THREADS = 16
+
+
+class PushRejectedError(RefConflictError):
+    """A push refused because the remote branch moved (or is not an ancestor)."""
+
+
+class DivergedError(RefConflictError):
+    """A pull refused because the local and the remote branch have diverged."""
+
+
+@dataclass
+class TransferStats:
+    objects_sent: int = 0
+    bytes_sent: int = 0
+    objects_skipped: int = 0  # present at the destination already
+    commits: int = 0  # commits the destination lacked
+
+    def add(self, other: TransferStats) -> None:
+        self.objects_sent += other.objects_sent
+        self.bytes_sent += other.bytes_sent
+        self.objects_skipped += other.objects_skipped
+        self.commits += other.commits
+
+
+@dataclass
+class RemoteResult:
+    """What push / fetch / pull / clone did (``--json`` prints this)."""
+
+    remote: str
+    url: str
+    objects_sent: int = 0
+    bytes_sent: int = 0
+    objects_skipped: int = 0
+    commits: int = 0
+    updated: dict[str, list[str | None]] = field(default_factory=dict)  # ref: [old, new]
+    up_to_date: list[str] = field(default_factory=list)
+
+    def merge(self, s: TransferStats) -> None:
+        self.objects_sent += s.objects_sent
+        self.bytes_sent += s.bytes_sent
+        self.objects_skipped += s.objects_skipped
+        self.commits += s.commits
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- opening a store and a remote repository ------------------------------------------------
+def is_url(s: str) -> bool:
+    return "://" in str(s)
+
+
+def open_store(url: str, **storage_options: Any) -> Store:
+    """The Store at ``url``: a repository's .tvcs for a local path, else an FsspecStore."""
+    if not is_url(url):
+        p = Path(url).expanduser().resolve()
+        return LocalStore(p / ".tvcs" if (p / ".tvcs" / CONFIG).is_file() else p)
+    from .store.fsspec_store import FsspecStore
+
+    return FsspecStore(url, **storage_options)
+
+
+def open_remote_repo(url: str, *, create_like: Repo | None = None, **options: Any) -> Repo:
+    """The (bare) repository at ``url``. With ``create_like``, an empty location is made a
+    repository with that repository's config (its first push); otherwise it must exist."""
+    from .repo import Repo
+
+    store = open_store(url, **options)
+    try:
+        raw = store.get(CONFIG)
+    except FileNotFoundError:
+        if create_like is None:
+            raise RepoNotFoundError(f"no tensorvcs repository at {url} (no {CONFIG})") from None
+        target = create_like.refs.head_target() or HEADS + "main"
+        store.put_if_absent(HEAD, [f"ref: {target}\n".encode()])
+        store.put_if_absent(CONFIG, [create_like.config.to_bytes()])  # last: marks a repo
+        raw = store.get(CONFIG)
+    config = RepoConfig.from_bytes(raw, f"{url}/{CONFIG}")
+    return Repo(_root_of(url), store, config)
+
+
+def init_url(
+    url: str,
+    *,
+    chunk_size: int | None = None,
+    pack_threshold: int | None = None,
+    branch: str = "main",
+    **options: Any,
+) -> Repo:
+    """A new, empty bare repository at ``url`` (Repo.init with a URL)."""
+    from .repo import Repo
+
+    store = open_store(url, **options)
+    if store.exists(CONFIG):
+        raise UsageError(f"a tensorvcs repository already exists at {url}")
+    config = RepoConfig()
+    if chunk_size is not None:
+        config.chunk_size = chunk_size
+    if pack_threshold is not None:
+        config.pack_threshold = pack_threshold
+    RepoConfig.from_bytes(config.to_bytes(), "init")  # validate the numbers
+    store.put(HEAD, [f"ref: {HEADS}{check_ref_name(branch, 'branch')}\n".encode()])
+    if not store.put_if_absent(CONFIG, [config.to_bytes()]):
+        raise UsageError(f"a tensorvcs repository already exists at {url}")
+    return Repo(_root_of(url), store, config)
+
+
+def _root_of(url: str) -> Path:
+    """A stand-in working-directory path for a bare repository at ``url`` (never written)."""
+    return Path(url).resolve() if not is_url(url) else Path("/") / url.replace("://", "/")
+
+
+# -- the remotes list ---------------------------------------------------------------------
+def _load_remotes(repo: Repo) -> dict[str, dict[str, Any]]:
+    try:
+        doc = json.loads(repo.store.get(REMOTES_FILE))
+    except FileNotFoundError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _save_remotes(repo: Repo, remotes: Mapping[str, Any]) -> None:
+    repo.store.put(REMOTES_FILE, [json.dumps(remotes, sort_keys=True, indent=1).encode()])
+
+
+def remote_add(repo: Repo, name: str, url: str, **storage_options: Any) -> None:
+    check_ref_name(name, "remote")
+    if "/" in name:
+        raise UsageError(f"invalid remote name {name!r} (no '/')")
+    with repo.refs.locked():
+        remotes = _load_remotes(repo)
+        if name in remotes:
+            raise UsageError(f"remote {name!r} already exists ({remotes[name]['url']})")
+        remotes[name] = {"url": url, "options": dict(storage_options)}
+        _save_remotes(repo, remotes)
+
+
+def remote_remove(repo: Repo, name: str) -> None:
+    with repo.refs.locked():
+        remotes = _load_remotes(repo)
+        if name not in remotes:
+            raise NotFoundError(f"no remote named {name!r}")
+        del remotes[name]
+        _save_remotes(repo, remotes)
+        for ref in list(repo.store.list(REMOTES + name)):
+            repo.store.delete(ref)
+
+
+def remotes(repo: Repo) -> dict[str, str]:
+    """{name: url} of the configured remotes."""
+    return {k: v["url"] for k, v in sorted(_load_remotes(repo).items())}
+
+
+def _remote(repo: Repo, name: str, *, url_ok: bool = False) -> tuple[str, dict[str, Any]]:
+    """(url, storage options) of remote ``name``; with ``url_ok``, ``name`` may also be a URL
+    or a path (push only: there are no remote-tracking refs for an unnamed remote)."""
+    r = _load_remotes(repo).get(name)
+    if r is None:
+        if url_ok and (is_url(name) or Path(name).exists()):
+            return name, {}
+        raise NotFoundError(f"no remote named {name!r} (see 'tvcs remote add')")
+    return str(r["url"]), dict(r.get("options") or {})
+
+
+# -- object transfer --------------------------------------------------------------------------
+def _missing_commits(src: Repo, dst: Repo, tips: Iterable[str]) -> list[str]:
+    """Commits reachable from ``tips`` that ``dst`` lacks, parents before children. The walk
+    stops at commits ``dst`` has: a store holding a commit holds its whole history."""
+    missing: set[str] = set()
+    stack = [t for t in tips]
+    seen: set[str] = set()
+    while stack:
+        c = stack.pop()
+        if c in seen:
+            continue
+        seen.add(c)
+        if dst.objects.has(c):
+            continue
+        missing.add(c)
+        stack.extend(src.get_commit(c).parents)
+    order: list[str] = []
+    done: set[str] = set()
+    for start in sorted(missing):
+        todo = [(start, False)]
+        while todo:
+            c, expanded = todo.pop()
+            if c in done:
+                continue
+            if expanded:
+                done.add(c)
+                order.append(c)
+                continue
+            todo.append((c, True))
+            todo.extend((p, False) for p in src.get_commit(c).parents if p in missing)
+    return order
+
+
+def _selected_objects(m: Manifest, include: Sequence[str]) -> set[str]:
+    """Object ids of the leaves of ``m`` whose key path (or file path) matches ``include``."""
+    from .repo import _globs_regex
+
+    match = _globs_regex(include).match
+    ids: set[str] = set()
+    for path, node in walk_leaves(m.tree):
+        if not (isinstance(node, list) and node and node[0] in ("tensor", "ndarray", "pickle")):
+            continue
+        if match(path_str(path)) is None:
+            continue
+        if node[0] == "pickle":
+            ids.add(node[1])
+        else:
+            ids.update(m.tensors[int(node[1])].object_ids())
+    for f in m.files:
+        if match(f.path) is not None:
+            ids.update(c[0] for c in f.chunks)
+    return ids
+
+
+class _Copier:
+    """Copies objects from one store to another in a thread pool; a delta's base first."""
+
+    def __init__(self, src: Repo, dst: Repo) -> None:
+        self.src, self.dst = src, dst
+        self.stats = TransferStats()
+        self._lock = threading.Lock()
+        self._claims: dict[str, threading.Event] = {}
+        self._failed: set[str] = set()
+
+    def copy(self, oid: str) -> None:
+        with self._lock:
+            other = self._claims.get(oid)
+            if other is None:
+                ev = self._claims[oid] = threading.Event()
+        if other is not None:
+            other.wait()  # another thread copies it (a shared delta base): wait until it is there
+            if oid in self._failed:  # never write a delta whose base did not arrive
+                raise RuntimeError(f"copying object {oid} failed in another thread")
+            return
+        try:
+            self._copy(oid)
+        except BaseException:
+            self._failed.add(oid)
+            raise
+        finally:
+            ev.set()
+
+    def _copy(self, oid: str) -> None:
+        if self.dst.objects.has(oid):
+            with self._lock:
+                self.stats.objects_skipped += 1
+            return
+        data = self.src.objects.raw(oid)
+        h = envelope.read_header(data, oid)
+        if h.codec == codecs.CODEC_DELTA:
+            self.copy(str(h.params["base"]))  # the base is written before the delta
+        if self.dst.store.put_if_absent(object_name(oid), [data]):
+            with self._lock:
+                self.stats.objects_sent += 1
+                self.stats.bytes_sent += len(data)
+        else:
+            with self._lock:
+                self.stats.objects_skipped += 1
+
+    def run(self, oids: Sequence[str], pool: ThreadPoolExecutor) -> None:
+        for _ in pool.map(self.copy, oids):
+            pass
+
+
+def transfer(
+    src: Repo,
+    dst: Repo,
+    tips: Iterable[str],
+    *,
+    threads: int = DEFAULT_TRANSFER_THREADS,
+    include: Sequence[str] | None = None,
+) -> TransferStats:
+    """Copy to ``dst`` every object reachable from ``tips`` that it lacks. With ``include``
+    (key-path globs), only the objects of the matching tensors, blobs and files travel (a
+    partial transfer); commits and manifests always do."""
+    commits = _missing_commits(src, dst, tips)
+    copier = _Copier(src, dst)
+    copier.stats.commits = len(commits)
+    if not commits:
+        return copier.stats
+    manifests = []
+    seen_m: set[str] = set()
+    for c in commits:
+        m = src.get_commit(c).manifest
+        if m not in seen_m:
+            seen_m.add(m)
+            manifests.append(m)
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tvcs-xfer") as pool:
+        present = list(pool.map(dst.objects.has, manifests))
+        todo = [m for m, has in zip(manifests, present, strict=True) if not has]
+        leaves: list[str] = []
+        seen: set[str] = set()
+        for m in todo:
+            man = src.get_manifest(m)
+            ids = man.object_ids() if include is None else _selected_objects(man, include)
+            for oid in sorted(ids):
+                if oid not in seen:
+                    seen.add(oid)
+                    leaves.append(oid)
+        copier.run(leaves, pool)  # 1. chunks, packs, blobs (and delta bases)
+        copier.run(todo, pool)  # 2. manifests
+    for c in commits:  # 3. commits, parents first
+        copier.copy(c)
+    dst.store.sync()
+    return copier.stats
+
+
+# -- history helpers --------------------------------------------------------------------------
+def is_ancestor(repo: Repo, ancestor: str, commit: str) -> bool:
+    """True when ``ancestor`` is ``commit`` or one of its ancestors (in ``repo``)."""
+    if not repo.objects.has(ancestor):
+        return False
+    stack, seen = [commit], set()
+    while stack:
+        c = stack.pop()
+        if c == ancestor:
+            return True
+        if c in seen:
+            continue
+        seen.add(c)
+        stack.extend(repo.get_commit(c).parents)
+    return False
+
+
+def _count_only(repo: Repo, tip: str, other: str) -> int:
+    """Commits reachable from ``tip`` and not from ``other``."""
+
+    def reach(start: str) -> set[str]:
+        out, stack = set(), [start]
+        while stack:
+            c = stack.pop()
+            if c not in out:
+                out.add(c)
+                stack.extend(repo.get_commit(c).parents)
+        return out
+
+    return len(reach(tip) - reach(other))
+
+
+def _full_ref(repo: Repo, ref: str) -> str:
+    if ref.startswith(("refs/heads/", "refs/tags/")):
+        return ref
+    if repo.refs.exists(HEADS + ref):
+        return HEADS + ref
+    if repo.refs.exists(TAGS + ref):
+        return TAGS + ref
+    raise NotFoundError(f"no branch or tag named {ref!r} to push")
+
+
+def _tracking(name: str, ref: str) -> str | None:
+    return REMOTES + name + "/" + ref[len(HEADS) :] if ref.startswith(HEADS) else None
+
+
+# -- push / fetch / pull / clone --------------------------------------------------------------
+def push(
+    repo: Repo,
+    remote: str = "origin",
+    refs: Sequence[str] | None = None,
+    *,
+    threads: int = DEFAULT_TRANSFER_THREADS,
+) -> RemoteResult:
+    """Send the objects the remote lacks, then move its refs by compare-and-swap.
+
+    A remote branch that moved since we last saw it (and is not an ancestor of what we push)
+    is refused: ``PushRejectedError`` ("rejected: remote main moved; fetch first")."""
+    url, options = _remote(repo, remote, url_ok=True)
+    named = remote in _load_remotes(repo)
+    if refs is None:
+        target = repo.refs.head_target()
+        if target is None:
+            raise UsageError("HEAD is detached: name the branch to push")
+        refs = [target]
+    full = [_full_ref(repo, r) for r in refs]
+    news = {}
+    for ref in full:
+        new = repo.refs.read(ref)
+        if new is None:
+            raise NotFoundError(f"{ref} has no commits to push")
+        news[ref] = new
+    dst = open_remote_repo(url, create_like=repo, **options)
+    result = RemoteResult(remote=remote, url=url)
+    try:
+        olds = {ref: dst.refs.read(ref) for ref in full}
+        for ref, old in olds.items():
+            _check_push(repo, remote, ref, old, news[ref])
+        todo = {ref: new for ref, new in news.items() if olds[ref] != new}
+        result.up_to_date = [r for r in full if r not in todo]
+        result.merge(transfer(repo, dst, todo.values(), threads=threads))
+        for ref, new in todo.items():  # refs last, by CAS against what we read above
+            try:
+                dst.refs.update(ref, new, expected=olds[ref], message=f"push from {remote}")
+            except RefConflictError:
+                raise PushRejectedError(_rejected(ref, remote)) from None
+            result.updated[ref] = [olds[ref], new]
+        for ref in full:
+            track = _tracking(remote, ref) if named else None
+            if track is not None and repo.refs.read(track) != news[ref]:
+                repo.refs.update(track, news[ref], message=f"push to {remote}")
+    finally:
+        dst.close()
+    return result
+
+
+def _rejected(ref: str, remote: str) -> str:
+    short = ref[len(HEADS) :] if ref.startswith(HEADS) else ref
+    return (
+        f"rejected: remote {short} moved; fetch first ({ref} on {remote} holds commits you do "
+        f"not have: 'tvcs fetch {remote}', then 'tvcs pull {remote} {short}' and push again)"
+    )
+
+
+def _check_push(repo: Repo, remote: str, ref: str, old: str | None, new: str) -> None:
+    if old is None or old == new:
+        return
+    if ref.startswith(TAGS):
+        raise PushRejectedError(f"rejected: tag {ref[len(TAGS) :]} already exists on {remote}")
+    if not is_ancestor(repo, old, new):
+        if repo.objects.has(old):
+            short = ref[len(HEADS) :]
+            raise PushRejectedError(
+                f"rejected: non-fast-forward: {remote} {short} has commits that {short} does "
+                f"not; 'tvcs pull {remote} {short}' first"
+            )
+        raise PushRejectedError(_rejected(ref, remote))
+
+
+def fetch(
+    repo: Repo,
+    remote: str = "origin",
+    *,
+    threads: int = DEFAULT_TRANSFER_THREADS,
+    include: Sequence[str] | None = None,
+) -> RemoteResult:
+    """Copy the remote's branches (and tags) with the objects they need; point the
+    remote-tracking refs ``refs/remotes/<remote>/<branch>`` at them. Local branches are
+    untouched; new tags are created, existing ones kept."""
+    url, options = _remote(repo, remote)
+    if include is None:
+        include = _load_remotes(repo).get(remote, {}).get("filter")
+    src = open_remote_repo(url, **options)
+    result = RemoteResult(remote=remote, url=url)
+    try:
+        heads = src.refs.list(HEADS)
+        tags = src.refs.list(TAGS)
+        tips = list(heads.values()) + list(tags.values())
+        result.merge(transfer(src, repo, tips, threads=threads, include=include))
+        for b, oid in heads.items():
+            track = REMOTES + remote + "/" + b
+            old = repo.refs.read(track)
+            if old != oid:
+                repo.refs.update(track, oid, message=f"fetch from {remote}")
+                result.updated[track] = [old, oid]
+            else:
+                result.up_to_date.append(track)
+        for t, oid in tags.items():
+            if not repo.refs.exists(TAGS + t):
+                repo.refs.update(TAGS + t, oid, expected=None, message=f"fetch from {remote}")
+                result.updated[TAGS + t] = [None, oid]
+    finally:
+        src.close()
+    return result
+
+
+def pull(
+    repo: Repo,
+    remote: str = "origin",
+    branch: str | None = None,
+    *,
+    threads: int = DEFAULT_TRANSFER_THREADS,
+) -> RemoteResult:
+    """Fetch, then fast-forward ``branch`` (default: the current one) to the remote's."""
+    if branch is None:
+        target = repo.refs.head_target()
+        if target is None:
+            raise UsageError("HEAD is detached: name the branch to pull")
+        branch = target[len(HEADS) :]
+    result = fetch(repo, remote, threads=threads)
+    theirs = repo.refs.read(REMOTES + remote + "/" + branch)
+    if theirs is None:
+        raise NotFoundError(f"remote {remote} has no branch {branch!r}")
+    ours = repo.refs.read(HEADS + branch)
+    ref = HEADS + branch
+    if ours == theirs or (ours is not None and is_ancestor(repo, theirs, ours)):
+        result.up_to_date.append(ref)
+        return result
+    if ours is not None and not is_ancestor(repo, ours, theirs):
+        a, b = _count_only(repo, ours, theirs), _count_only(repo, theirs, ours)
+        raise DivergedError(
+            f"cannot fast-forward {branch}: it and {remote}/{branch} have diverged ({a} and {b} "
+            f"commits of their own); tensorvcs does not merge checkpoints: keep one side "
+            f"(e.g. 'tvcs branch mine {branch}', then reset {branch} to {remote}/{branch})"
+        )
+    repo.refs.update(ref, theirs, expected=ours, message=f"pull {remote}: fast-forward")
+    result.updated[ref] = [ours, theirs]
+    return result
+
+
+def clone(
+    url: str,
+    path: str | Path,
+    *,
+    name: str = "origin",
+    threads: int = DEFAULT_TRANSFER_THREADS,
+    filter: Sequence[str] | None = None,
+    **storage_options: Any,
+) -> tuple[Repo, RemoteResult]:
+    """A new repository at ``path`` with the remote's history; its default branch checked out
+    as a ref (HEAD points at it). With ``filter`` (key-path globs), a partial clone: every
+    commit and manifest, but only the objects of the matching tensors."""
+    from .repo import Repo
+
+    src = open_remote_repo(url, **storage_options)
+    try:
+        target = src.refs.head_target() or HEADS + "main"
+        cfg = src.config
+    finally:
+        src.close()
+    repo = Repo.init(
+        path,
+        chunk_size=cfg.chunk_size,
+        pack_threshold=cfg.pack_threshold,
+        branch=target[len(HEADS) :],
+    )
+    remote_add(repo, name, url, **storage_options)
+    if filter is not None:  # a partial clone: later fetches from this remote keep the filter
+        with repo.refs.locked():
+            remotes = _load_remotes(repo)
+            remotes[name]["filter"] = list(filter)
+            _save_remotes(repo, remotes)
+    result = fetch(repo, name, threads=threads)
+    tip = repo.refs.read(REMOTES + name + "/" + target[len(HEADS) :])
+    if tip is not None:
+        repo.refs.update(target, tip, expected=None, message=f"clone from {url}")
+        result.updated[target] = [None, tip]
+    return repo, result
+
+
+__all__ = [
+    "DivergedError",
+    "PushRejectedError",
+    "RemoteResult",
+    "TransferStats",
+    "clone",
+    "fetch",
+    "open_remote_repo",
+    "open_store",
+    "pull",
+    "push",
+    "remote_add",
+    "remote_remove",
+    "remotes",
+    "transfer",
+]

@@ -1,0 +1,249 @@
+"""A Store over fsspec: ``file://``, ``memory://`` and ``s3://`` (s3fs), among others.
+
+Guarantees (docs/remotes.md has the full list):
+
+- ``put`` is atomic: on ``file://`` a temp file is renamed over the name; elsewhere the whole
+  file is written by one request (a single S3 PUT is atomic: readers see old or new).
+- ``put_if_absent`` is create-if-absent: on S3 a conditional PUT (``If-None-Match: *``), on a
+  local file system ``link(2)`` of a temp file, in memory a check-and-set under a process lock.
+  Other protocols fall back to check-then-write (racy; documented as weaker).
+- ``lock(name)`` is a lock *object* ``locks/<name>`` created with ``put_if_absent`` and holding
+  an owner token and an expiry; the holder refreshes it while held; a waiter may break a lock
+  whose expiry has passed (its holder died). Shared locks are taken exclusively.
+- ``append`` is read-modify-write (reflogs are only appended under the refs lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from ..errors import LockTimeoutError
+from .base import Chunk, Store, check_name
+
+LOCK_DIR = "locks"
+TMP_DIR = "tmp"
+DEFAULT_LOCK_TTL = 30.0  # seconds a lock object lives without a refresh
+
+_memory_lock = threading.Lock()  # memory:// is one dict per process: guards check-and-set
+
+
+def _join(pieces: Iterable[Chunk]) -> bytes:
+    return b"".join(bytes(p) if not isinstance(p, bytes) else p for p in pieces)
+
+
+class FsspecStore(Store):
+    """Named byte files under ``url`` on any fsspec file system."""
+
+    def __init__(self, url: str, *, lock_ttl: float = DEFAULT_LOCK_TTL, **storage_options: Any):
+        import fsspec
+
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        if protocol == "s3":
+            # Listings must never be served from a cache: refs and locks change under us.
+            # (fsspec's instance cache stays on: making an S3 client costs ~0.2 s)
+            storage_options.setdefault("use_listings_cache", False)
+        self.url = url.rstrip("/")
+        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        self.root = root.rstrip("/")
+        protos = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.protocol = "s3" if "s3" in protos else ("file" if "file" in protos else protos[0])
+        self.lock_ttl = lock_ttl
+        self._append_lock = threading.Lock()
+        self.requests = 0  # puts and gets issued (for tests and stats)
+
+    def __repr__(self) -> str:
+        return f"FsspecStore({self.url!r})"
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{check_name(name)}" if self.root else check_name(name)
+
+    # -- reading -----------------------------------------------------------------------------
+    def get(self, name: str) -> bytes:
+        self.requests += 1
+        try:
+            return bytes(self.fs.cat_file(self._path(name)))
+        except (IsADirectoryError, NotADirectoryError):
+            raise FileNotFoundError(name) from None
+
+    def get_head(self, name: str, n: int) -> bytes:
+        if n < 0:
+            return self.get(name)
+        if n == 0:  # a range of 0 bytes is not expressible in HTTP; only check existence
+            if not self.exists(name):
+                raise FileNotFoundError(name)
+            return b""
+        self.requests += 1
+        try:
+            return bytes(self.fs.cat_file(self._path(name), start=0, end=n))
+        except (IsADirectoryError, NotADirectoryError):
+            raise FileNotFoundError(name) from None
+
+    def exists(self, name: str) -> bool:
+        try:
+            info = self.fs.info(self._path(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return info.get("type") == "file"
+
+    def size(self, name: str) -> int:
+        info = self.fs.info(self._path(name))
+        if info.get("type") != "file":
+            raise FileNotFoundError(name)
+        return int(info["size"])
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self._path(prefix) if prefix else self.root
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return
+        strip = len(self.root) + 1 if self.root else 0
+        for p in found:
+            p = p.rstrip("/")
+            rel = p[strip:] if self.root else p
+            if self.protocol == "file" and rel.startswith(TMP_DIR + "/"):
+                continue
+            if rel:
+                yield rel
+
+    # -- writing -----------------------------------------------------------------------------
+    def put(self, name: str, data: Iterable[Chunk], *, durable: bool = True) -> None:
+        path = self._path(name)
+        body = _join(data)
+        self.requests += 1
+        if self.protocol == "file":
+            tmp = self._write_tmp(body, durable)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, body)
+
+    def _write_tmp(self, body: bytes, durable: bool) -> str:
+        tmp_dir = f"{self.root}/{TMP_DIR}"
+        os.makedirs(tmp_dir, exist_ok=True)
+        tmp = f"{tmp_dir}/{os.getpid()}-{secrets.token_hex(8)}"
+        with open(tmp, "xb") as f:
+            f.write(body)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        return tmp
+
+    def put_if_absent(self, name: str, data: Iterable[Chunk]) -> bool:
+        path = self._path(name)
+        body = _join(data)
+        self.requests += 1
+        if self.protocol == "s3":
+            try:
+                self.fs.pipe_file(path, body, mode="create")  # PUT with If-None-Match: *
+            except FileExistsError:
+                return False
+            return True
+        if self.protocol == "file":
+            if os.path.exists(path):
+                return False
+            tmp = self._write_tmp(body, True)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            return True
+        with _memory_lock:  # memory:// and others: check then write (atomic within a process)
+            if self.exists(name):
+                return False
+            self.fs.pipe_file(path, body)
+            return True
+
+    def delete(self, name: str) -> None:
+        with suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(name))
+
+    def append(self, name: str, data: bytes) -> None:
+        with self._append_lock:
+            try:
+                old = self.get(name)
+            except FileNotFoundError:
+                old = b""
+            self.put(name, [old, data])
+
+    # -- locks -------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, name: str, *, shared: bool = False, timeout: float = 60.0) -> Iterator[None]:
+        lock_name = f"{LOCK_DIR}/{check_name(name)}"
+        token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            if self.put_if_absent(lock_name, [self._lock_body(token)]):
+                break
+            self._break_if_expired(lock_name)
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(
+                    f"could not take lock {self.url}/{lock_name} within {timeout:g}s "
+                    "(another tensorvcs process holds it; it expires "
+                    f"{self.lock_ttl:g}s after its holder stops refreshing it)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat,
+            args=(lock_name, token, stop),
+            daemon=True,
+            name="tvcs-lock-heartbeat",
+        )
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            if self._lock_owner(lock_name) == token:
+                self.delete(lock_name)
+
+    def _lock_body(self, token: str) -> bytes:
+        return json.dumps({"owner": token, "expires": time.time() + self.lock_ttl}).encode()
+
+    def _read_lock(self, lock_name: str) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self.get(lock_name))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _lock_owner(self, lock_name: str) -> str | None:
+        doc = self._read_lock(lock_name)
+        return None if doc is None else doc.get("owner")
+
+    def _break_if_expired(self, lock_name: str) -> None:
+        doc = self._read_lock(lock_name)
+        if doc is None:
+            return
+        expires = doc.get("expires")
+        if not isinstance(expires, (int, float)) or expires < time.time():
+            self.delete(lock_name)  # the holder died (or wrote garbage): take it over
+
+    def _heartbeat(self, lock_name: str, token: str, stop: threading.Event) -> None:
+        while not stop.wait(self.lock_ttl / 3):
+            if self._lock_owner(lock_name) != token:
+                return  # broken by someone else: do not clobber theirs
+            self.put(lock_name, [self._lock_body(token)])
+
+    def sync(self) -> None:
+        """Nothing to do: every put is complete when it returns."""
+
+
+__all__ = ["FsspecStore"]
