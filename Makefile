@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 
 lint: $(STAMP)
 	$(BIN)/ruff check tensorvcs tests bench examples
+	$(BIN)/mypy tensorvcs
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider

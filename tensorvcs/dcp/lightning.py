@@ -26,7 +26,6 @@ with a warning, where Lightning raises ``KeyError: 'lr_schedulers'`` / ``'optimi
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import torch.distributed.checkpoint as dcp
 
 from ..errors import UsageError
+from ..integrations.pointer import read_pointer, write_pointer
 from ..repo import Repo
 from .convert import load_state
 from .reader import StorageReader
@@ -53,30 +53,11 @@ POINTER_KIND = "tensorvcs-dcp-checkpoint"
 
 def read_dcp_pointer(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The pointer file these strategies write at a checkpoint path, or None."""
-    p = Path(path)
-    try:
-        if not p.is_file() or p.stat().st_size > 65536:
-            return None
-        doc = json.loads(p.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if (
-        isinstance(doc, dict)
-        and doc.get("kind") == POINTER_KIND
-        and isinstance(doc.get("commit"), str)
-    ):
-        return doc
-    return None
+    return read_pointer(path, POINTER_KIND, "commit")
 
 
 def _write_pointer(path: Path, repo: Repo, commit: str, branch: str | None) -> None:
-    if path.is_dir():
-        raise IsADirectoryError(f"checkpoint path {path} is a directory (a plain DCP save?)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"kind": POINTER_KIND, "repo": str(repo.root), "commit": commit, "branch": branch}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_pointer(path, POINTER_KIND, repo=str(repo.root), commit=commit, branch=branch)
 
 
 class _StoreShardedCheckpoints:

@@ -9,7 +9,6 @@ Nothing here imports a Lightning package.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import warnings
@@ -25,6 +24,8 @@ from ..refs import check_ref_name
 from ..repo import Repo
 from ..retention import Policy
 from ..snapshot import plain_containers, snapshot
+from .pointer import read_pointer as read_json_pointer
+from .pointer import write_pointer
 
 IO_MARKER = "tensorvcs.lightning"  # commit metadata key of checkpoints TVCSCheckpointIO wrote
 POINTER_KIND = "tensorvcs-checkpoint-pointer"
@@ -52,20 +53,7 @@ def _sanitize(part: str) -> str:
 def read_pointer(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The content of a pointer file ``TVCSCheckpointIO`` wrote at ``path``, or None when
     ``path`` is not one."""
-    p = Path(path)
-    try:
-        if not p.is_file() or p.stat().st_size > 65536:
-            return None
-        doc = json.loads(p.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if (
-        isinstance(doc, dict)
-        and doc.get("kind") == POINTER_KIND
-        and isinstance(doc.get("tag"), str)
-    ):
-        return doc
-    return None
+    return read_json_pointer(path, POINTER_KIND, "tag")
 
 
 def tag_for(repo: Repo, path: str | os.PathLike[str], prefix: str = "ckpt/") -> str:
@@ -141,12 +129,7 @@ class IOMixin:
         return resolve_checkpoint(self.repo, path, self.tag_prefix)
 
     def _write_pointer(self, path: str | os.PathLike[str], tag: str) -> None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"kind": POINTER_KIND, "repo": str(self.repo.root), "tag": tag}
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc) + "\n")
-        os.replace(tmp, p)
+        write_pointer(path, POINTER_KIND, repo=str(self.repo.root), tag=tag)
 
     # -- CheckpointIO ------------------------------------------------------------------------
     def save_checkpoint(
