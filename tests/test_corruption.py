@@ -249,11 +249,11 @@ def test_every_byte_flip_is_detected_or_harmless(tmp_path: Path) -> None:
     state = {
         "raw": random_bytes_tensor(1, 32),  # a pack with a raw payload
         "coded": {"x": torch.linspace(-1, 1, 256).to(torch.bfloat16)},  # byte-plane pack
-        "delta": randn(7, 400),  # one chunk; a delta in the second commit
+        "delta": randn(7, 400),  # one chunk; a delta once the second commit is made
     }
-    repo.commit(state, "base")
-    state["delta"] = state["delta"] + 1e-4
     c = repo.commit(state, "flip me")
+    state2 = {**state, "delta": state["delta"] + 1e-4}
+    repo.commit(state2, "newer")  # re-encodes c's chunk as a delta against its own
     m = repo.get_manifest(c.manifest)
     (delta,) = _objects_of(repo, c.id, "delta")
     assert repo.objects.delta_base(delta) is not None

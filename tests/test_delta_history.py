@@ -46,12 +46,21 @@ def test_small_updates_are_stored_as_deltas_and_round_trip(small_repo: tv.Repo) 
     assert small_repo.fsck().ok
 
 
+def chain_length(repo: tv.Repo, oid: str) -> int:
+    n = 0
+    base = repo.objects.delta_base(oid)
+    while base is not None:
+        n, base = n + 1, repo.objects.delta_base(base)
+    return n
+
+
 def test_delta_chains_stop_at_max_depth(tmp_path: Path) -> None:
     repo = tv.Repo.init(tmp_path, chunk_size=4096, pack_threshold=1024)
     repo.delta_max_depth = 2
     hist = series(repo, 7)
-    depths = sorted({repo.objects.depth(oid) for oid in repo.objects.ids()})
-    assert depths == [0, 1, 2]
+    lengths = [max(chain_length(repo, o) for o in repo.tensors(cid)[0].objects) for cid, _ in hist]
+    # versions 3 and 6 (seq 2, 5) are keyframes, the newest (7) is whole: 2,1,0,2,1,0,0
+    assert lengths == [2, 1, 0, 2, 1, 0, 0]
     for cid, w in hist:
         assert torch.equal(repo.checkout(cid)["w"], w)
 
@@ -70,16 +79,16 @@ def test_fresh_process_repo_deltas_against_parent_read_from_disk(small_repo: tv.
 
 def test_corrupt_delta_base_is_named(small_repo: tv.Repo) -> None:
     hist = series(small_repo, 2)
-    entry = small_repo.get_manifest(small_repo.get_commit(hist[1][0]).manifest).tensors[0]
+    entry = small_repo.get_manifest(small_repo.get_commit(hist[0][0]).manifest).tensors[0]
     top = entry.chunks[0][0]
-    base = small_repo.objects.delta_base(top)
+    base = small_repo.objects.delta_base(top)  # the newer commit's chunk
     assert base is not None
     path = small_repo.path / "objects" / base[:2] / base[2:]
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(tv.CorruptObjectError) as err:
-        small_repo.checkout(hist[1][0])
+        small_repo.checkout(hist[0][0])
     assert base in str(err.value) and "w" in str(err.value)
 
 
@@ -91,7 +100,7 @@ def test_drop_rewrites_history_and_gc_reclaims_bytes(small_repo: tv.Repo) -> Non
     assert [c.step for c in small_repo.log()] == [7, 6]
     assert sorted(small_repo.tags()) == ["step-6", "step-7"]
     report = small_repo.gc()
-    assert report.rewritten_objects == 16  # step-6's chunks were deltas on dropped commits
+    assert report.rewritten_objects == 0  # step-6's chunks are deltas on step-7's: kept
     after = stored_bytes(small_repo)
     assert after == report.kept_bytes
     assert after < before / 3
@@ -99,6 +108,19 @@ def test_drop_rewrites_history_and_gc_reclaims_bytes(small_repo: tv.Repo) -> Non
         assert torch.equal(small_repo.checkout(f"step-{i}")["w"], hist[i][1])
     fsck = small_repo.fsck()
     assert fsck.ok and fsck.commits == 2 and fsck.dangling == 0
+
+
+def test_dropping_the_newest_commit_re_encodes_the_one_below(small_repo: tv.Repo) -> None:
+    hist = series(small_repo, 3, lr=1e-3)
+    small_repo.drop(["step-2"])
+    report = small_repo.gc()
+    assert report.rewritten_objects == 16  # step-1's chunks were deltas on step-2's
+    assert all(
+        small_repo.objects.delta_base(o) is None for o in small_repo.tensors("step-1")[0].objects
+    )
+    for i in (0, 1):
+        assert torch.equal(small_repo.checkout(f"step-{i}")["w"], hist[i][1])
+    assert small_repo.fsck().ok
 
 
 def test_drop_keeps_commits_other_refs_need(small_repo: tv.Repo) -> None:
@@ -134,13 +156,13 @@ def test_drop_everything_deletes_the_branch(small_repo: tv.Repo) -> None:
 def test_owned_state_is_cached_without_a_copy_and_still_deltas(small_repo: tv.Repo) -> None:
     w = torch.randn(256, 64)
     small_repo.commit({"w": w}, "first", owned=True)
-    cached = [a for a, _ in small_repo.base_cache._current.values()]
+    cached = list(small_repo.base_cache._current.values())
     assert len(cached) == 16 and all(a.base is not None for a in cached)  # views, no copies
     w2 = w + 1e-4
     small_repo.commit({"w": w2}, "second", owned=True)
-    new = [small_repo.objects.header(e[0]).codec
-           for e in small_repo.get_manifest(small_repo.show().manifest).tensors[0].chunks]
-    assert new == [codecs.CODEC_DELTA] * 16
+    old = [small_repo.objects.header(e[0]).codec
+           for e in small_repo.get_manifest(small_repo.show("HEAD~1").manifest).tensors[0].chunks]
+    assert old == [codecs.CODEC_DELTA] * 16  # re-encoded from the cached (uncopied) bytes
     assert torch.equal(small_repo.checkout("HEAD~1")["w"], w)
     assert torch.equal(small_repo.checkout()["w"], w2)
 

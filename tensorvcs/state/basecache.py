@@ -25,16 +25,16 @@ def default_budget() -> int:
 class BaseCache:
     def __init__(self, budget: int | None = None) -> None:
         self.budget = default_budget() if budget is None else budget
-        self._current: dict[str, tuple[np.ndarray, int | None]] = {}
-        self._next: dict[str, tuple[np.ndarray, int | None]] = {}
+        self._current: dict[str, np.ndarray] = {}
+        self._next: dict[str, np.ndarray] = {}
         self._next_bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, oid: str) -> tuple[np.ndarray, int | None] | None:
-        """(content, delta depth or None if unknown) of a chunk of the last commit."""
+    def get(self, oid: str) -> np.ndarray | None:
+        """The content of a chunk of the last commit, if kept."""
         return self._current.get(oid)
 
-    def keep(self, oid: str, content: np.ndarray, depth: int | None, copy: bool = True) -> None:
+    def keep(self, oid: str, content: np.ndarray, copy: bool = True) -> None:
         """Remember ``content`` of ``oid`` for the next commit, within the budget: a copy, or
         (``copy=False``, for memory nobody will write to again) the array itself."""
         with self._lock:
@@ -42,15 +42,15 @@ class BaseCache:
                 return
             old = self._current.get(oid)
             if old is not None:
-                self._next[oid] = old if depth is None else (old[0], depth)
-                self._next_bytes += old[0].nbytes
+                self._next[oid] = old
+                self._next_bytes += old.nbytes
                 return
             if self._next_bytes + content.nbytes > self.budget:
                 return
             self._next_bytes += content.nbytes
         kept = np.array(content, copy=True) if copy else content
         with self._lock:
-            self._next[oid] = (kept, depth)
+            self._next[oid] = kept
 
     def promote(self) -> None:
         with self._lock:
@@ -62,4 +62,4 @@ class BaseCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a, _ in self._current.values())
+        return sum(a.nbytes for a in self._current.values())

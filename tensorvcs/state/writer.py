@@ -5,11 +5,13 @@
 - Smaller tensors are packed: each gets the id of its own bytes; one already known (from the
   parent commit or earlier in this commit) keeps its place, the new ones are concatenated into
   pack objects (one run per element width, so the byte-plane codec applies).
-- A chunk whose tensor existed at the same key path in the parent commit, with the same dtype
-  and shape, is also tried as a delta against the parent's chunk at the same index (byte-plane
-  encoding of the zigzag integer difference); the smaller encoding is kept. The parent's bytes
-  come from the in-memory BaseCache when this process wrote the parent, else from the store.
-  Chains stop at ``max_depth`` deltas: the next version is stored whole (a keyframe).
+- Reverse deltas: a new chunk is stored whole; when its tensor existed at the same key path
+  in the parent commit with the same dtype and shape, the parent's chunk at the same index is
+  then re-encoded as a delta against it (byte planes of the zigzag integer difference) if that
+  is smaller — after the new chunk is durable, by an atomic replace (same id, same content).
+  The newest version is never a chain; every ``max_depth + 1``-th version stays whole, which
+  bounds older versions' chains. The parent's bytes come from the in-memory BaseCache when
+  this process wrote the parent, else from the store.
 - Chunk jobs run on a thread pool: BLAKE3 and zstd release the GIL, so hashing, encoding and
   file writes of different chunks overlap. CUDA tensors are copied to the host one chunk at a
   time inside the jobs, so host memory stays around ``workers × chunk_size``.
@@ -18,13 +20,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..errors import ObjectNotFoundError
+from ..errors import CorruptObjectError, ObjectNotFoundError
 from ..format import codecs, envelope
 from ..format.ids import object_id
 from ..format.manifest import TensorEntry
@@ -50,6 +53,7 @@ class WriteStats:
     new_objects: int = 0
     new_stored_bytes: int = 0
     reused_objects: int = 0
+    rewritten_objects: int = 0  # parent chunks re-encoded as deltas against new ones
     per_tensor_new: dict[int, int] = field(default_factory=dict)
 
 
@@ -75,20 +79,63 @@ class TensorWriter:
         self.cache = cache
         self.max_depth = max_depth
         self.owned = owned  # the tensors will not change after this write: cache them uncopied
+        # reverse deltas: a new chunk is stored whole and the parent's chunk is rewritten as a
+        # delta against it, so the newest version (the one resumed from) is never a chain
+        self._rewrites: list[tuple[str, int, codecs.Encoded, int]] = []
+        self._rewrites_lock = threading.Lock()
         self.stats = WriteStats()
 
-    def _base(self, oid: str, length: int) -> tuple[np.ndarray, int] | None:
-        """The content and delta depth of base chunk ``oid``: from the cache, else the store."""
+    def _content(self, oid: str, length: int) -> np.ndarray | None:
+        """The content of the parent's chunk ``oid``: from the cache, else the store."""
         hit = self.cache.get(oid) if self.cache is not None else None
-        if hit is not None and hit[0].nbytes == length:
-            content, depth = hit
-            return content, self.objects.depth(oid) if depth is None else depth
+        if hit is not None and hit.nbytes == length:
+            return hit
         content = np.empty(length, dtype=np.uint8)
         try:
-            h = self.objects.read_into(oid, content)
+            self.objects.read_into(oid, content)
         except ObjectNotFoundError:  # a partial clone lacks it (docs/remotes.md): no delta
             return None
-        return content, int(h.params.get("depth", 1)) if h.codec == codecs.CODEC_DELTA else 0
+        return content
+
+    def _plan_rewrite(self, parent: str, content: np.ndarray, oid: str, width: int) -> int:
+        """Queue the parent's chunk to be re-encoded as a delta against the new chunk
+        ``oid`` (applied once ``oid`` is durable); returns the new chunk's version number.
+
+        Every ``max_depth + 1``-th version of a chunk is left whole, which bounds the chains
+        of older versions to ``max_depth`` deltas."""
+        try:
+            h = self.objects.header(parent)
+        except (ObjectNotFoundError, CorruptObjectError):
+            return 0  # a partial clone lacks it, or fsck's business: store this one whole
+        seq = int(h.params.get("seq", 0))
+        if h.codec == codecs.CODEC_DELTA or seq % (self.max_depth + 1) == self.max_depth:
+            return seq + 1  # already a delta (another writer), or a keyframe: leave it
+        old_content = self._content(parent, content.nbytes)
+        if old_content is None:
+            return 0
+        delta = codecs.encode_delta(old_content, content, width, oid, 1)
+        old = self.objects.stored_size(parent)
+        if delta.size < old - h.payload_offset:
+            with self._rewrites_lock:
+                self._rewrites.append((parent, content.nbytes, delta, old))
+        return seq + 1
+
+    def _apply_rewrites(self) -> None:
+        """Re-encode the queued parent chunks as deltas: only after the chunks they now
+        depend on are durable, each by an atomic replace (same id, same content)."""
+        if not self._rewrites:
+            return
+        self.objects.store.sync()
+
+        def one(item: tuple[str, int, codecs.Encoded, int]) -> int:
+            parent, length, enc, old = item
+            self.objects.replace(parent, envelope.KIND_CHUNK, length, enc)
+            return self.objects.stored_size(parent) - old
+
+        for change in self.pool.map(one, self._rewrites):
+            self.stats.new_stored_bytes += change
+            self.stats.rewritten_objects += 1
+        self._rewrites = []
 
     def _base_chunks(self, p: PendingTensor, t: torch.Tensor) -> list[tuple[str, int]] | None:
         if self.max_depth <= 0:
@@ -107,18 +154,14 @@ class TensorWriter:
             piece = piece.cpu()  # one chunk at a time: a fresh host copy nobody else holds
         arr = piece.numpy()
         oid = object_id(arr.data)
-        written, depth = 0, None
+        written = 0
         if not self.objects.has(oid):
             enc = codecs.encode_elements(arr, width)
-            base = self._base(base_id, length) if base_id and base_id != oid else None
-            if base is not None and base[1] < self.max_depth:
-                delta = codecs.encode_delta(arr, base[0], width, base_id or "", base[1] + 1)
-                if codecs.payload_size(delta) < codecs.payload_size(enc):
-                    enc = delta
-            depth = int(enc.params["depth"]) if enc.codec == codecs.CODEC_DELTA else 0
+            seq = self._plan_rewrite(base_id, arr, oid, width) if base_id and base_id != oid else 0
+            enc = codecs.Encoded(enc.codec, {**enc.params, "seq": seq}, enc.pieces)
             written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc)
         if self.cache is not None:
-            self.cache.keep(oid, arr, depth, copy=on_host and not self.owned)
+            self.cache.keep(oid, arr, copy=on_host and not self.owned)
         return oid, written
 
     def _write_pack(self, parts: list[np.ndarray], width: int) -> tuple[str, int]:
@@ -208,6 +251,7 @@ class TensorWriter:
         for e in entries:  # small tensors that repeated one packed earlier in this commit
             if e.id is not None and e.pack is None:
                 e.pack, e.offset = self.known_small[e.id]
+        self._apply_rewrites()
         self.stats.tensors = len(entries)
         return entries
 
