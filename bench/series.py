@@ -32,16 +32,19 @@ def _objects_dir(repo_dir: Path) -> Path:
 def _breakdown(
     repo: tv.Repo, commit_id: str, new: dict[str, int], group: Callable[[str], str]
 ) -> dict[str, Any]:
-    """Attribute the new object files of one commit to tensor groups, and count how many of
-    the new chunk bytes were stored as deltas."""
+    """Attribute the growth of the store caused by one commit to tensor groups: its new object
+    files, and the (negative) change of the parent's chunks it re-encoded as deltas; count how
+    many of those bytes are deltas."""
     owner: dict[str, str] = {}
     shared: set[str] = set()
-    for info in repo.tensors(commit_id):
-        g = group(info.key)
-        for oid in info.objects:
-            if oid in owner and owner[oid] != g:
-                shared.add(oid)
-            owner.setdefault(oid, g)
+    commits = [commit_id, *repo.get_commit(commit_id).parents[:1]]
+    for cid in commits:
+        for info in repo.tensors(cid):
+            g = group(info.key)
+            for oid in info.objects:
+                if oid in owner and owner[oid] != g:
+                    shared.add(oid)
+                owner.setdefault(oid, g)
     by_group: dict[str, int] = {}
     delta_bytes = whole_bytes = 0
     for oid, size in new.items():
@@ -92,10 +95,17 @@ def run_series(
                 commit = repo.commit(state, f"step {step}", step=step)
                 secs = c.now() - t0
                 now = c.file_sizes(objs)
-                new = {p.replace(os.sep, ""): sz for p, sz in now.items() if p not in seen}
+                # stored = growth of .tvcs/objects: new files, plus the change in size of the
+                # parent's chunks that the commit re-encoded as deltas (reverse deltas)
+                new = {
+                    p.replace(os.sep, ""): sz - seen.get(p, 0)
+                    for p, sz in now.items()
+                    if sz != seen.get(p)
+                }
+                growth = sum(now.values()) - sum(seen.values())
                 seen = now
                 tv_secs[i].append(secs)
-                tv_bytes[i].append(sum(new.values()))
+                tv_bytes[i].append(growth)
                 if last_rep:
                     commit_ids.append(commit.id)
                     breakdown.append(_breakdown(repo, commit.id, new, group))
