@@ -129,13 +129,14 @@ class TensorWriter:
 
         def one(item: tuple[str, int, codecs.Encoded, int]) -> int:
             parent, length, enc, old = item
-            self.objects.replace(parent, envelope.KIND_CHUNK, length, enc)
+            self.objects.replace(parent, envelope.KIND_CHUNK, length, enc, sync=False)
             return self.objects.stored_size(parent) - old
 
         for change in self.pool.map(one, self._rewrites):
             self.stats.new_stored_bytes += change
             self.stats.rewritten_objects += 1
         self._rewrites = []
+        self.objects.store.sync()
 
     def _base_chunks(self, p: PendingTensor, t: torch.Tensor) -> list[tuple[str, int]] | None:
         if self.max_depth <= 0:

@@ -36,8 +36,11 @@ class Store(ABC):
         return self.get(name)[:n]
 
     @abstractmethod
-    def put(self, name: str, data: Iterable[Chunk], *, durable: bool = True) -> None:
-        """Write ``data`` (pieces, concatenated) as ``name``, replacing it atomically."""
+    def put(
+        self, name: str, data: Iterable[Chunk], *, durable: bool = True, sync: bool = True
+    ) -> None:
+        """Write ``data`` (pieces, concatenated) as ``name``, replacing it atomically; with
+        ``sync=False`` the new name is durable only after the next ``sync()``."""
 
     @abstractmethod
     def put_if_absent(self, name: str, data: Iterable[Chunk]) -> bool:

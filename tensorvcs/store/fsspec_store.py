@@ -115,7 +115,9 @@ class FsspecStore(Store):
                 yield rel
 
     # -- writing -----------------------------------------------------------------------------
-    def put(self, name: str, data: Iterable[Chunk], *, durable: bool = True) -> None:
+    def put(
+        self, name: str, data: Iterable[Chunk], *, durable: bool = True, sync: bool = True
+    ) -> None:
         path = self._path(name)
         body = _join(data)
         self.requests += 1

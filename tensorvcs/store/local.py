@@ -75,11 +75,13 @@ class LocalStore(Store):
         if durable:
             self._mark_dirty(path.parent)
 
-    def put(self, name: str, data: Iterable[Chunk], *, durable: bool = True) -> None:
+    def put(
+        self, name: str, data: Iterable[Chunk], *, durable: bool = True, sync: bool = True
+    ) -> None:
         path = self._path(name)
         tmp = self._write_tmp(data, durable)
         self._install(tmp, path, durable)
-        if durable:
+        if durable and sync:
             self.sync()
 
     def put_if_absent(self, name: str, data: Iterable[Chunk]) -> bool:

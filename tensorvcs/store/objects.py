@@ -43,9 +43,12 @@ class ObjectStore:
             return 0
         return sum(len(p) for p in pieces)
 
-    def replace(self, oid: str, kind: int, length: int, enc: codecs.Encoded) -> None:
-        """Atomically swap the stored encoding of an existing object (same content, same id)."""
-        self.store.put(object_name(oid), envelope.pack(kind, length, enc))
+    def replace(
+        self, oid: str, kind: int, length: int, enc: codecs.Encoded, *, sync: bool = True
+    ) -> None:
+        """Atomically swap the stored encoding of an existing object (same content, same id).
+        ``sync=False`` leaves the folder fsync to the caller's next ``store.sync()``."""
+        self.store.put(object_name(oid), envelope.pack(kind, length, enc), sync=sync)
 
     def put_bytes(self, kind: int, content: Buffer) -> str:
         """Hash, encode (zstd when it pays) and store untyped content; returns its id."""
