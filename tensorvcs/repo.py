@@ -35,7 +35,7 @@ from .errors import (
 from .format import envelope, values
 from .format.commit import Commit
 from .format.config import RepoConfig
-from .format.manifest import FileEntry, Manifest, TensorEntry
+from .format.manifest import FileEntry, Manifest
 from .format.values import KeyPath, path_str
 from .loading import LoadReport, apply_rename, load_state
 from .refs import HEAD, HEADS, TAGS, RefStore, check_ref_name, default_author
@@ -143,7 +143,10 @@ class Repo:
             from .remote import init_url
 
             return init_url(
-                str(path), chunk_size=chunk_size, pack_threshold=pack_threshold, branch=branch,
+                str(path),
+                chunk_size=chunk_size,
+                pack_threshold=pack_threshold,
+                branch=branch,
                 **storage_options,
             )
         root = Path(path).resolve()
@@ -458,16 +461,7 @@ class Repo:
     ) -> Any:
         """The Python value of ``manifest.tree`` (which sits at key path ``root``, named in
         errors): tensors read in parallel and verified; ``select(path)`` filters leaves."""
-        wanted: dict[int, TensorEntry] = {}
-        paths: dict[int, KeyPath] = {}
-        for path, node in values.walk_leaves(manifest.tree, root):
-            is_tensor = isinstance(node, list) and node and node[0] in ("tensor", "ndarray")
-            if is_tensor and (select is None or select(path)):
-                i = int(node[1])
-                if not 0 <= i < len(manifest.tensors):
-                    raise NotFoundError(f"key path {path_str(path)!r}: no tensor entry {i}")
-                wanted[i] = manifest.tensors[i]
-                paths.setdefault(i, path)
+        wanted, paths = manifest.selected_tensors(prefix=root, select=select)
         loaded = TensorReader(self.objects, self.pool).read(wanted, lambda i: path_str(paths[i]))
         if map_location is not None:
             loaded = {i: t.to(map_location) for i, t in loaded.items()}

@@ -206,7 +206,7 @@ def _write(
         return exporter.write_safetensors_converted(
             r, items, meta if isinstance(meta, dict) else {"format": "pt"}, fp, progress.update
         )
-    wanted, _ = exporter.selected_entries(m, node, prefix, select)
+    wanted, _ = m.selected_tensors(node, prefix, select)
     progress.start("reading", sum(e.nbytes for e in wanted.values()))
     try:
         return exporter.write_pt_file(

@@ -35,7 +35,6 @@ class Leaf:
 
 def leaves(m: Manifest) -> dict[str, Leaf]:
     out: dict[str, Leaf] = {}
-    files = {f.path: f for f in m.files}
     for path, node in walk_leaves(m.tree):
         key = path_str(path)
         if isinstance(node, list) and node and node[0] in ("tensor", "ndarray"):
@@ -58,7 +57,6 @@ def leaves(m: Manifest) -> dict[str, Leaf]:
                 None,
                 f"file ({f.format}, {human_size(f.size)})",
             )
-    del files
     return out
 
 

@@ -90,6 +90,15 @@ def read_header(data: bytes | memoryview, oid: str) -> Header:
 
 
 
+def allocate(h: Header, oid: str) -> np.ndarray:
+    """An uninitialised buffer for the content of ``oid``; a length field that cannot be
+    allocated is corruption, not a real object."""
+    try:
+        return np.empty(h.length, dtype=np.uint8)
+    except (MemoryError, ValueError) as e:
+        raise CorruptObjectError(f"object {oid} declares {h.length} bytes: {e}", oid) from e
+
+
 def open_object(
     data: bytes | memoryview, oid: str, verify: bool = True
 ) -> tuple[Header, np.ndarray]:
@@ -100,10 +109,7 @@ def open_object(
     h = read_header(data, oid)
     if h.codec == codecs.CODEC_DELTA:
         raise CorruptObjectError(f"object {oid} is a delta; its base is needed to decode it", oid)
-    try:
-        out = np.empty(h.length, dtype=np.uint8)
-    except (MemoryError, ValueError) as e:  # a corrupt length field, not a real object
-        raise CorruptObjectError(f"object {oid} declares {h.length} bytes: {e}", oid) from e
+    out = allocate(h, oid)
     codecs.decode_into(h.codec, h.params, memoryview(data)[h.payload_offset :], out, oid)
     if verify and object_id(out.data) != oid:
         raise CorruptObjectError(f"object {oid} is corrupt: its content hashes differently", oid)

@@ -17,6 +17,7 @@ nn.Parameter), ``requires_grad``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +162,30 @@ class Manifest:
             files=[FileEntry.from_json(f, where) for f in doc.get("files", [])],
             dcp=doc["dcp"] if isinstance(doc.get("dcp"), dict) else None,
         )
+
+    def selected_tensors(
+        self,
+        node: Any = None,
+        prefix: values.KeyPath = (),
+        select: Callable[[values.KeyPath], bool] | None = None,
+    ) -> tuple[dict[int, TensorEntry], dict[int, values.KeyPath]]:
+        """The tensor entries that the tensor and array leaves under ``node`` (default: the
+        whole tree, which sits at key path ``prefix``) use, if ``select`` keeps their path:
+        ({entry index: entry}, {entry index: first key path using it})."""
+        wanted: dict[int, TensorEntry] = {}
+        paths: dict[int, values.KeyPath] = {}
+        tree = self.tree if node is None else node
+        for path, leaf in values.walk_leaves(tree, prefix):
+            is_data = isinstance(leaf, list) and leaf and leaf[0] in ("tensor", "ndarray")
+            if is_data and (select is None or select(path)):
+                i = int(leaf[1])
+                if not 0 <= i < len(self.tensors):
+                    raise CorruptObjectError(
+                        f"key path {values.path_str(path)!r}: no tensor entry {i}"
+                    )
+                wanted.setdefault(i, self.tensors[i])
+                paths.setdefault(i, path)
+        return wanted, paths
 
     def packed_locations(self) -> dict[str, tuple[str, int]]:
         """{content id: (pack id, offset)} of the packed tensors (for reuse by a child)."""

@@ -32,7 +32,6 @@ from ..format import values
 from ..format.manifest import FileEntry, Manifest, TensorEntry
 from ..format.values import KeyPath, path_str
 from ..state.encode import CheckoutHooks
-from ..state.reader import TensorReader
 from ..state.tensors import dtype_from_name
 from . import safetensors_file as stf
 from .mapped import PageDropper
@@ -278,30 +277,6 @@ def write_safetensors_converted(
     return sink.digest()
 
 
-def build_state(
-    repo: Repo,
-    manifest: Manifest,
-    node: Any,
-    prefix: KeyPath,
-    select: Select | None,
-    allow_pickle: bool,
-) -> Any:
-    """The Python value of ``node`` (tensors read in full), with leaves ``select`` rejects left
-    out; ``prefix`` is the key path of ``node`` (what ``select`` sees)."""
-    wanted, paths = selected_entries(manifest, node, prefix, select)
-    loaded = TensorReader(repo.objects, repo.pool).read(wanted, lambda i: path_str(paths[i]))
-
-    def load_tensor(i: int, path: KeyPath) -> torch.Tensor:
-        return loaded[i]
-
-    def load_blob(oid: str, path: KeyPath) -> bytes:
-        return repo.objects.read_bytes(oid)
-
-    hooks = CheckoutHooks(load_tensor, load_blob, allow_pickle)
-    out = values.decode(node, hooks, prefix, select)
-    return {} if out is values.ABSENT else out
-
-
 def write_pt(obj: Any, fp: IO[bytes], progress: Progress | None = None) -> str:
     sink = _Sink(fp, progress)
     torch.save(obj, sink)  # type: ignore[arg-type]
@@ -310,22 +285,6 @@ def write_pt(obj: Any, fp: IO[bytes], progress: Progress | None = None) -> str:
 
 STREAM_PT_BYTES = 64 << 20  # states with more tensor bytes than this go through a scratch file
 ALIGN = 64
-
-
-def selected_entries(
-    manifest: Manifest, node: Any, prefix: KeyPath, select: Select | None
-) -> tuple[dict[int, TensorEntry], dict[int, KeyPath]]:
-    wanted: dict[int, TensorEntry] = {}
-    paths: dict[int, KeyPath] = {}
-    for path, leaf in values.walk_leaves(node, prefix):
-        is_data = isinstance(leaf, list) and leaf and leaf[0] in ("tensor", "ndarray")
-        if is_data and (select is None or select(path)):
-            i = int(leaf[1])
-            if not 0 <= i < len(manifest.tensors):
-                raise CorruptObjectError(f"key path {path_str(path)!r}: no tensor entry {i}")
-            wanted.setdefault(i, manifest.tensors[i])
-            paths.setdefault(i, path)
-    return wanted, paths
 
 
 def write_pt_file(
@@ -340,9 +299,10 @@ def write_pt_file(
     progress: Progress | None = None,
 ) -> str:
     """torch.save the (selected) value of ``node`` into ``fp``; see the module docstring."""
-    wanted, paths = selected_entries(manifest, node, prefix, select)
+    wanted, paths = manifest.selected_tensors(node, prefix, select)
     if sum(e.nbytes for e in wanted.values()) < STREAM_PT_BYTES:
-        return write_pt(build_state(repo, manifest, node, prefix, select, allow_pickle), fp)
+        sub = Manifest(node, manifest.tensors)
+        return write_pt(repo.materialize(sub, select, None, allow_pickle, root=prefix), fp)
     tmp = scratch / f".tvcs-{os.getpid()}-{secrets.token_hex(4)}.tensors"
     offsets: dict[int, int] = {}
     try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -54,7 +54,6 @@ class WriteStats:
     new_stored_bytes: int = 0
     reused_objects: int = 0
     rewritten_objects: int = 0  # parent chunks re-encoded as deltas against new ones
-    per_tensor_new: dict[int, int] = field(default_factory=dict)
 
 
 class TensorWriter:
@@ -242,7 +241,6 @@ class TensorWriter:
                 oid, written = f.result()
                 e.chunks.append((oid, min(self.chunk_size, e.nbytes - k * self.chunk_size)))
                 self._count(written)
-                self.stats.per_tensor_new[i] = self.stats.per_tensor_new.get(i, 0) + written
         for fut, members in pack_jobs:
             pack_id, written = fut.result()
             self._count(written)

@@ -82,10 +82,7 @@ class ObjectStore:
         """Decode ``oid``; its content must hash to ``oid`` (CorruptObjectError otherwise)."""
         data = self.raw(oid)
         h = envelope.read_header(data, oid)
-        try:
-            out = np.empty(h.length, dtype=np.uint8)
-        except (MemoryError, ValueError) as e:  # a corrupt length field, not a real object
-            raise CorruptObjectError(f"object {oid} declares {h.length} bytes: {e}", oid) from e
+        out = envelope.allocate(h, oid)
         self._decode(oid, data, h, out, verify)
         return h, out
 
