@@ -189,7 +189,7 @@ def rank_main(a: argparse.Namespace) -> None:
                     seen.add(o)
                     g["new_stored_bytes"] += repo.objects.stored_size(o)
         res["tv_after_step_split"] = split
-        fs = repo.fsck()
+        fs = tv.fsck(repo)
         res["fsck_ok"] = fs.ok
         res["repo_objects_bytes"] = dir_bytes(repo.path / "objects")
         res["commits"] = len(repo.log())

@@ -690,7 +690,7 @@ def main() -> int:
         fsck.ok,
         "; ".join(str(p) for p in fsck.problems[:5]),
     )
-    gc_report = repo.gc()
+    gc_report = tv.gc(repo, prune="now", reflog_expire="now")
     checks.add(
         "gc deletes nothing while every commit is reachable",
         gc_report.deleted_objects == 0,

@@ -10,12 +10,15 @@ from .errors import (
     RefConflictError,
     RepoNotFoundError,
     RevisionNotFoundError,
+    SelectionError,
     TensorVCSError,
     UnsupportedValueError,
     UsageError,
 )
 from .format.commit import Commit
+from .history import drop
 from .loading import LoadReport
+from .maintenance import fsck, gc
 from .manager import CheckpointManager
 from .repo import Repo
 from .retention import (
@@ -62,8 +65,12 @@ __all__ = [
     "Repo",
     "RepoNotFoundError",
     "RevisionNotFoundError",
+    "SelectionError",
     "TensorVCSError",
     "UnsupportedValueError",
     "UsageError",
     "__version__",
+    "drop",
+    "fsck",
+    "gc",
 ]

@@ -101,3 +101,8 @@ class OverwriteError(TensorVCSError):
     """Checkout would overwrite a file whose content no commit holds (use --force)."""
 
     exit_code = 12
+
+
+class SelectionError(NotFoundError):
+    """Include/exclude globs (or a partial clone's filter) select nothing of a commit; the
+    message names the commit and the globs."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .format import envelope
-from .refs import HEAD, HEADS, TAGS
+from .refs import HEAD, HEADS, TAGS, RefChange
 
 if TYPE_CHECKING:
     from .repo import Repo
@@ -55,24 +55,19 @@ def drop(repo: Repo, revs: Iterable[str], *, branch: str | None = None) -> dict[
             parent = moved.id
         if not mapping:
             return mapping
-        repo.store.sync()
-        log = f"drop: {len(dropped)} commit(s)"
-        if parent is None:
-            repo.refs.delete(ref, expected=tip, message=log)
-        else:
-            repo.refs.update(ref, parent, expected=tip, message=log)
+        repo.store.sync()  # the rewritten commits are durable before any ref names them
+        changes = [RefChange(ref, tip, parent)]
         for name, oid in repo.tags().items():
             if oid in mapping:
-                new = mapping[oid]
-                if new is None:
-                    repo.refs.delete(TAGS + name, expected=oid, message=log)
-                else:
-                    repo.refs.update(TAGS + name, new, expected=oid, message=log)
+                changes.append(RefChange(TAGS + name, oid, mapping[oid]))
         for name, oid in repo.branches().items():
             new = mapping.get(oid)
             if HEADS + name != ref and new is not None:
-                repo.refs.update(HEADS + name, new, expected=oid, message=log)
+                changes.append(RefChange(HEADS + name, oid, new))
         detached = repo.refs.head_target() is None and repo.refs.read(HEAD)
-        if detached and mapping.get(detached):
-            repo.refs.set_head(mapping[detached] or "", message=log)
+        if detached and ref != HEAD and mapping.get(detached):
+            changes.append(RefChange(HEAD, detached, mapping[detached]))
+        # one transaction: a crash leaves the branch and its tags both moved or, once the
+        # next ref update replays the journal, both moved all the same
+        repo.refs.transaction(changes, f"drop: {len(dropped)} commit(s)")
         return mapping

@@ -16,6 +16,10 @@
 Steps are counted with ``torch.optim.Optimizer.register_step_post_hook``, so a step taken
 outside any training-step hook (Lightning manual optimization in ``on_train_batch_end``,
 gradient accumulation, GradScaler skipping a step) is counted exactly when it happens.
+Without a watched optimizer, each ``maybe_save`` call counts as one step, unless the call
+gives the step (``maybe_save(..., step=n)``, or ``mgr.step = n`` since the previous call).
+``maybe_save`` on a manager with neither ``every_n_steps`` nor ``every_n_seconds`` raises
+``UsageError`` (it could never save; use ``save``).
 
 A save waits only for a host snapshot (``tensorvcs.snapshot``): tensors copied to CPU memory,
 the RNG states captured. Hashing, compression, writing, tagging, retention and gc then run in
@@ -28,6 +32,13 @@ Every checkpoint is a commit on ``branch`` (default: HEAD's branch) tagged ``ste
 with commit metadata ``{"tensorvcs.manager": {...}}`` marking it as this kind of checkpoint.
 The committed state is the state passed to ``save`` plus the key ``"_tvcs"``: ``{"step": int,
 "rng": {python, numpy, torch, cuda}}``.
+
+Resuming: ``mgr.restore(...)`` (no ``ref``) restores ``mgr.latest()``, the newest checkpoint in
+the branch's history. A commit exists only once it is complete (objects → manifest → commit →
+ref, each durable before the next) and its tag is written after that, so after a crash at any
+point (a SIGKILL in the middle of a background commit, or of the retention pass after it) this
+is the newest checkpoint that was completely written, whatever the tags say. Prefer it to the
+tag of the step you expect to be the last one.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from . import history, maintenance
 from .errors import NotFoundError, UsageError
 from .loading import LoadReport, load_state
 from .refs import HEAD, HEADS, check_ref_name
@@ -58,6 +70,7 @@ __all__ = ["MARKER", "STATE_KEY", "AsyncCommitter", "CheckpointManager", "SavedC
 MARKER = "tensorvcs.manager"  # commit metadata key of checkpoints a manager wrote
 STATE_KEY = "_tvcs"  # the manager's own entry in a committed state
 DEFAULT_TAG = "step-{step}"
+IDLE_CALLS_WARNING = 1000  # maybe_save calls with watched optimizers that never step: warn
 
 
 class AsyncCommitter:
@@ -138,6 +151,10 @@ def plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _info(c: Commit) -> CheckpointInfo:
+    return CheckpointInfo(c.id, c.step, c.datetime.timestamp(), dict(c.metrics))
+
+
 def _is_factory(x: Any) -> bool:
     return callable(x) and not isinstance(x, Mapping) and not hasattr(x, "state_dict")
 
@@ -213,17 +230,25 @@ class CheckpointManager:
         self._last_save_step: int | None = None
         self._last_save_time = time.monotonic()
         self._drops_since_gc = 0
+        self._forget: set[str] = set()  # commits dropped since the last gc
         self._lock = threading.Lock()
+        self._step_given = False  # mgr.step assigned since the last maybe_save
+        self._idle_calls = 0  # maybe_save calls while the watched optimizers never stepped
 
     # -- steps ------------------------------------------------------------------------------
     @property
     def step(self) -> int:
-        """Optimizer steps so far: the most-stepped watched optimizer's count, plus the step
-        restored from a checkpoint (or set by ``step=``/assignment)."""
+        """Steps so far: the most-stepped watched optimizer's count (without a watched
+        optimizer, the ``maybe_save`` calls), plus the step restored from a checkpoint (or set
+        by ``step=``/assignment)."""
         return self._offset + max(self._counts.values(), default=0)
 
     @step.setter
     def step(self, value: int) -> None:
+        self._set_step(value)
+        self._step_given = True  # the next maybe_save does not count a step of its own
+
+    def _set_step(self, value: int) -> None:
         if type(value) is not int:
             raise UsageError(f"step must be an int, not {type(value).__name__}")
         self._offset = value - max(self._counts.values(), default=0)
@@ -281,10 +306,27 @@ class CheckpointManager:
         force: bool = False,
     ) -> bool:
         """Save if a save is due (or ``force``). ``state`` may be a callable returning the
-        state, called only when saving; so may ``metrics``. Returns whether it saved."""
+        state, called only when saving; so may ``metrics``. Returns whether it saved.
+
+        Call it once per training step. The step is the watched optimizers' count
+        (``watch``); without a watched optimizer, this call counts one step, unless it is
+        given: ``step=n`` here, or ``mgr.step = n`` since the previous call. Raises
+        ``UsageError`` when the manager has neither ``every_n_steps`` nor
+        ``every_n_seconds`` (no save could ever be due) and ``force`` is false."""
         self._committer.check()
+        if not (force or self.every_n_steps or self.every_n_seconds):
+            raise UsageError(
+                "maybe_save() can never save: this CheckpointManager has neither every_n_steps= "
+                "nor every_n_seconds=. Pass one of them, call save() to save now, or pass "
+                "force=True"
+            )
         if step is not None:
-            self.step = step
+            self._set_step(step)
+        elif not self._counts and not self._step_given:
+            self._offset += 1  # no optimizer watched: each call is one step
+        elif self._counts:
+            self._check_watched_optimizers_step()
+        self._step_given = False
         if not (force or self.should_save()):
             return False
         if _is_factory(state):
@@ -293,6 +335,22 @@ class CheckpointManager:
             metrics = metrics()
         self.save(state, metrics=metrics, metadata=metadata)
         return True
+
+    def _check_watched_optimizers_step(self) -> None:
+        """Warn once when the watched optimizers have not stepped in many ``maybe_save`` calls
+        (an optimizer other than the one stepped was watched: no step-based save would come)."""
+        if any(self._counts.values()):
+            self._idle_calls = 0
+            return
+        self._idle_calls += 1
+        if self._idle_calls == IDLE_CALLS_WARNING:
+            warnings.warn(
+                f"CheckpointManager: maybe_save() was called {IDLE_CALLS_WARNING} times and "
+                "no watched optimizer has taken a step, so no step-based save is due. Watch "
+                "the optimizer whose step() the loop calls (mgr.watch(optimizer)), or pass "
+                "maybe_save(..., step=n)",
+                stacklevel=3,
+            )
 
     def save(
         self,
@@ -311,7 +369,7 @@ class CheckpointManager:
         state nothing else will modify (one freshly loaded from files)."""
         self._committer.check()
         if step is not None:
-            self.step = step
+            self._set_step(step)
         step = self.step
         if not isinstance(state, Mapping):
             raise UsageError(f"save() takes a dict of state, not {type(state).__name__}")
@@ -363,6 +421,8 @@ class CheckpointManager:
             owned=True,  # a snapshot (or a state the caller promised not to modify)
         )
         stats = getattr(self.repo, "last_write_stats", None)
+        # repo.commit has returned: the commit and the branch are durable. Only now are the
+        # tags written, so a tag never names a checkpoint that a crash left incomplete.
         for name in ([tag] if tag else []) + tags:
             self.repo.tag(name, c.id, force=True)
         rec = SavedCheckpoint(
@@ -403,23 +463,34 @@ class CheckpointManager:
             return self.repo.refs.read(HEADS + self.branch)
         return self.repo.refs.read(HEAD)
 
+    def _history(self, tip: str | None = None) -> Iterator[Commit]:
+        """The first-parent history of ``tip`` (default: the branch's), newest first."""
+        oid = self._tip() if tip is None else tip
+        while oid:
+            c = self.repo.get_commit(oid)
+            yield c
+            oid = c.parents[0] if c.parents else None
+
     def checkpoints(self) -> list[CheckpointInfo]:
         """The checkpoints a manager committed on the branch (its first-parent history, so
         earlier runs' too), oldest first. Retention chooses among these; other commits
         (yours, TVCSCheckpointIO's) are left alone."""
-        out = []
-        oid = self._tip()
-        while oid:
-            c = self.repo.get_commit(oid)
-            if MARKER in c.metadata:
-                out.append(CheckpointInfo(c.id, c.step, c.datetime.timestamp(), dict(c.metrics)))
-            oid = c.parents[0] if c.parents else None
+        out = [_info(c) for c in self._history() if MARKER in c.metadata]
         out.reverse()
         return out
 
     def latest(self) -> CheckpointInfo | None:
-        cps = self.checkpoints()
-        return cps[-1] if cps else None
+        """The newest complete checkpoint: the manager checkpoint nearest the tip of the
+        branch's first-parent history (``.commit`` is its id, ``.step`` its step), or None
+        when the branch has none. This is what ``restore()`` resumes from.
+
+        It first waits for the commit in flight (raising its error). It never goes by tags: a
+        commit exists only once it is complete (objects → manifest → commit → ref, each
+        durable before the next), so after a crash at any point, a SIGKILL in the middle of a
+        background commit or of the retention pass after it included, this is the newest
+        checkpoint that was completely written."""
+        self._committer.wait()
+        return next((_info(c) for c in self._history() if MARKER in c.metadata), None)
 
     def apply_retention(self) -> list[str]:
         """Drop the checkpoints no policy keeps (``Repo.drop``), move the ``best`` tags, and
@@ -429,6 +500,7 @@ class CheckpointManager:
         if not self.keep:
             return []
         infos = self.checkpoints()
+        self._repair_tags([c.commit for c in infos])
         kept = select(infos, self.keep, time.time())
         by_commit: dict[str, list[str]] = {}
         for name, oid in self.repo.tags().items():
@@ -447,17 +519,74 @@ class CheckpointManager:
         drop = [c.commit for c in infos if c.commit not in kept]
         if not drop:
             return []
-        mapping = self.repo.drop(drop, branch=self.branch)
+        mapping = history.drop(self.repo, drop, branch=self.branch)
         with self._lock:
             for rec in self.saved:
                 new = mapping.get(rec.commit)
                 if new is not None:
                     rec.commit = new
+        self._reclaim(mapping)
+        return drop
+
+    def _reclaim(self, mapping: Mapping[str, str | None]) -> None:
+        """Every ``gc_every`` drops, reclaim what retention dropped: the dropped and rewritten
+        commits' reflog entries go (the user asked for them to go) and gc prunes at once.
+        Everything else keeps git's protection (reflogs, two weeks for unreachable objects)."""
+        self._forget.update(mapping)
         self._drops_since_gc += 1
         if self.gc_every and self._drops_since_gc >= self.gc_every:
-            self.repo.gc()
+            maintenance.gc(self.repo, prune="now", forget=self._forget)
+            self._forget.clear()
             self._drops_since_gc = 0
-        return drop
+
+    def _repair_tags(self, on_branch: Sequence[str], *, create: Sequence[str] = ()) -> None:
+        """Point the own tag (``step-<step>``) of each checkpoint in ``on_branch`` (the
+        branch's) back at it where it names an earlier copy of the same checkpoint that is
+        off the branch (same manifest and step: what a crash in the middle of retention's
+        drop can leave, the branch rewritten and the tags not yet moved); for those in
+        ``create``, also write the tag if it is missing (a crash after the commit, before its
+        tag). A tag naming anything else is left alone."""
+        members = set(on_branch)
+        tags = self.repo.tags()
+        for oid in on_branch:
+            c = self.repo.get_commit(oid)
+            name = c.metadata.get(MARKER, {}).get("tag")
+            current = tags.get(name) if name else None
+            if not name or current == oid:
+                continue
+            if current is None:
+                if oid not in create:
+                    continue
+            elif current in members or not self._same_checkpoint(current, c):
+                continue
+            self.repo.tag(name, oid, force=True)
+            tags[name] = oid
+
+    def _same_checkpoint(self, oid: str, c: Commit) -> bool:
+        """Whether ``oid`` is a copy of the manager checkpoint ``c`` (a rewritten one)."""
+        try:
+            other = self.repo.get_commit(oid)
+        except NotFoundError:
+            return False
+        return (
+            MARKER in other.metadata
+            and other.manifest == c.manifest
+            and other.step == c.step
+            and other.metadata[MARKER].get("tag") == c.metadata[MARKER].get("tag")
+        )
+
+    def _on_branch(self, oid: str) -> str:
+        """``oid``, or when it is a manager checkpoint off the branch's history that the
+        branch holds a copy of (its tag survived an interrupted drop), the copy."""
+        c = self.repo.get_commit(oid)
+        if MARKER not in c.metadata:
+            return oid
+        tip = self._tip() or self.repo.refs.read(HEAD)
+        history = list(self._history(tip)) if tip else []
+        if any(h.id == oid for h in history):
+            return oid
+        copy = next((h.id for h in history if self._same_checkpoint(h.id, c)), None)
+        return copy or oid
 
     # -- restoring --------------------------------------------------------------------------
     def restore(
@@ -472,22 +601,29 @@ class CheckpointManager:
         rng: bool = True,
         **objects: Any,
     ) -> dict[str, Any] | None:
-        """Resume from ``ref`` (default: the branch's newest checkpoint): load ``model`` (strict:
+        """Resume from ``ref`` (default: ``latest()``, the newest complete checkpoint in the
+        branch's history, whatever the tags say): load ``model`` (strict:
         missing/unexpected/mismatched keys raise ``tv.LoadError``), ``optimizer``,
         ``scheduler`` and every other named object (``data=generator``, ``scaler=...``: the
         state saved under that key; anything with ``load_state_dict``, or a
         ``torch.Generator``), set the step, and restore the RNG states. A checkpoint without
         optimizer or scheduler state (weights only) leaves them as they are, with a warning.
         Returns the rest of the saved state (your own keys), or None when there is nothing
-        to restore yet."""
+        to restore yet.
+
+        A ``ref`` naming a manager checkpoint off the branch's history of which the branch
+        holds a copy (a tag a crash during retention left behind) resumes from that copy. When
+        the checkpoint resumed from has lost its ``step-<step>`` tag (a crash after its
+        commit, before its tag), the tag is written again."""
         self._committer.wait()
         if ref is None:
             newest = self.latest()
             if newest is None:
                 return None
             oid = newest.commit
+            self._repair_tags([oid], create=[oid])
         else:
-            oid = self.repo.resolve(ref)
+            oid = self._on_branch(self.repo.resolve(ref))
         commit = self.repo.get_commit(oid)
         state = self.repo.checkout(oid, map_location=map_location, allow_pickle=self.allow_pickle)
         if not isinstance(state, dict):
@@ -510,7 +646,8 @@ class CheckpointManager:
                 continue
             self._load_object(name, obj, state.pop(name), strict, source)
         step = own.get("step", commit.step)
-        self.step = int(step) if step is not None else 0
+        self._set_step(int(step) if step is not None else 0)
+        self._step_given = False  # the next maybe_save follows a step taken after restore
         self._last_save_step = self.step
         self._last_save_time = time.monotonic()
         if rng and own.get("rng"):

@@ -28,6 +28,7 @@ HEADS = "refs/heads/"
 TAGS = "refs/tags/"
 LOGS = "logs/"
 REFS_LOCK = "refs"
+JOURNAL = "refs-txn"  # a ref transaction being applied (RefStore.transaction)
 _BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
 
 
@@ -61,6 +62,16 @@ def default_author() -> str:
 
 
 @dataclass(frozen=True)
+class RefChange:
+    """One compare-and-swap of a ref transaction: ``name`` holds ``expected`` (None: absent)
+    and will hold ``new`` (None: deleted). For HEAD, only a detached HEAD's commit id."""
+
+    name: str
+    expected: str | None
+    new: str | None
+
+
+@dataclass(frozen=True)
 class ReflogEntry:
     old: str | None
     new: str | None
@@ -80,12 +91,22 @@ class RefStore:
     # -- locking ---------------------------------------------------------------------------
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the refs lock (reentrant within this process)."""
+        """Hold the refs lock (reentrant within this process). Taking it first completes a
+        ref transaction that a dead process left half done (see ``transaction``)."""
         with self._mutex:
             if self._depth == 0:
                 cm = self.store.lock(REFS_LOCK, timeout=self.lock_timeout)
                 cm.__enter__()
                 self._held = cm
+                try:
+                    self._depth += 1
+                    self._replay_journal()
+                except BaseException:
+                    self._depth -= 1
+                    self._held = None
+                    cm.__exit__(None, None, None)
+                    raise
+                self._depth -= 1
             self._depth += 1
             try:
                 yield
@@ -198,6 +219,93 @@ class RefStore:
             self.log(name, current, None, default_author(), message or "delete")
             return current
 
+    # -- transactions ----------------------------------------------------------------------
+    def transaction(self, changes: builtins.list[RefChange], message: str) -> None:
+        """Apply several ref changes as one: all or (after a crash) all on the next lock.
+
+        Each change is a compare-and-swap (``expected`` must be what the ref holds now; for
+        HEAD, the detached commit id). The changes are first written as a journal
+        (``refs-txn``, durable) and then applied one by one; a process killed in between
+        leaves the journal, and whoever takes the refs lock next applies what is left before
+        doing anything else, so no reader after that sees half of it."""
+        if not changes:
+            return
+        with self.locked():
+            for ch in changes:
+                current = self._current(ch.name)
+                if current != ch.expected:
+                    raise RefConflictError(
+                        f"ref {ch.name} moved: expected {ch.expected or 'nothing'}, found "
+                        f"{current or 'nothing'} (another writer updated it; retry)"
+                    )
+                if ch.new is not None and not is_object_id(ch.new):
+                    raise UsageError(f"not an object id: {ch.new!r}")
+            doc = {
+                "message": message,
+                "who": default_author(),
+                "changes": [[c.name, c.expected, c.new] for c in changes],
+            }
+            self.store.put(JOURNAL, [jsonenc.dumps(doc) + b"\n"])
+            self._apply_journal(doc)
+
+    def recover(self) -> None:
+        """Complete a ref transaction a dead process left (taking the refs lock does that);
+        a repository that cannot be locked here (read-only) is left as it is."""
+        if not self.store.exists(JOURNAL):
+            return
+        try:
+            with self.locked():
+                pass
+        except OSError:
+            pass
+
+    def _current(self, name: str) -> str | None:
+        if name == HEAD:
+            raw = self._read_raw(HEAD)
+            return None if raw is None or raw.startswith("ref: ") else raw
+        return self.read(name)
+
+    def _replay_journal(self) -> None:
+        try:
+            data = self.store.get(JOURNAL)
+        except FileNotFoundError:
+            return
+        try:
+            doc = jsonenc.loads(data)
+            changes = doc["changes"]
+            if not isinstance(changes, builtins.list) or not all(
+                isinstance(c, builtins.list)
+                and len(c) == 3
+                and isinstance(c[0], str)
+                and all(x is None or is_object_id(x) for x in c[1:])
+                for c in changes
+            ):
+                raise ValueError("bad changes")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            # put() is atomic, so a journal is whole or absent; this one was damaged on disk
+            raise CorruptObjectError(
+                f"ref transaction journal {JOURNAL} is unreadable: {data[:80]!r} (inspect it, "
+                "then delete it to go on)"
+            ) from None
+        self._apply_journal(doc)
+
+    def _apply_journal(self, doc: dict[str, Any]) -> None:
+        """Apply each change still to be applied (idempotent), then remove the journal."""
+        who = str(doc.get("who") or default_author())
+        message = str(doc.get("message") or "transaction")
+        for name, old, new in doc["changes"]:
+            current = self._current(name)
+            if current == new or current != old:
+                continue  # applied before the crash (or changed since: leave it)
+            if new is None:
+                self.store.delete(name)
+                self.store.sync()
+            else:
+                self.store.put(name, [new.encode() + b"\n"])
+            self.log(name, old, new, who, message)
+        self.store.delete(JOURNAL)
+        self.store.sync()
+
     def set_head(self, target: str, message: str = "checkout") -> None:
         """Point HEAD at a branch (``refs/heads/x``) or detach it at a commit id."""
         with self.locked():
@@ -214,17 +322,46 @@ class RefStore:
                 self.log(HEAD, old, new, default_author(), message)
 
     def reflog(self, name: str) -> builtins.list[ReflogEntry]:
+        """The entries of ``name``'s reflog, oldest first. A torn last line (a crash during
+        the append: the file does not end with a newline) is skipped; any other line that is
+        not a reflog entry is CorruptObjectError naming the reflog and the line number."""
+        path = LOGS + name
         try:
-            data = self.store.get(LOGS + name)
+            data = self.store.get(path)
         except FileNotFoundError:
             return []
+        lines = data.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline, else an unfinished line
         out = []
-        for line in data.decode("utf-8").splitlines():
-            if not line.strip():
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
                 continue
-            try:
-                d = jsonenc.loads(line)
-                out.append(ReflogEntry(d["old"], d["new"], d["time"], d["who"], d["msg"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line from a crash mid-append is skipped
+            entry, problem = self._reflog_entry(raw)
+            if entry is None:
+                raise CorruptObjectError(f"reflog {path} line {number} is corrupt: {problem}")
+            out.append(entry)
+        if torn.strip():
+            entry, _ = self._reflog_entry(torn)
+            if entry is not None:  # complete but for its newline
+                out.append(entry)
         return out
+
+    @staticmethod
+    def _reflog_entry(raw: bytes) -> tuple[ReflogEntry | None, str]:
+        """(the entry of one reflog line, "") or (None, why it is not one)."""
+        try:
+            d = jsonenc.loads(raw)
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            return None, f"not UTF-8 JSON ({e})"
+        except RecursionError:
+            return None, "not a reflog entry (nested too deeply)"
+        if not isinstance(d, dict):
+            return None, "not a JSON object"
+        for key in ("old", "new"):
+            v = d.get(key)
+            if v is not None and not (isinstance(v, str) and is_object_id(v)):
+                return None, f"{key} is {v!r:.80}, not an object id or null"
+        for key in ("time", "who", "msg"):
+            if not isinstance(d.get(key), str):
+                return None, f"{key} is missing or not a string"
+        return ReflogEntry(d["old"], d["new"], d["time"], d["who"], d["msg"]), ""

@@ -14,16 +14,25 @@ updated last, by compare-and-swap against the value read before the transfer.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import NotFoundError, RefConflictError, RepoNotFoundError, UsageError
+from .errors import (
+    CorruptObjectError,
+    NotFoundError,
+    RefConflictError,
+    RepoNotFoundError,
+    UsageError,
+)
 from .format import codecs, envelope
-from .format.config import RepoConfig
+from .format.config import MAX_DELTA_CHAIN, RepoConfig
+from .format.ids import is_object_id
 from .format.manifest import Manifest
 from .format.values import path_str, walk_leaves
 from .refs import HEAD, HEADS, TAGS, check_ref_name
@@ -38,6 +47,7 @@ REMOTES_FILE = "remotes.json"
 REMOTES = "refs/remotes/"
 CONFIG = "config.json"
 DEFAULT_TRANSFER_THREADS = 16
+LOCK_TIMEOUT = 3600.0  # a transfer waits this long for a gc on either side
 
 
 class PushRejectedError(RefConflictError):
@@ -125,13 +135,17 @@ def init_url(
     chunk_size: int | None = None,
     pack_threshold: int | None = None,
     branch: str = "main",
+    exist_ok: bool = False,
     **options: Any,
 ) -> Repo:
-    """A new, empty bare repository at ``url`` (Repo.init with a URL)."""
+    """A new, empty bare repository at ``url`` (Repo.init with a URL); with ``exist_ok``, an
+    existing one is opened instead."""
     from .repo import Repo
 
     store = open_store(url, **options)
     if store.exists(CONFIG):
+        if exist_ok:
+            return open_remote_repo(url, **options)
         raise UsageError(f"a tensorvcs repository already exists at {url}")
     config = RepoConfig()
     if chunk_size is not None:
@@ -141,6 +155,8 @@ def init_url(
     RepoConfig.from_bytes(config.to_bytes(), "init")  # validate the numbers
     store.put(HEAD, [f"ref: {HEADS}{check_ref_name(branch, 'branch')}\n".encode()])
     if not store.put_if_absent(CONFIG, [config.to_bytes()]):
+        if exist_ok:  # another process made it meanwhile
+            return open_remote_repo(url, **options)
         raise UsageError(f"a tensorvcs repository already exists at {url}")
     return Repo(_root_of(url), store, config)
 
@@ -152,11 +168,36 @@ def _root_of(url: str) -> Path:
 
 # -- the remotes list ---------------------------------------------------------------------
 def _load_remotes(repo: Repo) -> dict[str, dict[str, Any]]:
+    """{name: {"url", "options"[, "filter"]}} from remotes.json ({} when there is none); a
+    file that is not that is CorruptObjectError naming it."""
+    from .errors import CorruptObjectError
+
+    where = f"{repo.path / REMOTES_FILE}"
     try:
-        doc = json.loads(repo.store.get(REMOTES_FILE))
+        data = repo.store.get(REMOTES_FILE)
     except FileNotFoundError:
         return {}
-    return doc if isinstance(doc, dict) else {}
+    try:
+        doc = json.loads(data)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptObjectError(f"{where} is corrupt: not UTF-8 JSON ({e})") from None
+    except RecursionError:
+        raise CorruptObjectError(f"{where} is corrupt: its JSON nests too deeply") from None
+    if not isinstance(doc, dict):
+        raise CorruptObjectError(f"{where} is corrupt: not a JSON object of remotes")
+    for name, r in doc.items():
+        problem = None
+        if not isinstance(r, dict) or not isinstance(r.get("url"), str):
+            problem = "it has no url"
+        elif not isinstance(r.get("options", {}), dict | None):
+            problem = "its options are not a JSON object"
+        elif r.get("filter") is not None and not (
+            isinstance(r["filter"], list) and all(isinstance(g, str) for g in r["filter"])
+        ):
+            problem = "its filter is not a list of globs"
+        if problem:
+            raise CorruptObjectError(f"{where} is corrupt: remote {name!r:.80}: {problem}")
+    return doc
 
 
 def _save_remotes(repo: Repo, remotes: Mapping[str, Any]) -> None:
@@ -203,9 +244,19 @@ def _remote(repo: Repo, name: str, *, url_ok: bool = False) -> tuple[str, dict[s
 
 
 # -- object transfer --------------------------------------------------------------------------
-def _missing_commits(src: Repo, dst: Repo, tips: Iterable[str]) -> list[str]:
-    """Commits reachable from ``tips`` that ``dst`` lacks, parents before children. The walk
-    stops at commits ``dst`` has: a store holding a commit holds its whole history."""
+def _missing_commits(
+    src: Repo,
+    dst: Repo,
+    tips: Iterable[str],
+    present: set[str],
+    include: Sequence[str] | None = None,
+) -> list[str]:
+    """Commits reachable from ``tips`` that ``dst`` lacks, parents before children.
+
+    ``present`` lists the objects ``dst`` holds. The walk stops at commits ``dst`` has, since a
+    store holding a commit holds everything it reaches (gc deletes in that order too); but a
+    transfer verifies what it skips: a commit where the walk stops counts as missing unless its
+    manifest and every (selected) object it names are in ``present``."""
     missing: set[str] = set()
     stack = [t for t in tips]
     seen: set[str] = set()
@@ -214,7 +265,7 @@ def _missing_commits(src: Repo, dst: Repo, tips: Iterable[str]) -> list[str]:
         if c in seen:
             continue
         seen.add(c)
-        if dst.objects.has(c):
+        if c in present and _complete(src, c, present, include):
             continue
         missing.add(c)
         stack.extend(src.get_commit(c).parents)
@@ -233,6 +284,17 @@ def _missing_commits(src: Repo, dst: Repo, tips: Iterable[str]) -> list[str]:
             todo.append((c, True))
             todo.extend((p, False) for p in src.get_commit(c).parents if p in missing)
     return order
+
+
+def _complete(src: Repo, commit: str, present: set[str], include: Sequence[str] | None) -> bool:
+    """True when ``present`` holds ``commit``'s manifest and the objects it (selectively)
+    names."""
+    mid = src.get_commit(commit).manifest
+    if mid not in present:
+        return False
+    m = src.get_manifest(mid)
+    ids = m.object_ids() if include is None else _selected_objects(m, include)
+    return all(oid in present for oid in ids)
 
 
 def _selected_objects(m: Manifest, include: Sequence[str]) -> set[str]:
@@ -257,49 +319,53 @@ def _selected_objects(m: Manifest, include: Sequence[str]) -> set[str]:
 
 
 class _Copier:
-    """Copies objects from one store to another in a thread pool; a delta's base first."""
+    """Copies objects from one store to another in a thread pool; a delta's base first.
 
-    def __init__(self, src: Repo, dst: Repo) -> None:
+    A delta's chain is followed iteratively (with the same loop and length checks as
+    decoding: a hostile chain is a CorruptObjectError naming it, never a hang) and written
+    from its self-contained end up, each object with create-if-absent: when two threads share
+    a base, each returns from writing it only once it is there."""
+
+    def __init__(self, src: Repo, dst: Repo, present: set[str]) -> None:
         self.src, self.dst = src, dst
+        self.present = present  # what dst held when the transfer began (one listing)
         self.stats = TransferStats()
         self._lock = threading.Lock()
-        self._claims: dict[str, threading.Event] = {}
-        self._failed: set[str] = set()
+        self._done: set[str] = set()
 
     def copy(self, oid: str) -> None:
-        with self._lock:
-            other = self._claims.get(oid)
-            if other is None:
-                ev = self._claims[oid] = threading.Event()
-        if other is not None:
-            other.wait()  # another thread copies it (a shared delta base): wait until it is there
-            if oid in self._failed:  # never write a delta whose base did not arrive
-                raise RuntimeError(f"copying object {oid} failed in another thread")
-            return
-        try:
-            self._copy(oid)
-        except BaseException:
-            self._failed.add(oid)
-            raise
-        finally:
-            ev.set()
-
-    def _copy(self, oid: str) -> None:
-        if self.dst.objects.has(oid):
+        chain: list[tuple[str, bytes]] = []
+        seen: set[str] = set()
+        cur: str | None = oid
+        while cur is not None and cur not in self.present and cur not in self._done:
+            if cur in seen or len(chain) > MAX_DELTA_CHAIN:
+                raise CorruptObjectError(
+                    f"object {oid}'s delta chain "
+                    + ("loops" if cur in seen else f"is longer than {MAX_DELTA_CHAIN} deltas")
+                    + f" (at {cur}); not copied",
+                    oid,
+                )
+            seen.add(cur)
+            data = self.src.objects.raw(cur)
+            h = envelope.read_header(data, cur)
+            chain.append((cur, data))
+            base = h.params.get("base") if h.codec == codecs.CODEC_DELTA else None
+            if base is not None and not (isinstance(base, str) and is_object_id(base)):
+                raise CorruptObjectError(f"object {cur} is a delta without a valid base id", cur)
+            cur = base
+        if not chain:
             with self._lock:
                 self.stats.objects_skipped += 1
             return
-        data = self.src.objects.raw(oid)
-        h = envelope.read_header(data, oid)
-        if h.codec == codecs.CODEC_DELTA:
-            self.copy(str(h.params["base"]))  # the base is written before the delta
-        if self.dst.store.put_if_absent(object_name(oid), [data]):
+        for name, data in reversed(chain):  # the base is written before the delta
+            wrote = self.dst.store.put_if_absent(object_name(name), [data])
             with self._lock:
-                self.stats.objects_sent += 1
-                self.stats.bytes_sent += len(data)
-        else:
-            with self._lock:
-                self.stats.objects_skipped += 1
+                self._done.add(name)
+                if wrote:
+                    self.stats.objects_sent += 1
+                    self.stats.bytes_sent += len(data)
+                else:
+                    self.stats.objects_skipped += 1
 
     def run(self, oids: Sequence[str], pool: ThreadPoolExecutor) -> None:
         for _ in pool.map(self.copy, oids):
@@ -317,8 +383,9 @@ def transfer(
     """Copy to ``dst`` every object reachable from ``tips`` that it lacks. With ``include``
     (key-path globs), only the objects of the matching tensors, blobs and files travel (a
     partial transfer); commits and manifests always do."""
-    commits = _missing_commits(src, dst, tips)
-    copier = _Copier(src, dst)
+    present = set(dst.objects.ids())  # one listing: what the destination holds
+    commits = _missing_commits(src, dst, tips, present, include)
+    copier = _Copier(src, dst, present)
     copier.stats.commits = len(commits)
     if not commits:
         return copier.stats
@@ -330,23 +397,35 @@ def transfer(
             seen_m.add(m)
             manifests.append(m)
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tvcs-xfer") as pool:
-        present = list(pool.map(dst.objects.has, manifests))
-        todo = [m for m, has in zip(manifests, present, strict=True) if not has]
         leaves: list[str] = []
         seen: set[str] = set()
-        for m in todo:
+        for m in manifests:  # a present manifest is not trusted to have its objects there
             man = src.get_manifest(m)
             ids = man.object_ids() if include is None else _selected_objects(man, include)
             for oid in sorted(ids):
-                if oid not in seen:
+                if oid not in seen and oid not in present:
                     seen.add(oid)
                     leaves.append(oid)
         copier.run(leaves, pool)  # 1. chunks, packs, blobs (and delta bases)
-        copier.run(todo, pool)  # 2. manifests
+        dst.store.sync()
+        copier.run(manifests, pool)  # 2. manifests
+        dst.store.sync()
     for c in commits:  # 3. commits, parents first
         copier.copy(c)
     dst.store.sync()
     return copier.stats
+
+
+@contextmanager
+def _transfer_locks(*repos: Repo) -> Iterator[None]:
+    """Hold each repository's gc lock shared (as a commit does) while objects travel and refs
+    move, so a gc on either side never deletes what a transfer copies or is about to name."""
+    from .repo import GC_LOCK
+
+    with ExitStack() as stack:
+        for r in repos:
+            stack.enter_context(r.store.lock(GC_LOCK, shared=True, timeout=LOCK_TIMEOUT))
+        yield
 
 
 # -- history helpers --------------------------------------------------------------------------
@@ -424,22 +503,24 @@ def push(
     dst = open_remote_repo(url, create_like=repo, **options)
     result = RemoteResult(remote=remote, url=url)
     try:
-        olds = {ref: dst.refs.read(ref) for ref in full}
-        for ref, old in olds.items():
-            _check_push(repo, remote, ref, old, news[ref])
-        todo = {ref: new for ref, new in news.items() if olds[ref] != new}
-        result.up_to_date = [r for r in full if r not in todo]
-        result.merge(transfer(repo, dst, todo.values(), threads=threads))
-        for ref, new in todo.items():  # refs last, by CAS against what we read above
-            try:
-                dst.refs.update(ref, new, expected=olds[ref], message=f"push from {remote}")
-            except RefConflictError:
-                raise PushRejectedError(_rejected(ref, remote)) from None
-            result.updated[ref] = [olds[ref], new]
-        for ref in full:
-            track = _tracking(remote, ref) if named else None
-            if track is not None and repo.refs.read(track) != news[ref]:
-                repo.refs.update(track, news[ref], message=f"push to {remote}")
+        with _transfer_locks(repo, dst):
+            olds = {ref: dst.refs.read(ref) for ref in full}
+            for ref, old in olds.items():
+                _check_push(repo, remote, ref, old, news[ref])
+            todo = {ref: new for ref, new in news.items() if olds[ref] != new}
+            result.up_to_date = [r for r in full if r not in todo]
+            # every tip is verified, so a push repairs a remote whose tip lost objects
+            result.merge(transfer(repo, dst, news.values(), threads=threads))
+            for ref, new in todo.items():  # refs last, by CAS against what we read above
+                try:
+                    dst.refs.update(ref, new, expected=olds[ref], message=f"push from {remote}")
+                except RefConflictError:
+                    raise PushRejectedError(_rejected(ref, remote)) from None
+                result.updated[ref] = [olds[ref], new]
+            for ref in full:
+                track = _tracking(remote, ref) if named else None
+                if track is not None and repo.refs.read(track) != news[ref]:
+                    repo.refs.update(track, news[ref], message=f"push to {remote}")
     finally:
         dst.close()
     return result
@@ -484,22 +565,23 @@ def fetch(
     src = open_remote_repo(url, **options)
     result = RemoteResult(remote=remote, url=url)
     try:
-        heads = src.refs.list(HEADS)
-        tags = src.refs.list(TAGS)
-        tips = list(heads.values()) + list(tags.values())
-        result.merge(transfer(src, repo, tips, threads=threads, include=include))
-        for b, oid in heads.items():
-            track = REMOTES + remote + "/" + b
-            old = repo.refs.read(track)
-            if old != oid:
-                repo.refs.update(track, oid, message=f"fetch from {remote}")
-                result.updated[track] = [old, oid]
-            else:
-                result.up_to_date.append(track)
-        for t, oid in tags.items():
-            if not repo.refs.exists(TAGS + t):
-                repo.refs.update(TAGS + t, oid, expected=None, message=f"fetch from {remote}")
-                result.updated[TAGS + t] = [None, oid]
+        with _transfer_locks(src, repo):
+            heads = src.refs.list(HEADS)
+            tags = src.refs.list(TAGS)
+            tips = list(heads.values()) + list(tags.values())
+            result.merge(transfer(src, repo, tips, threads=threads, include=include))
+            for b, oid in heads.items():
+                track = REMOTES + remote + "/" + b
+                old = repo.refs.read(track)
+                if old != oid:
+                    repo.refs.update(track, oid, message=f"fetch from {remote}")
+                    result.updated[track] = [old, oid]
+                else:
+                    result.up_to_date.append(track)
+            for t, oid in tags.items():
+                if not repo.refs.exists(TAGS + t):
+                    repo.refs.update(TAGS + t, oid, expected=None, message=f"fetch from {remote}")
+                    result.updated[TAGS + t] = [None, oid]
     finally:
         src.close()
     return result
@@ -550,33 +632,98 @@ def clone(
 ) -> tuple[Repo, RemoteResult]:
     """A new repository at ``path`` with the remote's history; its default branch checked out
     as a ref (HEAD points at it). With ``filter`` (key-path globs), a partial clone: every
-    commit and manifest, but only the objects of the matching tensors."""
-    from .repo import Repo
+    commit and manifest, but only the objects of the matching tensors.
 
+    Refused before anything is created: a ``path`` that exists and is not an empty folder, a
+    ``path`` that is (or is inside) the repository cloned, a ``filter`` that matches nothing in
+    the remote's tip (SelectionError). A clone that fails later removes what it created."""
+    from .repo import Repo, _check_storage_options
+
+    _check_storage_options(url, storage_options, "Repo.clone")
+    dest = Path(path)
+    _check_clone_destination(url, dest)
     src = open_remote_repo(url, **storage_options)
     try:
         target = src.refs.head_target() or HEADS + "main"
         cfg = src.config
+        if filter is not None:
+            _check_filter(src, url, target, list(filter))
     finally:
         src.close()
-    repo = Repo.init(
-        path,
-        chunk_size=cfg.chunk_size,
-        pack_threshold=cfg.pack_threshold,
-        branch=target[len(HEADS) :],
-    )
-    remote_add(repo, name, url, **storage_options)
-    if filter is not None:  # a partial clone: later fetches from this remote keep the filter
-        with repo.refs.locked():
-            remotes = _load_remotes(repo)
-            remotes[name]["filter"] = list(filter)
-            _save_remotes(repo, remotes)
-    result = fetch(repo, name, threads=threads)
-    tip = repo.refs.read(REMOTES + name + "/" + target[len(HEADS) :])
-    if tip is not None:
-        repo.refs.update(target, tip, expected=None, message=f"clone from {url}")
-        result.updated[target] = [None, tip]
+    created = not dest.exists()
+    repo: Repo | None = None
+    try:
+        repo = Repo.init(
+            dest,
+            chunk_size=cfg.chunk_size,
+            pack_threshold=cfg.pack_threshold,
+            branch=target[len(HEADS) :],
+        )
+        remote_add(repo, name, url, **storage_options)
+        if filter is not None:  # a partial clone: later fetches from this remote keep the filter
+            with repo.refs.locked():
+                remotes = _load_remotes(repo)
+                remotes[name]["filter"] = list(filter)
+                _save_remotes(repo, remotes)
+        result = fetch(repo, name, threads=threads)
+        tip = repo.refs.read(REMOTES + name + "/" + target[len(HEADS) :])
+        if tip is not None:
+            repo.refs.update(target, tip, expected=None, message=f"clone from {url}")
+            result.updated[target] = [None, tip]
+    except BaseException:
+        if repo is not None:
+            repo.close()
+        shutil.rmtree(dest if created else dest / ".tvcs", ignore_errors=True)
+        raise
     return repo, result
+
+
+def _local_store_dir(url: str) -> Path | None:
+    """The folder a local path or ``file://`` URL names the store of (None for other URLs)."""
+    if url.startswith("file://"):
+        p = Path(url[len("file://") :])
+    elif is_url(url):
+        return None
+    else:
+        p = Path(url)
+    p = p.expanduser().resolve()
+    return p / ".tvcs" if (p / ".tvcs" / CONFIG).is_file() else p
+
+
+def _check_clone_destination(url: str, dest: Path) -> None:
+    store_dir = _local_store_dir(url)
+    where = dest.expanduser().resolve()
+    if store_dir is not None:
+        holder = store_dir.parent if store_dir.name == ".tvcs" else store_dir
+        if where == holder or where.is_relative_to(store_dir):
+            raise UsageError(
+                f"cannot clone {url} into itself: '{dest}' is "
+                + ("the repository" if where in (holder, store_dir) else "inside the repository")
+                + " being cloned (name another destination folder)"
+            )
+    if where.exists() and (not where.is_dir() or any(where.iterdir())):
+        raise UsageError(f"destination path '{dest}' already exists and is not an empty directory")
+
+
+def _check_filter(src: Repo, url: str, target: str, filter: list[str]) -> None:
+    """SelectionError when ``filter`` matches no key path (nor file) of the remote's tip."""
+    from .errors import SelectionError
+    from .repo import _globs_regex
+
+    tip = src.refs.read(target)
+    if tip is None:
+        return  # an empty remote: nothing to match yet
+    m = src.get_manifest(src.get_commit(tip).manifest)
+    match = _globs_regex(filter).match
+    if any(match(path_str(p)) for p, _ in walk_leaves(m.tree)):
+        return
+    if any(match(f.path) for f in m.files):
+        return
+    globs = ", ".join(repr(g) for g in filter)
+    raise SelectionError(
+        f"nothing in commit {tip[:12]} ({target[len(HEADS) :]} of {url}) matches the clone "
+        f"filter {globs} (key paths as 'tvcs ls' prints them, e.g. 'ckpt.pt/model/*')"
+    )
 
 
 __all__ = [

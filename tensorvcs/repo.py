@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
+import inspect
 import math
 import os
 import re
@@ -29,6 +30,7 @@ from .errors import (
     FormatVersionError,
     NotFoundError,
     RepoNotFoundError,
+    SelectionError,
     UnsupportedValueError,
     UsageError,
 )
@@ -88,6 +90,90 @@ def _select(include: Sequence[str] | None, exclude: Sequence[str] | None) -> Any
     return select
 
 
+def _selection_text(include: Sequence[str] | None, exclude: Sequence[str] | None) -> str:
+    """'include 'a/*', 'b'; exclude 'c'' for error messages."""
+    parts = []
+    if include is not None:
+        parts.append("include " + (", ".join(repr(g) for g in include) or "(no globs)"))
+    if exclude:
+        parts.append("exclude " + ", ".join(repr(g) for g in exclude))
+    return "; ".join(parts)
+
+
+# options of fsspec's AbstractFileSystem (read from **kwargs) and of FsspecStore itself
+_FSSPEC_COMMON_OPTIONS = frozenset(
+    {"use_listings_cache", "listings_expiry_time", "max_paths", "skip_instance_cache", "lock_ttl"}
+)
+
+
+def _check_storage_options(
+    path: str | os.PathLike[str], options: Mapping[str, Any], who: str
+) -> None:
+    """TypeError for storage options nobody would read: any option with a local path, and
+    for a URL an option that neither fsspec nor the URL's file system class takes by name
+    (fsspec swallows unknown keyword arguments silently)."""
+    if not options:
+        return
+    names = ", ".join(repr(k) for k in sorted(options))
+    url = str(path)
+    if "://" not in url:
+        raise TypeError(
+            f"{who}() got unexpected keyword argument(s) {names} (storage options apply only "
+            "to a repository at a URL such as s3://bucket/prefix)"
+        )
+    if "::" in url:  # chained file systems take nested options: not checked here
+        return
+    try:
+        import fsspec
+
+        cls = fsspec.get_filesystem_class(url.split("://", 1)[0])
+    except (ImportError, ValueError):
+        return  # an unknown protocol fails with its own error when the store is opened
+    known = set(_FSSPEC_COMMON_OPTIONS)
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return
+        known.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    unknown = sorted(k for k in options if k not in known)
+    if unknown:
+        raise TypeError(
+            f"{who}() got unexpected keyword argument(s) "
+            f"{', '.join(repr(k) for k in unknown)} (not an option of {who} nor of the "
+            f"{cls.__name__} storage of {url.split('://', 1)[0]}:// URLs)"
+        )
+
+
+def _matches_init(
+    repo: Repo, chunk_size: int | None, pack_threshold: int | None, branch: str | None
+) -> Repo:
+    """Repo.init(exist_ok=True) on an existing repository: ``repo``, unless an argument given
+    contradicts it (UsageError; the repository is closed)."""
+    problems = []
+    for name, want in (("chunk_size", chunk_size), ("pack_threshold", pack_threshold)):
+        have = getattr(repo.config, name)
+        if want is not None and want != have:
+            problems.append(f"its {name} is {have}, not {want}")
+    if branch is not None:
+        on, _ = repo.head()
+        if on != branch:
+            where = f"on branch {on!r}" if on is not None else "detached"
+            problems.append(f"HEAD is {where}, not on {branch!r}")
+    if problems:
+        repo.close()
+        raise UsageError(
+            f"a tensorvcs repository already exists at {repo.path}, and "
+            + "; ".join(problems)
+            + " (exist_ok=True opens it as it is: leave out the arguments that differ, or "
+            "change them with 'tvcs config' / 'tvcs switch')"
+        )
+    return repo
+
+
 def _as_list(globs: str | Sequence[str] | None) -> list[str] | None:
     if globs is None:
         return None
@@ -120,6 +206,7 @@ class Repo:
         self.config = config
         self.objects = ObjectStore(store)
         self.refs = RefStore(store)
+        self.refs.recover()  # a drop a crash cut short is completed before anything is read
         self.workers = default_workers()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -136,29 +223,43 @@ class Repo:
         *,
         chunk_size: int | None = None,
         pack_threshold: int | None = None,
-        branch: str = "main",
+        branch: str | None = None,
+        exist_ok: bool = False,
         **storage_options: Any,
     ) -> Repo:
+        """A new repository at ``path`` (its ``.tvcs`` folder; a URL: a bare repository in
+        object storage, where ``storage_options`` go to the store; docs/remotes.md).
+
+        ``branch`` (default "main") is the branch HEAD starts on. An existing repository is a
+        UsageError, unless ``exist_ok=True``: then it is opened, and a ``chunk_size``,
+        ``pack_threshold`` or ``branch`` given that contradicts it (another chunk size, HEAD
+        on another branch) is a UsageError. An unknown keyword argument is a TypeError."""
+        _check_storage_options(path, storage_options, "Repo.init")
+        if branch is not None:
+            check_ref_name(branch, "branch")
         if "://" in str(path):  # a bare repository on object storage (docs/remotes.md)
             from .remote import init_url
 
-            return init_url(
+            r = init_url(
                 str(path),
                 chunk_size=chunk_size,
                 pack_threshold=pack_threshold,
-                branch=branch,
+                branch=branch or "main",
+                exist_ok=exist_ok,
                 **storage_options,
             )
+            return _matches_init(r, chunk_size, pack_threshold, branch) if exist_ok else r
         root = Path(path).resolve()
         tvcs = root / DIRNAME
         if (tvcs / CONFIG).exists():
+            if exist_ok:
+                return _matches_init(cls.open(root), chunk_size, pack_threshold, branch)
             raise UsageError(f"a tensorvcs repository already exists at {tvcs}")
         config = RepoConfig()
         if chunk_size is not None:
             config.chunk_size = chunk_size
         if pack_threshold is not None:
             config.pack_threshold = pack_threshold
-        check_ref_name(branch, "branch")
         try:
             RepoConfig.from_bytes(config.to_bytes(), "init")  # validate the numbers
         except FormatVersionError as e:  # a bad argument here, not a bad repository
@@ -167,12 +268,15 @@ class Repo:
         store = LocalStore(tvcs)
         for d in ("objects", "refs/heads", "refs/tags", "logs", "tmp", "locks"):
             (tvcs / d).mkdir(parents=True, exist_ok=True)
-        store.put("HEAD", [f"ref: {HEADS}{check_ref_name(branch, 'branch')}\n".encode()])
+        store.put("HEAD", [f"ref: {HEADS}{branch or 'main'}\n".encode()])
         store.put(CONFIG, [config.to_bytes()])  # written last: its presence marks a repo
         return cls(root, store, config)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] = ".", **storage_options: Any) -> Repo:
+        """The repository at ``path`` (its folder or its ``.tvcs``), or at a URL (a bare one;
+        ``storage_options`` go to its store). An unknown keyword argument is a TypeError."""
+        _check_storage_options(path, storage_options, "Repo.open")
         if "://" in str(path):  # s3://bucket/prefix, file:///..., memory://... (bare)
             from .remote import open_remote_repo
 
@@ -445,11 +549,19 @@ class Repo:
         allow_pickle: bool = False,
     ) -> Any:
         """The state committed at ``rev``; with include/exclude globs on key paths, only the
-        matching leaves (and only their tensors' objects are read)."""
-        manifest = self.get_manifest(self.get_commit(self.resolve(rev)).manifest)
-        return self.materialize(
-            manifest, _select(_as_list(include), _as_list(exclude)), map_location, allow_pickle
-        )
+        matching leaves (and only their tensors' objects are read). An ``include`` that matches
+        no leaf of the commit raises SelectionError (a NotFoundError) naming the commit and the
+        globs; an ``exclude`` that leaves nothing gives ``{}``."""
+        oid = self.resolve(rev)
+        manifest = self.get_manifest(self.get_commit(oid).manifest)
+        inc, exc = _as_list(include), _as_list(exclude)
+        if inc is not None:
+            match = _select(inc, None)
+            if not any(match(p) for p, _ in values.walk_leaves(manifest.tree)):
+                raise SelectionError(
+                    f"nothing in commit {oid[:12]} ({rev}) matches {_selection_text(inc, None)}"
+                )
+        return self.materialize(manifest, _select(inc, exc), map_location, allow_pickle)
 
     def materialize(
         self,
@@ -526,19 +638,6 @@ class Repo:
             source=f"{rev} ({oid[:12]}) key {path_str(key_path)!r}",
         )
 
-    # -- maintenance -----------------------------------------------------------------------
-    def drop(self, revs: Iterable[str], *, branch: str | None = None) -> dict[str, str | None]:
-        """Rewrite ``branch`` (default: HEAD's) without the commits ``revs`` names; see
-        history.drop. Their bytes are reclaimed by the next ``gc``."""
-        from .history import drop
-
-        return drop(self, revs, branch=branch)
-
-    def gc(self, *, keep_reflog: bool = False) -> Any:
-        from .maintenance import gc
-
-        return gc(self, keep_reflog=keep_reflog)
-
     # -- remotes (tensorvcs.remote; docs/remotes.md) ---------------------------------------
     def remote_add(self, name: str, url: str, **storage_options: Any) -> None:
         from . import remote
@@ -584,11 +683,6 @@ class Repo:
         from . import remote as _remote
 
         return _remote.clone(url, Path(path), filter=filter, **storage_options)[0]
-
-    def fsck(self) -> Any:
-        from .maintenance import fsck
-
-        return fsck(self)
 
 
 def _child(node: Any, key: Any) -> Any:

@@ -3,7 +3,7 @@
 Policies combine as *any-of*: a checkpoint is kept when at least one policy keeps it, and the
 newest checkpoint is always kept (it is what a run resumes from). ``select`` returns the
 commits to keep; ``CheckpointManager`` drops the others from the branch's history
-(``Repo.drop``) and ``Repo.gc`` reclaims their bytes.
+(``tv.drop``) and gc reclaims their bytes.
 
     keep=[tv.KeepLast(3), tv.KeepBest("val_loss", k=2, mode="min"), tv.KeepEvery(10_000),
           tv.KeepNewerThan(3600)]
@@ -12,6 +12,8 @@ commits to keep; ``CheckpointManager`` drops the others from the branch's histor
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,26 +51,42 @@ class Policy:
         raise NotImplementedError
 
 
+def _count(policy: str, name: str, value: Any, least: int) -> int:
+    """``value`` as an int >= ``least`` (bools and non-integral numbers are refused)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise UsageError(f"{policy} needs an int {name}, not {value!r}") from None
+    if n < least:
+        raise UsageError(f"{policy} needs {name} >= {least}, not {n}")
+    return n
+
+
 class KeepLast(Policy):
-    """The newest ``n`` checkpoints."""
+    """The newest ``n`` checkpoints (all of them while there are fewer than ``n``)."""
 
     def __init__(self, n: int) -> None:
-        if n < 0:
-            raise UsageError(f"KeepLast needs n >= 0, not {n}")
-        self.n = n
+        self.n = _count("KeepLast", "n", n, 0)
 
     def keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> set[str]:
-        return {c.commit for c in checkpoints[len(checkpoints) - self.n :]} if self.n else set()
+        if self.n == 0:
+            return set()
+        return {c.commit for c in checkpoints[max(0, len(checkpoints) - self.n) :]}
 
     def __repr__(self) -> str:
         return f"KeepLast({self.n})"
 
 
-def _number(v: Any) -> float | None:
+def _number(v: Any) -> int | float | None:
+    """A metric value as a number to rank by, or None (not a number, a bool, or NaN). Ints
+    stay ints, so that ints too large for a float still compare exactly."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    x = float(v)
-    return None if math.isnan(x) else x
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
 
 
 class KeepBest(Policy):
@@ -79,11 +97,12 @@ class KeepBest(Policy):
     def __init__(
         self, metric: str, k: int = 1, mode: str = "min", *, tag: str | None = "best"
     ) -> None:
+        if not isinstance(metric, str):
+            raise UsageError(f"KeepBest needs a metric name, not {metric!r}")
         if mode not in ("min", "max"):
             raise UsageError(f"KeepBest mode must be 'min' or 'max', not {mode!r}")
-        if k < 0:
-            raise UsageError(f"KeepBest needs k >= 0, not {k}")
-        self.metric, self.k, self.mode, self.tag = metric, k, mode, tag
+        self.metric, self.mode, self.tag = metric, mode, tag
+        self.k = _count("KeepBest", "k", k, 0)
 
     def ranked(self, checkpoints: Sequence[CheckpointInfo]) -> list[CheckpointInfo]:
         """Checkpoints that have the metric, best first (ties: the older one first)."""
@@ -92,7 +111,7 @@ class KeepBest(Policy):
             for i, c in enumerate(checkpoints)
             if (x := _number(c.metrics.get(self.metric))) is not None
         ]
-        sign = 1.0 if self.mode == "min" else -1.0
+        sign = 1 if self.mode == "min" else -1
         scored.sort(key=lambda s: (sign * s[0], s[1]))
         return [c for _, _, c in scored]
 
@@ -108,14 +127,13 @@ class KeepBest(Policy):
 
 
 class KeepEvery(Policy):
-    """One checkpoint per ``n`` steps: the first one at or after each multiple of ``n``
-    (with saves on multiples of ``n``, exactly those). Checkpoints without a step are not
-    kept by this policy."""
+    """One checkpoint per ``n`` steps: for each k, the oldest checkpoint whose step is in
+    ``[k*n, (k+1)*n)`` (so with steps increasing, the first at or after each multiple of
+    ``n``; with saves on multiples of ``n``, exactly those). A checkpoint this policy keeps
+    stays kept as newer ones arrive. Checkpoints without a step are not kept by it."""
 
     def __init__(self, n: int) -> None:
-        if n <= 0:
-            raise UsageError(f"KeepEvery needs n > 0, not {n}")
-        self.n = n
+        self.n = _count("KeepEvery", "n", n, 1)
 
     def keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> set[str]:
         out: dict[int, str] = {}
@@ -129,10 +147,18 @@ class KeepEvery(Policy):
 
 
 class KeepNewerThan(Policy):
-    """Checkpoints committed less than ``seconds`` ago."""
+    """Checkpoints committed less than ``seconds`` ago (and any with a time in the future)."""
 
     def __init__(self, seconds: float) -> None:
-        self.seconds = float(seconds)
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+            raise UsageError(f"KeepNewerThan needs a number of seconds, not {seconds!r}")
+        if not seconds >= 0:  # NaN too
+            raise UsageError(f"KeepNewerThan needs seconds >= 0, not {seconds}")
+        try:
+            limit = float(seconds)
+        except OverflowError:  # an int too large for a float: forever
+            limit = math.inf
+        self.seconds: float = limit
 
     def keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> set[str]:
         return {c.commit for c in checkpoints if now - c.time < self.seconds}
@@ -142,19 +168,31 @@ class KeepNewerThan(Policy):
 
 
 class KeepSteps(Policy):
-    """Checkpoints at the given steps."""
+    """Checkpoints at the given steps (every checkpoint at such a step, if several)."""
 
     def __init__(self, steps: Iterable[int]) -> None:
-        self.steps = frozenset(int(s) for s in steps)
+        if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
+            raise UsageError(f"KeepSteps takes a collection of int steps, not {steps!r}")
+        out = set()
+        for s in steps:
+            if isinstance(s, bool) or not hasattr(s, "__index__"):
+                raise UsageError(f"KeepSteps takes int steps, not {s!r}")
+            out.add(operator.index(s))
+        self.steps = frozenset(out)
 
     def keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> set[str]:
-        return {c.commit for c in checkpoints if c.step in self.steps}
+        return {c.commit for c in checkpoints if c.step is not None and c.step in self.steps}
+
+    def __repr__(self) -> str:
+        return f"KeepSteps({sorted(self.steps)})"
 
 
 class KeepIf(Policy):
     """Checkpoints for which ``predicate(info)`` is true."""
 
     def __init__(self, predicate: Callable[[CheckpointInfo], bool]) -> None:
+        if not callable(predicate):
+            raise UsageError(f"KeepIf takes a function of a tv.CheckpointInfo, not {predicate!r}")
         self.predicate = predicate
 
     def keep(self, checkpoints: Sequence[CheckpointInfo], now: float) -> set[str]:

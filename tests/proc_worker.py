@@ -7,6 +7,8 @@
                                              scratch branch that is deleted again (its objects
                                              are unreferenced until the real commit names them)
     proc_worker.py gc-loop REPO GO STOP      wait for GO, run gc until file STOP exists
+    proc_worker.py drop-crash REPO POINT     drop step-1 from main, SIGKILLed at POINT of its
+                                             ref transaction (journal, branch, first-tag)
 
 The kill is real (SIGKILL to this very process); the precise moment is chosen by wrapping the
 library function that runs there. Exit status 3 means the kill point was never reached.
@@ -139,7 +141,23 @@ def main(argv: list[str]) -> int:
             die()
 
         ObjectStore.delete = delete_then_die  # type: ignore[method-assign]
-        repo.gc()
+        tv.gc(repo, prune="now", reflog_expire="now")
+        return 3
+    if role == "drop-crash":
+        point = argv[2]
+        put = LocalStore.put
+
+        def put_or_die(self: LocalStore, name: str, data: Any, **kw: Any) -> None:
+            put(self, name, data, **kw)
+            if (
+                (point == "journal" and name == "refs-txn")
+                or (point == "branch" and name == MAIN)
+                or (point == "first-tag" and name.startswith("refs/tags/"))
+            ):
+                die()
+
+        LocalStore.put = put_or_die  # type: ignore[method-assign]
+        tv.drop(repo, ["step-1"])
         return 3
     if role in ("commit", "reuse"):
         proc, n, go = int(argv[2]), int(argv[3]), Path(argv[4])
@@ -157,7 +175,7 @@ def main(argv: list[str]) -> int:
         wait_for(go)
         runs = 0
         while not (stop.exists() and runs > 0):
-            repo.gc()
+            tv.gc(repo, prune="now", reflog_expire="now")
             runs += 1
             time.sleep(0.005)  # let waiting committers take the lock between runs
         print(f"gc runs {runs}", flush=True)

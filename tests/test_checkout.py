@@ -96,8 +96,6 @@ def test_include_glob_returns_only_matching_leaves(
     [
         (["step"], None, {"step": 7}),
         (["step", "note"], None, {"step": 7, "note": "hello"}),
-        (["nothing*"], None, {}),
-        ([], None, {}),
         (None, ["model/*", "optim/*"], {"step": 7, "note": "hello"}),
         (
             ["optim/*"],
@@ -123,6 +121,15 @@ def test_include_exclude_on_plain_values(
     repo, _, _ = loaded
     out = repo.checkout(include=include, exclude=exclude)
     assert_same_tree(out, expected)
+
+
+@pytest.mark.parametrize("include", [["nothing*"], []])
+def test_include_that_selects_nothing_is_an_error(
+    loaded: tuple[tv.Repo, dict[str, Any], tv.Commit], include: list[str]
+) -> None:
+    repo, _, c = loaded
+    with pytest.raises(tv.SelectionError, match=c.id[:12]):
+        repo.checkout(include=include)
 
 
 def test_exclude_glob(loaded: tuple[tv.Repo, dict[str, Any], tv.Commit]) -> None:

@@ -76,9 +76,9 @@ def test_two_processes_commit_to_one_branch(tmp_path: Path) -> None:
     assert [e.new for e in log] == [c.id for c in reversed(chain)]
     assert [e.old for e in log] == [None] + [e.new for e in log[:-1]]
 
-    report = repo.fsck()
+    report = tv.fsck(repo)
     assert report.ok and report.dangling == 0, [str(p) for p in report.problems]
-    assert repo.gc().deleted_objects == 0
+    assert tv.gc(repo, prune="now", reflog_expire="now").deleted_objects == 0
     repo.close()
 
 
@@ -103,15 +103,15 @@ def test_gc_while_committing_never_deletes_what_a_commit_needs(tmp_path: Path) -
     chain = _chain(repo, "main")
     assert [c.id for c in reversed(chain)] == [initial.id, *printed]
     assert "scratch" not in repo.branches()
-    report = repo.fsck()
+    report = tv.fsck(repo)
     assert report.ok, [str(p) for p in report.problems]
     for c in chain[:-1]:
         assert_same_value(repo.checkout(c.id), worker_state(3, c.metadata["i"]))
     assert_same_value(repo.checkout(initial.id), worker_state(0, 0))
 
     # the last gc may have run before the last scratch commit was deleted: collect it now
-    repo.gc()
-    report = repo.fsck()
+    tv.gc(repo, prune="now", reflog_expire="now")
+    report = tv.fsck(repo)
     assert report.ok and report.dangling == 0, [str(p) for p in report.problems]
     for c in chain[:-1]:
         assert_same_value(repo.checkout(c.id), worker_state(3, c.metadata["i"]))

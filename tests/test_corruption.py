@@ -94,7 +94,7 @@ def test_flipped_tensor_object(tmp_path: Path, key: str, compressible: bool, kin
     flip_byte(object_path(repo, oid))
     repo = _fresh(repo)
 
-    p = _only_problem(repo.fsck())
+    p = _only_problem(tv.fsck(repo))
     assert p.what == "corrupt" and p.object_id == oid
     assert f"key path {key!r}" in p.where and ids[1][:12] in p.where
 
@@ -118,7 +118,7 @@ def test_truncated_object(tmp_path: Path, keep: int) -> None:
     path.write_bytes(path.read_bytes()[:keep])
     repo = _fresh(repo)
 
-    p = _only_problem(repo.fsck())
+    p = _only_problem(tv.fsck(repo))
     assert p.what == "corrupt" and p.object_id == oid and "'extra/w'" in p.where
     with pytest.raises(CorruptObjectError) as e:
         repo.checkout(ids[1])
@@ -133,7 +133,7 @@ def test_missing_object(tmp_path: Path) -> None:
     object_path(repo, oid).unlink()
     repo = _fresh(repo)
 
-    p = _only_problem(repo.fsck())
+    p = _only_problem(tv.fsck(repo))
     assert p.what == "missing" and p.object_id == oid
     assert "'extra/w'" in p.where and ids[1][:12] in p.where
     with pytest.raises(ObjectNotFoundError) as e:
@@ -141,7 +141,8 @@ def test_missing_object(tmp_path: Path) -> None:
     assert e.value.object_id == oid and "extra/w" in str(e.value) and oid in str(e.value)
     _assert_others_intact(repo, ids, states, bad=1)
     before = object_ids(repo)
-    assert repo.gc().deleted_objects == 0  # a missing object is not a reason to delete others
+    # a missing object is not a reason to delete others
+    assert tv.gc(repo, prune="now", reflog_expire="now").deleted_objects == 0
     assert object_ids(repo) == before
     repo.close()
 
@@ -154,7 +155,7 @@ def test_flipped_manifest(tmp_path: Path) -> None:
     flip_byte(object_path(repo, mid))
     repo = _fresh(repo)
 
-    report = repo.fsck()
+    report = tv.fsck(repo)
     assert not report.ok
     assert {(p.what, p.object_id) for p in report.problems} == {("corrupt", mid)}
     assert any(ids[1][:12] in p.where for p in report.problems)
@@ -167,7 +168,7 @@ def test_flipped_manifest(tmp_path: Path) -> None:
     # gc cannot know what the unreadable manifest names: it must refuse, deleting nothing
     before = object_ids(repo)
     with pytest.raises(CorruptObjectError):
-        repo.gc()
+        tv.gc(repo, prune="now", reflog_expire="now")
     assert object_ids(repo) == before
     repo.close()
 
@@ -181,7 +182,7 @@ def test_fsck_keeps_going_past_a_corrupt_manifest(tmp_path: Path) -> None:
     object_path(repo, lost).unlink()
     repo = _fresh(repo)
 
-    report = repo.fsck()
+    report = tv.fsck(repo)
     found = {(p.what, p.object_id) for p in report.problems}
     assert found == {("corrupt", mid), ("missing", lost)}, _problems(report)
     (missing,) = (p for p in report.problems if p.what == "missing")
@@ -194,7 +195,7 @@ def test_flipped_commit(tmp_path: Path) -> None:
     flip_byte(object_path(repo, ids[1]))
     repo = _fresh(repo)
 
-    report = repo.fsck()
+    report = tv.fsck(repo)
     assert not report.ok
     assert {(p.what, p.object_id) for p in report.problems} == {("corrupt", ids[1])}
     with pytest.raises(CorruptObjectError) as e:
@@ -207,7 +208,8 @@ def test_flipped_commit(tmp_path: Path) -> None:
 
     before = object_ids(repo)
     with pytest.raises(CorruptObjectError):
-        repo.gc()  # the commits behind the broken one cannot be walked: delete nothing
+        # the commits behind the broken one cannot be walked: delete nothing
+        tv.gc(repo, prune="now", reflog_expire="now")
     assert object_ids(repo) == before
     repo.close()
 
@@ -263,7 +265,7 @@ def test_every_byte_flip_is_detected_or_harmless(tmp_path: Path) -> None:
         harmless = _flip_every_byte(repo, oid)
         if repo.objects.header(oid).codec == 0:  # raw: only the advisory kind byte and the
             assert harmless <= {5, 7}  # reserved byte carry no meaning for decoding
-    assert repo.fsck().ok
+    assert tv.fsck(repo).ok
     assert_same_value(repo.checkout(c.id), state)
     repo.close()
 
@@ -279,7 +281,7 @@ def test_garbage_ref(tmp_path: Path, content: bytes) -> None:
     (repo.path / "refs" / "heads" / "other").write_bytes(content)
     repo = _fresh(repo)
 
-    report = repo.fsck()
+    report = tv.fsck(repo)
     p = _only_problem(report)
     assert p.what == "bad-ref" and "refs/heads/other" in str(p)
     # the good refs are still checked in full: everything they reach counts as reachable
@@ -290,7 +292,7 @@ def test_garbage_ref(tmp_path: Path, content: bytes) -> None:
 
     before = object_ids(repo)
     with pytest.raises(CorruptObjectError):
-        repo.gc()  # it cannot know what "other" kept alive
+        tv.gc(repo, prune="now", reflog_expire="now")  # it cannot know what "other" kept alive
     assert object_ids(repo) == before
     repo.close()
 
@@ -301,13 +303,13 @@ def test_ref_naming_a_missing_commit(tmp_path: Path) -> None:
     (repo.path / "refs" / "heads" / "other").write_bytes(ghost.encode() + b"\n")
     repo = _fresh(repo)
 
-    p = _only_problem(repo.fsck())
+    p = _only_problem(tv.fsck(repo))
     assert p.what == "missing" and p.object_id == ghost and "refs/heads/other" in p.where
     with pytest.raises(NotFoundError):
         repo.checkout("other")
     before = object_ids(repo)
     with pytest.raises(NotFoundError):
-        repo.gc()
+        tv.gc(repo, prune="now", reflog_expire="now")
     assert object_ids(repo) == before
     repo.close()
 
@@ -318,10 +320,10 @@ def test_ref_naming_a_non_commit(tmp_path: Path) -> None:
     (repo.path / "refs" / "tags" / "weird").write_bytes(chunk.encode() + b"\n")
     repo = _fresh(repo)
 
-    p = _only_problem(repo.fsck())
+    p = _only_problem(tv.fsck(repo))
     assert p.what == "corrupt" and p.object_id == chunk and "refs/tags/weird" in p.where
     before = object_ids(repo)
     with pytest.raises(NotFoundError):
-        repo.gc()
+        tv.gc(repo, prune="now", reflog_expire="now")
     assert object_ids(repo) == before
     repo.close()

@@ -110,7 +110,7 @@ def test_kill_before_ref_update_keeps_last_good_commit(tmp_path: Path, point: st
     elif point != "tensors":
         assert leftovers == []
 
-    report = repo.fsck()
+    report = tv.fsck(repo)
     assert report.ok, [str(p) for p in report.problems]
     assert report.dangling == len(orphans)
     _assert_good_history(repo, c1, c2)
@@ -126,11 +126,11 @@ def test_kill_before_ref_update_keeps_last_good_commit(tmp_path: Path, point: st
     old = time.time() - 2 * TMP_GRACE_SECONDS
     for f in leftovers:
         os.utime(f, (old, old))
-    gc = repo.gc()
+    gc = tv.gc(repo, prune="now", reflog_expire="now")
     assert gc.deleted_objects == len(orphans) > 0
     assert not any((tmp_path / ".tvcs" / "tmp").iterdir())  # stale temp files are removed
     assert object_ids(repo) == with_c4 - orphans
-    report = repo.fsck()
+    report = tv.fsck(repo)
     assert report.ok and report.dangling == 0, [str(p) for p in report.problems]
     assert [c.id for c in repo.log()] == [c4.id, c2, c1]
     assert_same_value(repo.checkout(c1), crash_state(1))
@@ -151,7 +151,7 @@ def test_kill_after_ref_rename_keeps_the_new_commit(tmp_path: Path) -> None:
     new = object_ids(repo) - before
     assert kinds(repo, new) == {**TENSOR_OBJECTS, "manifest": 1, "commit": 1}
     (c3,) = (o for o in new if repo.objects.kind(o) == KIND_COMMIT)
-    report = repo.fsck()
+    report = tv.fsck(repo)
     assert report.ok and report.dangling == 0, [str(p) for p in report.problems]
     assert repo.head() == ("main", c3)
     assert [c.id for c in repo.log()] == [c3, c2, c1]
@@ -164,8 +164,8 @@ def test_kill_after_ref_rename_keeps_the_new_commit(tmp_path: Path) -> None:
     c4 = repo.commit(crash_state(4), "after the crash")
     assert c4.parents == [c3]
     assert repo.refs.reflog(MAIN)[-1].old == c3
-    assert repo.gc().deleted_objects == 0
-    assert repo.fsck().ok
+    assert tv.gc(repo, prune="now", reflog_expire="now").deleted_objects == 0
+    assert tv.fsck(repo).ok
     repo.close()
 
 
@@ -186,11 +186,11 @@ def test_kill_during_gc_loses_nothing(tmp_path: Path) -> None:
     repo = tv.Repo.open(tmp_path)
     left = object_ids(repo)
     assert kept <= left and len(left - kept) == len(garbage) - 1
-    report = repo.fsck()
+    report = tv.fsck(repo)
     assert report.ok, [str(p) for p in report.problems]
     _assert_good_history(repo, c1, c2)
     _assert_no_stale_lock(repo)
-    assert repo.gc().deleted_objects == len(garbage) - 1
+    assert tv.gc(repo, prune="now", reflog_expire="now").deleted_objects == len(garbage) - 1
     assert object_ids(repo) == kept
     assert repo.commit(crash_state(7), "after").parents == [c2]
     repo.close()

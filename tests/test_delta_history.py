@@ -43,7 +43,7 @@ def test_small_updates_are_stored_as_deltas_and_round_trip(small_repo: tv.Repo) 
     assert counts.get(codecs.CODEC_DELTA, 0) >= 4 * 16  # 64 KiB tensor = 16 chunks per commit
     for cid, w in hist:
         assert torch.equal(small_repo.checkout(cid)["w"].view(torch.int32), w.view(torch.int32))
-    assert small_repo.fsck().ok
+    assert tv.fsck(small_repo).ok
 
 
 def chain_length(repo: tv.Repo, oid: str) -> int:
@@ -95,43 +95,43 @@ def test_corrupt_delta_base_is_named(small_repo: tv.Repo) -> None:
 def test_drop_rewrites_history_and_gc_reclaims_bytes(small_repo: tv.Repo) -> None:
     hist = series(small_repo, 8, lr=1e-3)
     before = stored_bytes(small_repo)
-    mapping = small_repo.drop([f"step-{i}" for i in range(6)])
+    mapping = tv.drop(small_repo, [f"step-{i}" for i in range(6)])
     assert sum(1 for v in mapping.values() if v is None) == 6
     assert [c.step for c in small_repo.log()] == [7, 6]
     assert sorted(small_repo.tags()) == ["step-6", "step-7"]
-    report = small_repo.gc()
+    report = tv.gc(small_repo, prune="now", reflog_expire="now")
     assert report.rewritten_objects == 0  # step-6's chunks are deltas on step-7's: kept
     after = stored_bytes(small_repo)
     assert after == report.kept_bytes
     assert after < before / 3
     for i in (6, 7):
         assert torch.equal(small_repo.checkout(f"step-{i}")["w"], hist[i][1])
-    fsck = small_repo.fsck()
+    fsck = tv.fsck(small_repo)
     assert fsck.ok and fsck.commits == 2 and fsck.dangling == 0
 
 
 def test_dropping_the_newest_commit_re_encodes_the_one_below(small_repo: tv.Repo) -> None:
     hist = series(small_repo, 3, lr=1e-3)
-    small_repo.drop(["step-2"])
-    report = small_repo.gc()
+    tv.drop(small_repo, ["step-2"])
+    report = tv.gc(small_repo, prune="now", reflog_expire="now")
     assert report.rewritten_objects == 16  # step-1's chunks were deltas on step-2's
     assert all(
         small_repo.objects.delta_base(o) is None for o in small_repo.tensors("step-1")[0].objects
     )
     for i in (0, 1):
         assert torch.equal(small_repo.checkout(f"step-{i}")["w"], hist[i][1])
-    assert small_repo.fsck().ok
+    assert tv.fsck(small_repo).ok
 
 
 def test_drop_keeps_commits_other_refs_need(small_repo: tv.Repo) -> None:
     hist = series(small_repo, 4)
     small_repo.branch("keep", "step-1")
-    small_repo.drop(["step-1", "step-2"])
-    small_repo.gc()
+    tv.drop(small_repo, ["step-1", "step-2"])
+    tv.gc(small_repo, prune="now", reflog_expire="now")
     assert torch.equal(small_repo.checkout("keep")["w"], hist[1][1])
     assert torch.equal(small_repo.checkout("main")["w"], hist[3][1])
     assert [c.step for c in small_repo.log("main")] == [3, 0]
-    assert small_repo.fsck().ok
+    assert tv.fsck(small_repo).ok
 
 
 def test_drop_refuses_commits_outside_the_branch(small_repo: tv.Repo) -> None:
@@ -141,14 +141,14 @@ def test_drop_refuses_commits_outside_the_branch(small_repo: tv.Repo) -> None:
     c = small_repo.commit({"w": torch.zeros(3)}, "side work")
     small_repo.switch("main")
     with pytest.raises(tv.UsageError, match="not in the first-parent history"):
-        small_repo.drop([c.id])
+        tv.drop(small_repo, [c.id])
 
 
 def test_drop_everything_deletes_the_branch(small_repo: tv.Repo) -> None:
     series(small_repo, 2)
     small_repo.branch("other", "step-0")
     small_repo.switch("other")
-    small_repo.drop(["step-0", "step-1"], branch="main")
+    tv.drop(small_repo, ["step-0", "step-1"], branch="main")
     assert "main" not in small_repo.branches()
     assert small_repo.tags() == {}
 
@@ -173,4 +173,4 @@ def test_live_state_is_copied_into_the_cache(small_repo: tv.Repo) -> None:
     w.add_(1e-4)  # training modifies the tensor in place after the commit
     small_repo.commit({"w": w}, "second")
     assert torch.equal(small_repo.checkout()["w"], w)
-    assert small_repo.fsck().ok
+    assert tv.fsck(small_repo).ok

@@ -65,7 +65,7 @@ def _gc_exactly(repo: tv.Repo, garbage: set[str]) -> None:
     base was garbage), and account for the bytes exactly."""
     before = _files(repo)
     assert garbage <= set(before)
-    report = repo.gc()
+    report = tv.gc(repo, prune="now", reflog_expire="now")
     after = _files(repo)
     assert set(after) == set(before) - garbage
     changed = {o for o in after if after[o] != before[o]}
@@ -75,7 +75,7 @@ def _gc_exactly(repo: tv.Repo, garbage: set[str]) -> None:
     assert report.reachable_objects == len(after)
     assert report.kept_bytes == sum(size for size, _ in after.values())
     assert set(after) == _referenced(repo)
-    assert repo.fsck().ok
+    assert tv.fsck(repo).ok
 
 
 def test_gc_reclaims_exactly_what_a_deleted_branch_alone_used(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_gc_keeps_reflog_commits_only_when_asked(tmp_path: Path) -> None:
     repo.commit(_state(5), "gone", branch="tmp")
     only_tmp = object_ids(repo) - base
     repo.delete_branch("tmp")
-    kept = repo.gc(keep_reflog=True)
+    kept = tv.gc(repo, prune="now")
     assert kept.deleted_objects == 0 and object_ids(repo) == base | only_tmp
     _gc_exactly(repo, only_tmp)
     repo.close()
@@ -200,13 +200,13 @@ def test_gc_rebases_a_reused_delta_whose_base_became_garbage(tmp_path: Path) -> 
     garbage = object_ids(repo) - _referenced(repo)
     assert f2.id in garbage
     before = _files(repo)
-    report = repo.gc()
+    report = tv.gc(repo, prune="now", reflog_expire="now")
     assert set(_files(repo)) == set(before) - garbage == _referenced(repo)
     assert report.deleted_objects == len(garbage)
     for o in object_ids(repo):  # every kept delta's base was kept too
         base = repo.objects.delta_base(o)
         assert base is None or repo.objects.has(base)
-    assert repo.fsck().ok
+    assert tv.fsck(repo).ok
     assert_same_value(repo.checkout(c2.id), f2s)
     assert_same_value(repo.checkout(c1.id), s1)
     repo.close()

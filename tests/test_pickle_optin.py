@@ -132,7 +132,7 @@ def test_nothing_is_unpickled_without_opt_in(repo: tv.Repo, tmp_path: Path) -> N
     assert fresh.tensors() == []
     fresh.show()
     fresh.log()
-    fresh.fsck()
+    tv.fsck(fresh)
     assert CALLS == [] and not marker.exists()
 
     out = fresh.checkout(allow_pickle=True)  # the explicit opt-in runs it

@@ -126,7 +126,7 @@ def test_minilm_training_state_round_trips_bitwise(tmp_path: Path) -> None:
     torch.set_rng_state(state["rng"]["torch"])
     assert got[:2] == (random.random(), np.random.rand())
     assert_bitwise_equal(got[2], torch.rand(3))
-    assert repo.fsck().ok
+    assert tv.fsck(repo).ok
     repo.close()
 
 
@@ -204,7 +204,7 @@ def test_lora_commits_store_the_frozen_base_once(tmp_path: Path) -> None:
         for k, v in frozen.items():
             assert_bitwise_equal(model_state[k], v, k)
     assert_same_value(repo.checkout(), state)
-    assert repo.fsck().ok
+    assert tv.fsck(repo).ok
     repo.close()
 
 
@@ -245,5 +245,5 @@ def test_cuda_tensors_commit_from_the_device_bitwise(tmp_path: Path) -> None:
     before = object_ids(repo)
     repo.commit(cpu_state, "from the host")
     assert len(object_ids(repo) - before) == 1
-    assert repo.fsck().ok
+    assert tv.fsck(repo).ok
     repo.close()

@@ -5,13 +5,19 @@ module holds the group, its global options and the error handling every verb sha
 
 - a deliberate error (``TensorVCSError``) prints ``tvcs: error: <message>`` and exits with its
   ``exit_code`` (docs/cli.md has the table); click usage errors exit 2;
+- a full disk (ENOSPC/EDQUOT, also when torch or safetensors wrap it) exits 13; another
+  operating-system error prints its message and exits 1;
+- torch.distributed.checkpoint's ``CheckpointException`` (a BaseException that wraps each
+  rank's failure) is reported as the first failure it wraps;
 - anything else is a bug: one line, ``(run with --debug for the traceback)``, exit 1;
 - ``--debug`` (or ``TVCS_DEBUG=1``) prints the traceback as well.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 import traceback
 from typing import Any
@@ -23,12 +29,80 @@ from ..errors import TensorVCSError
 from ._util import ENV_REPO, State
 
 EXIT_BUG = 1
+EXIT_NO_SPACE = 13
 EXIT_INTERRUPTED = 130
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+# how safetensors (Rust) reports errno 28 / 122 in its message
+_OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)")
 
 
 def _error(message: str) -> None:
     lines = str(message).strip().splitlines()
     click.echo(f"tvcs: error: {lines[0] if lines else 'error'}", err=True)
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """The first (lowest rank's) failure a torch.distributed.checkpoint CheckpointException
+    wraps, recursively; ``e`` itself otherwise."""
+    for _ in range(8):
+        if type(e).__name__ != "CheckpointException":
+            break
+        failures = getattr(e, "failures", None)
+        if not isinstance(failures, dict) or not failures:
+            break
+        first = failures[min(failures)]
+        inner = first[0] if isinstance(first, tuple) and first else first
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    return e
+
+
+def _no_space(e: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind ``e`` (itself, its cause or context, or the errno in a
+    safetensors message), if any."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in _NO_SPACE:
+            return x
+        m = _OS_ERROR_TEXT.search(str(x)) if not isinstance(x, TensorVCSError) else None
+        if m and int(m.group(1)) in _NO_SPACE:
+            return OSError(int(m.group(1)), os.strerror(int(m.group(1))))
+        x = x.__cause__ or x.__context__
+    return None
+
+
+def _report(e: BaseException) -> int:
+    """Print the one-line error for ``e`` (any exception but the ones main handles itself);
+    returns the exit code."""
+    inner = _unwrap(e)
+    full = _no_space(inner)
+    if full is not None:
+        where = f"{full.filename}: " if getattr(full, "filename", None) else ""
+        _error(f"{where}{full.strerror or 'No space left on device'} (the disk is full)")
+        return EXIT_NO_SPACE
+    if isinstance(inner, TensorVCSError):
+        _error(str(inner))
+        return inner.exit_code
+    if isinstance(inner, click.ClickException):
+        _error(inner.format_message())
+        return inner.exit_code
+    if isinstance(inner, KeyboardInterrupt):
+        click.echo("tvcs: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    if isinstance(inner, OSError):
+        where = f"{inner.filename}: " if getattr(inner, "filename", None) else ""
+        _error(f"{where}{inner.strerror or inner}")
+        return EXIT_BUG
+    text = str(inner).strip().splitlines()
+    via = f"{type(e).__name__}: " if inner is not e else ""
+    _error(
+        f"internal error: {via}{type(inner).__name__}: {text[0] if text else ''} "
+        "(run with --debug for the traceback)"
+    )
+    return EXIT_BUG
 
 
 class TvcsGroup(click.Group):
@@ -68,25 +142,15 @@ class TvcsGroup(click.Group):
                 hint = f" (see '{ctx.command_path} --help')"
             _error(e.format_message() + hint)
             code = e.exit_code
-        except TensorVCSError as e:
-            if debug:
-                traceback.print_exc()
-            _error(str(e))
-            code = e.exit_code
         except KeyboardInterrupt:
             click.echo("tvcs: interrupted", err=True)
             code = EXIT_INTERRUPTED
-        except OSError as e:
+        except (SystemExit, GeneratorExit):
+            raise
+        except BaseException as e:  # CheckpointException is a BaseException, not an Exception
             if debug:
                 traceback.print_exc()
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            _error(f"{where}{e.strerror or e}")
-            code = EXIT_BUG
-        except Exception as e:
-            if debug:
-                traceback.print_exc()
-            _error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
-            code = EXIT_BUG
+            code = _report(e)
         if standalone_mode:
             sys.exit(code)
         return code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +17,25 @@ from ..errors import (
     CorruptObjectError,
     NotFoundError,
     OverwriteError,
+    SelectionError,
     UnsupportedValueError,
     UsageError,
 )
 from ..format.manifest import FileEntry, Manifest
-from ..format.values import KeyPath, path_str
+from ..format.values import KeyPath, path_str, walk_leaves
 from ..io import exporter
-from ..io.worktree import WorktreeIndex, all_commits, committed_digests, file_digest
+from ..io.worktree import (
+    WorktreeIndex,
+    all_commits,
+    check_recorded_path,
+    committed_digests,
+    file_digest,
+    safe_destination,
+)
 from ._util import Progress, complete_rev, echo_json, human_size, note, rel_to_root, repo, short
 
 SUFFIX = {"pt": ".pt", "safetensors": ".safetensors"}
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def make_select(include: Sequence[str], exclude: Sequence[str]) -> Callable[[KeyPath], bool] | None:
@@ -42,6 +52,28 @@ def make_select(include: Sequence[str], exclude: Sequence[str]) -> Callable[[Key
     return select
 
 
+def _globs_text(include: Sequence[str], exclude: Sequence[str]) -> str:
+    return " ".join([f"--include {g!r}" for g in include] + [f"--exclude {g!r}" for g in exclude])
+
+
+def _matches_include(m: Manifest, files: Sequence[FileEntry], include: Sequence[str]) -> bool:
+    """True when some key path of ``m`` (or, for opaque files, file path) matches ``include``
+    (an include that matches nothing is an error, whatever --exclude then removes)."""
+    inc = make_select(include, ())
+    if inc is None:
+        return True
+    if files:
+        for fe in files:
+            if fe.kind == "state":
+                node = exporter.file_node(m, fe.path)
+                if exporter.has_selected_leaf(node, (fe.path,), inc):
+                    return True
+            elif inc((fe.path,)):
+                return True
+        return False
+    return any(inc(p) for p, _ in walk_leaves(m.tree))
+
+
 @dataclass
 class Job:
     entry: FileEntry | None  # None: the whole state of a commit made without files
@@ -53,6 +85,7 @@ class Job:
     digest: str | None = None
     size: int = 0
     how: str = ""  # what shaped the written bytes, for the worktree index
+    link: bool = False  # the destination is a symbolic link (replaced, never written through)
 
 
 def _plan(
@@ -61,9 +94,11 @@ def _plan(
     paths: Sequence[str],
     out: str | None,
     fmt: str | None,
-    select: Callable[[KeyPath], bool] | None,
+    include: Sequence[str],
+    exclude: Sequence[str],
     commit_name: str,
 ) -> list[Job]:
+    select = make_select(include, exclude)
     if not m.files:
         if not out:
             raise UsageError(
@@ -72,8 +107,12 @@ def _plan(
             )
         if paths:
             raise UsageError(f"commit {commit_name} records no files; PATH arguments do not apply")
+        if not _matches_include(m, [], include):
+            raise SelectionError(
+                f"nothing in commit {commit_name} matches {_globs_text(include, ())}"
+            )
         f = fmt or ("safetensors" if out.endswith(".safetensors") else "pt")
-        return [Job(None, Path(out), f, False)]
+        return [Job(None, Path(out), f, False, link=Path(out).is_symlink())]
     chosen: list[FileEntry] = []
     if paths:
         for p in paths:
@@ -88,6 +127,11 @@ def _plan(
             chosen.extend(fe for fe in hits if fe not in chosen)
     else:
         chosen = list(m.files)
+    if include and not _matches_include(m, chosen, include):
+        where = f" under {' '.join(repr(p) for p in paths)}" if paths else ""
+        raise SelectionError(
+            f"nothing in commit {commit_name}{where} matches {_globs_text(include, ())}"
+        )
     kept: list[FileEntry] = []
     for fe in chosen:
         if select is not None:
@@ -99,7 +143,9 @@ def _plan(
                 continue
         kept.append(fe)
     if not kept:
-        raise NotFoundError(f"nothing in commit {commit_name} matches the given paths and globs")
+        raise SelectionError(
+            f"nothing in commit {commit_name} is left by {_globs_text(include, exclude)}"
+        )
     single = (
         out is not None
         and len(kept) == 1
@@ -117,12 +163,23 @@ def _plan(
         if single:
             dest = Path(out)  # type: ignore[arg-type]
         else:
-            dest = (Path(out) if out else r.root) / fe.path
+            rel = check_recorded_path(fe.path)
             if f != "blob" and f != fe.format:
-                dest = dest.with_suffix(SUFFIX[f])
+                rel = str(Path(rel).with_suffix(SUFFIX[f]).as_posix())
+            # the recorded path is checked before anything is written (it decides where)
+            dest = safe_destination(Path(out) if out else r.root, rel, r.path)
         exact = fe.kind == "blob" or (fe.format == f == "safetensors" and select is None)
         expected = fe.extra.get("blake3") if exact else None
-        jobs.append(Job(fe, dest, f, exact, expected if isinstance(expected, str) else None))
+        jobs.append(
+            Job(
+                fe,
+                dest,
+                f,
+                exact,
+                expected if isinstance(expected, str) else None,
+                link=dest.is_symlink(),
+            )
+        )
     return jobs
 
 
@@ -130,6 +187,13 @@ def _check_overwrites(r: Any, cid: str, jobs: list[Job], index: WorktreeIndex) -
     """Refuse (OverwriteError) to replace a file whose content no commit holds."""
     known: set[str] | None = None
     conflicts: list[Path] = []
+    links = [job.dest for job in jobs if job.link]
+    if links:
+        shown = ", ".join(_shown(p) for p in links[:3]) + (" ..." if len(links) > 3 else "")
+        raise OverwriteError(
+            f"checkout would replace {len(links)} symbolic link(s) with file(s): {shown} "
+            "(checkout never writes through a link; use --force to replace them)"
+        )
     for job in jobs:
         if not job.dest.exists():
             continue
@@ -275,7 +339,7 @@ def checkout(
     cid = r.resolve(rev)
     m = r.get_manifest(r.get_commit(cid).manifest)
     select = make_select(include, exclude)
-    jobs = _plan(r, m, paths, out, fmt, select, f"{short(cid)} ({rev})")
+    jobs = _plan(r, m, paths, out, fmt, include, exclude, f"{short(cid)} ({rev})")
     for job in jobs:
         job.how = f"{job.fmt}|{include}|{exclude}" if select else job.fmt
     index = WorktreeIndex(r)
@@ -287,9 +351,11 @@ def checkout(
             if job.status == "unchanged":
                 continue
             job.dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = job.dest.parent / f".{job.dest.name}.tvcs-{os.getpid()}.tmp"
+            tmp = job.dest.parent / f".{job.dest.name}.tvcs-{secrets.token_hex(6)}.tmp"
+            # a new file (O_EXCL: never an existing file or a link planted at the name)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o666)
             try:
-                with open(tmp, "wb") as fp:
+                with open(fd, "wb") as fp:
                     job.digest = _write(r, m, job, select, unsafe_pickle, progress, fp)
                 progress.finish()
                 if job.expected is not None and job.digest != job.expected:

@@ -4,6 +4,8 @@ when one of them runs."""
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import click
@@ -105,11 +107,30 @@ def export_dcp(rev: str, out: str, fmt: str | None, unsafe_pickle: bool, as_json
             raise UsageError("a safetensors export needs an OUT ending in .safetensors")
         if fmt == "pt" and Path(out).suffix == ".safetensors":
             raise UsageError("a pt export needs an OUT not ending in .safetensors")
-        dcp.export_torch_save(r, cid, out, weights_only=not unsafe_pickle)
+        if fmt == "pt":
+            _save_pt(dcp.load_state(r, cid, weights_only=not unsafe_pickle), Path(out))
+        else:
+            dcp.export_torch_save(r, cid, out, weights_only=not unsafe_pickle)
     if as_json:
         echo_json({"commit": cid, "format": fmt, "path": str(Path(out).resolve())})
         return
     click.echo(f"wrote {out} ({fmt}) from {short(cid)}")
+
+
+def _save_pt(state: object, out: Path) -> None:
+    """torch.save ``state`` to ``out`` through a new temporary file renamed into place; written
+    through a Python file, so a full disk is reported as such (ENOSPC), not as torch's
+    "[enforce fail at inline_container.cc]"."""
+    from ..io.exporter import write_pt
+
+    tmp = out.with_name(f".{out.name}.tvcs-{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        with open(fd, "wb") as fp:
+            write_pt(state, fp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 COMMANDS = [import_dcp, export_dcp]

@@ -1,4 +1,4 @@
-"""``tvcs du``, ``tvcs gc`` and ``tvcs fsck``."""
+"""``tvcs du``, ``tvcs gc``, ``tvcs fsck`` and ``tvcs reflog``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
-from ..errors import CorruptObjectError, TensorVCSError
+from .. import maintenance
+from ..errors import CorruptObjectError, NotFoundError, TensorVCSError
 from ..format.manifest import Manifest
-from ._util import complete_rev, echo_json, human_size, ratio, repo, short, table
+from ._util import complete_rev, echo_json, human_size, note, ratio, repo, short, table
 
 
 def _content_lengths(r: Any, m: Manifest, header_len: Any) -> dict[str, int]:
@@ -148,28 +149,74 @@ def du(rev: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--keep-reflog", is_flag=True, help="Also keep commits that reflogs name.")
+@click.option(
+    "--prune",
+    "prune",
+    metavar="WHEN",
+    default=None,
+    help="Delete unreachable objects older than WHEN (default: setting gc.prune_expire, "
+    "2.weeks.ago); 'now' deletes every unreachable object, 'never' none.",
+)
+@click.option(
+    "--reflog-expire",
+    metavar="WHEN",
+    default=None,
+    help="Forget reflog entries older than WHEN (default gc.reflog_expire, 90.days).",
+)
+@click.option(
+    "--reflog-expire-unreachable",
+    metavar="WHEN",
+    default=None,
+    help="Forget reflog entries older than WHEN that the ref no longer reaches "
+    "(default gc.reflog_expire_unreachable, 30.days).",
+)
+@click.option("--keep-reflog", is_flag=True, hidden=True)  # the default now; kept for scripts
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def gc(keep_reflog: bool, as_json: bool) -> None:
-    """Delete objects no branch, tag or HEAD reaches."""
+def gc(
+    prune: str | None,
+    reflog_expire: str | None,
+    reflog_expire_unreachable: str | None,
+    keep_reflog: bool,
+    as_json: bool,
+) -> None:
+    """Delete the objects that nothing keeps: not reachable from HEAD, a branch, a tag, a
+    remote-tracking ref or an unexpired reflog entry, and older than the prune age.
+
+    As git: a commit you left behind (detached HEAD, a moved branch, a dropped commit) stays
+    findable with `tvcs reflog` for 90 days. To reclaim its bytes now:
+    `tvcs gc --reflog-expire=now --prune=now`."""
     r = repo()
-    rep = r.gc(keep_reflog=keep_reflog)
+    rep = maintenance.gc(
+        r,
+        prune=prune,
+        reflog_expire=reflog_expire,
+        reflog_expire_unreachable=reflog_expire_unreachable,
+    )
     d = dataclasses.asdict(rep)
     if as_json:
         echo_json(d)
         return
     click.echo(
-        f"removed {rep.deleted_objects} object(s), freed {human_size(rep.freed_bytes)}; "
-        f"kept {rep.reachable_objects} object(s), {human_size(rep.kept_bytes)}"
+        f"removed {rep.deleted_objects} object(s) ({len(rep.deleted_commits)} commit(s)), "
+        f"freed {human_size(rep.freed_bytes)}; kept {rep.reachable_objects} reachable "
+        f"object(s), {human_size(rep.kept_bytes)}"
     )
+    if rep.young_objects_kept:
+        note(
+            f"kept {rep.young_objects_kept} unreachable object(s) younger than the prune age "
+            "(--prune=now deletes them)"
+        )
+    if rep.expired_reflog_entries:
+        note(f"expired {rep.expired_reflog_entries} reflog entr(ies)")
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def fsck(as_json: bool) -> None:
-    """Verify the repository: config, refs, and every object's hash. Exits 5 on problems."""
+    """Verify the repository: config, HEAD, refs, reflogs, and every object's hash and
+    structure; name the dangling commits. Exits 5 on problems."""
     r = repo()
-    rep = r.fsck()
+    rep = maintenance.fsck(r)
     if as_json:
         echo_json(
             {
@@ -177,12 +224,15 @@ def fsck(as_json: bool) -> None:
                 "objects_checked": rep.objects_checked,
                 "commits": rep.commits,
                 "dangling": rep.dangling,
+                "dangling_commits": rep.dangling_commits,
                 "problems": [dataclasses.asdict(p) for p in rep.problems],
             }
         )
     else:
         for p in rep.problems:
             click.echo(str(p))
+        for oid in rep.dangling_commits:
+            click.echo(f"dangling commit {oid}")
         click.echo(
             f"checked {rep.objects_checked} object(s), {rep.commits} commit(s); "
             f"{rep.dangling} dangling; {len(rep.problems)} problem(s)"
@@ -191,4 +241,46 @@ def fsck(as_json: bool) -> None:
         raise CorruptObjectError(f"fsck found {len(rep.problems)} problem(s)")
 
 
-COMMANDS = [du, gc, fsck]
+@click.command()
+@click.argument("ref", default="HEAD", required=False)
+@click.option("-n", "--max-count", type=int, default=None, help="Show at most N entries.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def reflog(ref: str, max_count: int | None, as_json: bool) -> None:
+    """Where REF (default HEAD; a branch, tag or full ref name) has pointed, newest first:
+    `REF@{N}` is the N-th entry. Commits no branch or tag reaches any more (a detached HEAD
+    left behind, a moved or dropped branch) are found here; gc keeps them 90 days."""
+    r = repo()
+    full = ref
+    if ref != "HEAD" and not ref.startswith("refs/"):
+        for prefix in ("refs/heads/", "refs/tags/", "refs/remotes/"):
+            if r.store.exists("logs/" + prefix + ref) or r.refs.exists(prefix + ref):
+                full = prefix + ref
+                break
+        else:
+            raise NotFoundError(f"no reflog for {ref!r} (not a branch, tag or ref)")
+    entries = list(reversed(r.refs.reflog(full)))
+    if max_count is not None:
+        entries = entries[:max_count]
+    rows: list[dict[str, Any]] = []
+    for i, e in enumerate(entries):
+        rows.append(
+            {
+                "selector": f"{ref}@{{{i}}}",
+                "id": e.new,
+                "old": e.old,
+                "time": e.time,
+                "who": e.who,
+                "message": e.message,
+                "exists": bool(e.new) and r.objects.has(e.new or ""),
+            }
+        )
+    if as_json:
+        echo_json({"ref": full, "entries": rows})
+        return
+    for x in rows:
+        oid = short(x["id"]) if x["id"] else "(deleted)"
+        gone = "" if x["exists"] or not x["id"] else " [pruned]"
+        click.echo(f"{oid} {x['selector']}: {x['message']}{gone}")
+
+
+COMMANDS = [du, gc, fsck, reflog]

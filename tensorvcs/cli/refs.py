@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from .. import maintenance
 from ..errors import UsageError
-from ._util import complete_rev, echo_json, repo, short
+from ._util import complete_rev, echo_json, note, repo, short
 
 
 @click.command()
@@ -91,8 +92,23 @@ def switch(target: str, detach: bool) -> None:
     is_branch = target in r.branches()
     if not is_branch and not detach:
         r.resolve(target)  # an unknown name is an error, not a silent detach
+    was_branch, was = r.head()
     r.switch(target, detach=detach)
     current, oid = r.head()
+    if was_branch is None and was is not None and was != oid:
+        behind = maintenance.left_behind(r, was)
+        if behind:
+            shown = "\n".join(
+                f"  {short(c)} {(r.get_commit(c).message.splitlines() or [''])[0]}"
+                for c in behind[:10]
+            )
+            more = f"\n  ... and {len(behind) - 10} more" if len(behind) > 10 else ""
+            note(
+                f"warning: you are leaving {len(behind)} commit(s) behind, not reachable from "
+                f"any branch or tag:\n{shown}{more}\nThey stay in the reflog ('tvcs reflog', "
+                f"HEAD@{{1}}) and gc keeps them 90 days; to keep them for good: "
+                f"tvcs branch <name> {short(was)}"
+            )
     if current is not None:
         click.echo(f"Switched to branch {current}")
     else:

@@ -20,6 +20,8 @@ import numpy as np
 import zstandard
 
 from ..errors import CorruptObjectError
+from .config import MAX_DELTA_CHAIN
+from .ids import is_object_id
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
@@ -37,6 +39,12 @@ SAMPLE_BYTES = 1 << 16
 SAMPLE_RATIO = 0.98
 # Below this size compression is never attempted (envelope overhead dominates).
 MIN_COMPRESS_BYTES = 64
+
+# Reader sanity bounds, checked before anything is allocated or decompressed (docs/format.md,
+# "Validation limits"). zstd cannot expand one payload byte into more than about 32 Ki bytes
+# (a 128 KiB RLE block takes 4 bytes), so a frame claiming more is refused unread.
+MAX_EXPANSION = 1 << 17
+MAX_PLANE_WIDTH = 1 << 16  # element width of the planes codec
 
 _local = threading.local()
 
@@ -205,16 +213,72 @@ def payload_size(enc: Encoded) -> int:
     return enc.size
 
 
-def _unzstd(frame: memoryview, n: int) -> bytes:
-    """The content of one zstd frame that must hold ``n`` bytes. The size the frame header
-    declares is checked first: zstd allocates that much, so a corrupt header must not reach it."""
-    declared = zstandard.frame_content_size(frame)
+def _check_frame(frame: memoryview, n: int) -> None:
+    """Refuse a zstd frame that cannot hold exactly ``n`` bytes, reading only its header."""
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise ValueError(f"not a zstd frame ({e})") from None
     if declared not in (-1, n):
         raise ValueError(f"zstd frame declares {declared} bytes, expected {n}")
+    if n > (len(frame) + 1) * MAX_EXPANSION:
+        raise ValueError(f"a zstd frame of {len(frame)} bytes cannot hold {n} bytes")
+
+
+def _unzstd(frame: memoryview, n: int) -> bytes:
+    """The content of one zstd frame that must hold ``n`` bytes. The size the frame header
+    declares is checked first: zstd allocates that much, so a corrupt header must not reach it;
+    the output is capped at ``n`` bytes (a frame that expands further is refused)."""
+    _check_frame(frame, n)
     data = _decompressor().decompress(frame, max_output_size=n)
     if len(data) != n:
         raise ValueError(f"zstd frame holds {len(data)} bytes, expected {n}")
     return data
+
+
+def _plane_spec(params: dict[str, Any], n: int) -> tuple[int, list[tuple[str, int]]]:
+    width = params.get("width")
+    spec = params.get("planes")
+    if type(width) is not int or not 2 <= width <= MAX_PLANE_WIDTH or n % width:
+        raise ValueError(f"plane width {width!r:.40} does not fit the content length {n}")
+    if not isinstance(spec, list) or len(spec) != width:
+        raise ValueError("plane parameters do not fit the content length")
+    out = []
+    for entry in spec:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise ValueError(f"malformed plane entry {entry!r:.60}")
+        kind, size = entry
+        if kind not in ("raw", "zstd") or type(size) is not int or size < 0:
+            raise ValueError(f"malformed plane entry {entry!r:.60}")
+        out.append((kind, size))
+    return width, out
+
+
+def check_payload(codec: int, params: dict[str, Any], payload: memoryview, n: int) -> None:
+    """Raise ValueError unless ``payload`` can decode to exactly ``n`` bytes with ``codec``
+    (never 3: a delta's inner codec is checked by its caller). Reads only sizes and zstd frame
+    headers: called before the content is allocated."""
+    if codec == CODEC_RAW:
+        if len(payload) != n:
+            raise ValueError(f"raw payload is {len(payload)} bytes, expected {n}")
+    elif codec == CODEC_ZSTD:
+        _check_frame(payload, n)
+    elif codec == CODEC_PLANES:
+        width, spec = _plane_spec(params, n)
+        m = n // width
+        total = sum(size for _, size in spec)
+        if total != len(payload):
+            longer = "longer" if len(payload) > total else "shorter"
+            raise ValueError(f"payload is {longer} than its planes ({len(payload)} != {total})")
+        pos = 0
+        for i, (kind, size) in enumerate(spec):
+            if kind == "raw" and size != m:
+                raise ValueError(f"plane {i} holds {size} bytes, expected {m}")
+            if kind == "zstd":
+                _check_frame(payload[pos : pos + size], m)
+            pos += size
+    else:
+        raise ValueError(f"unknown codec id {codec!r:.20}")
 
 
 def decode_into(
@@ -223,17 +287,13 @@ def decode_into(
     """Decode ``payload`` into the uint8 array ``out`` (whose length is the content length)."""
     n = out.nbytes
     try:
+        check_payload(codec, params, payload, n)
         if codec == CODEC_RAW:
-            if len(payload) != n:
-                raise ValueError(f"raw payload is {len(payload)} bytes, expected {n}")
             out[:] = np.frombuffer(payload, dtype=np.uint8)
         elif codec == CODEC_ZSTD:
             out[:] = np.frombuffer(_unzstd(payload, n), dtype=np.uint8)
-        elif codec == CODEC_PLANES:
-            width = int(params["width"])
-            spec = params["planes"]
-            if width < 2 or n % width or len(spec) != width:
-                raise ValueError("plane parameters do not fit the content length")
+        else:
+            width, spec = _plane_spec(params, n)
             rows = out.reshape(-1, width)
             m = n // width
             pos = 0
@@ -242,19 +302,53 @@ def decode_into(
                 pos += size
                 if kind == "raw":
                     plane = np.frombuffer(seg, dtype=np.uint8)
-                elif kind == "zstd":
-                    plane = np.frombuffer(_unzstd(seg, m), dtype=np.uint8)
                 else:
-                    raise ValueError(f"unknown plane encoding {kind!r}")
+                    plane = np.frombuffer(_unzstd(seg, m), dtype=np.uint8)
                 if plane.nbytes != m:
                     raise ValueError(f"plane {i} holds {plane.nbytes} bytes, expected {m}")
                 rows[:, i] = plane
-            if pos != len(payload):
-                raise ValueError("payload is longer than its planes")
-        else:
-            raise ValueError(f"unknown codec id {codec}")
     except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
         raise CorruptObjectError(f"object {object_id} does not decode: {e}", object_id) from e
+
+
+@dataclass(frozen=True)
+class DeltaParams:
+    base: str
+    width: int
+    depth: int
+    inner_codec: int
+    inner_params: dict[str, Any]
+
+
+def delta_params(params: dict[str, Any], n: int) -> DeltaParams:
+    """The parameters of a delta object of content length ``n``; ValueError if malformed."""
+    base = params.get("base")
+    if not isinstance(base, str) or not is_object_id(base):
+        raise ValueError(f"base {base!r:.80} is not an object id")
+    width = params.get("width")
+    if type(width) is not int or width not in _LANES or n % width:
+        raise ValueError(f"lane width {width!r:.40} does not fit the content length {n}")
+    if params.get("op") != "sub-zigzag":
+        raise ValueError(f"unknown delta op {params.get('op')!r:.40}")
+    depth = params.get("depth", 1)
+    if type(depth) is not int or not 1 <= depth <= MAX_DELTA_CHAIN:
+        raise ValueError(f"depth {depth!r:.40} is not in 1..{MAX_DELTA_CHAIN}")
+    inner = params.get("inner")
+    if not isinstance(inner, dict):
+        raise ValueError("no inner codec")
+    codec, inner_params = inner.get("codec"), inner.get("params")
+    if type(codec) is not int or codec not in (CODEC_RAW, CODEC_ZSTD, CODEC_PLANES):
+        raise ValueError(f"inner codec {codec!r:.20} is not raw, zstd or planes")
+    if not isinstance(inner_params, dict):
+        raise ValueError("inner codec parameters are not an object")
+    return DeltaParams(base, width, depth, codec, inner_params)
+
+
+def check_delta_payload(params: dict[str, Any], payload: memoryview, n: int) -> DeltaParams:
+    """``delta_params`` plus the inner payload's sizes (before anything is allocated)."""
+    d = delta_params(params, n)
+    check_payload(d.inner_codec, d.inner_params, payload, n)
+    return d
 
 
 def decode_delta_into(
@@ -262,13 +356,10 @@ def decode_delta_into(
 ) -> None:
     """Apply a delta payload to ``out``, which already holds the decoded base."""
     try:
-        width = int(params["width"])
-        if width not in _LANES or out.nbytes % width or params.get("op") != "sub-zigzag":
-            raise ValueError("bad delta parameters")
-        inner_codec, inner_params = int(params["inner"]["codec"]), params["inner"]["params"]
-        diff = np.empty(out.nbytes, dtype=np.uint8)
-    except (KeyError, TypeError, ValueError) as e:
+        d = check_delta_payload(params, payload, out.nbytes)
+    except (ValueError, zstandard.ZstdError) as e:
         msg = f"object {object_id} has bad delta parameters: {e}"
         raise CorruptObjectError(msg, object_id) from e
-    decode_into(inner_codec, inner_params, payload, diff, object_id)
-    delta_apply(out, diff, width)
+    diff = np.empty(out.nbytes, dtype=np.uint8)
+    decode_into(d.inner_codec, d.inner_params, payload, diff, object_id)
+    delta_apply(out, diff, d.width)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,43 @@ from . import jsonenc, values
 from .ids import is_object_id
 
 COMMIT_VERSION = 1
+MAX_STEP = (1 << 63) - 1
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+_REQUIRED = ("manifest", "parents", "message", "author", "timestamp", "step", "metrics", "metadata")
+
+
+def _commit_problem(doc: dict[str, Any]) -> str | None:
+    """Why a commit document is malformed (None when it is not)."""
+    for name in _REQUIRED:
+        if name not in doc:
+            return f"it lacks field {name!r}"
+    manifest, parents = doc["manifest"], doc["parents"]
+    if not isinstance(manifest, str) or not is_object_id(manifest):
+        return f"manifest {manifest!r:.80} is not an object id"
+    if not isinstance(parents, list):
+        return "parents is not a list"
+    for p in parents:
+        if not isinstance(p, str) or not is_object_id(p):
+            return f"parent {p!r:.80} is not an object id"
+    if len(set(parents)) != len(parents):
+        return "a parent is listed twice"
+    for name in ("message", "author", "timestamp"):
+        if not isinstance(doc[name], str):
+            return f"{name} is not a string"
+    if not _TIMESTAMP.fullmatch(doc["timestamp"]):
+        return f"timestamp {doc['timestamp']!r:.40} is not YYYY-MM-DDTHH:MM:SS.ffffffZ"
+    try:
+        _dt.datetime.strptime(doc["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return f"timestamp {doc['timestamp']!r:.40} is not a valid date and time"
+    step = doc["step"]
+    if step is not None and (type(step) is not int or abs(step) > MAX_STEP):
+        return f"step {step!r:.40} is not a 64-bit integer or null"
+    for name in ("metrics", "metadata"):
+        node = doc[name]
+        if not (isinstance(node, list) and node[:1] in (["dict"], ["odict"])):
+            return f"{name} is not a dict node"
+    return None
 
 
 def utc_now() -> str:
@@ -56,35 +94,36 @@ class Commit:
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, oid: str) -> Commit:
-        try:
-            doc = jsonenc.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CorruptObjectError(f"commit {oid} is not valid JSON: {e}", oid) from e
+        """Parse and fully validate a commit (every field's type, ids, the timestamp, the
+        metrics and metadata trees); CorruptObjectError names ``oid``."""
+        doc = jsonenc.load_stored(data, f"commit {oid}", oid)
         if not isinstance(doc, dict) or doc.get("type") != "commit":
             raise CorruptObjectError(f"object {oid} is not a commit", oid)
-        if doc.get("version") != COMMIT_VERSION:
-            raise CorruptObjectError(f"commit {oid} has unsupported version", oid)
+        version = doc.get("version")
+        if type(version) is not int or version != COMMIT_VERSION:
+            raise CorruptObjectError(f"commit {oid} has unsupported version {version!r:.40}", oid)
+        problem = _commit_problem(doc)
+        if problem:
+            raise CorruptObjectError(f"commit {oid} is malformed: {problem}", oid)
         try:
+            for name in ("metrics", "metadata"):
+                values.check_tree(doc[name], path=(f"<{name}>",))
             hooks = values.Hooks()
-            c = cls(
-                manifest=doc["manifest"],
-                parents=list(doc["parents"]),
-                message=str(doc["message"]),
-                author=str(doc["author"]),
-                timestamp=str(doc["timestamp"]),
-                step=doc["step"],
-                metrics=values.decode(doc["metrics"], hooks),
-                metadata=values.decode(doc["metadata"], hooks),
-                id=oid,
-            )
-        except (KeyError, TypeError) as e:
-            raise CorruptObjectError(f"commit {oid} lacks field {e}", oid) from e
-        refs = [c.manifest, *c.parents]
-        if not all(isinstance(r, str) and is_object_id(r) for r in refs):
-            raise CorruptObjectError(f"commit {oid} names a malformed object id", oid)
-        if c.step is not None and type(c.step) is not int:
-            raise CorruptObjectError(f"commit {oid} has a non-integer step", oid)
-        return c
+            metrics = values.decode(doc["metrics"], hooks)
+            metadata = values.decode(doc["metadata"], hooks)
+        except CorruptObjectError as e:
+            raise CorruptObjectError(f"commit {oid} is malformed: {e}", oid, e.key_path) from None
+        return cls(
+            manifest=doc["manifest"],
+            parents=list(doc["parents"]),
+            message=doc["message"],
+            author=doc["author"],
+            timestamp=doc["timestamp"],
+            step=doc["step"],
+            metrics=metrics,
+            metadata=metadata,
+            id=oid,
+        )
 
     @property
     def datetime(self) -> _dt.datetime:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import CorruptObjectError
 from . import codecs
+from .config import MAX_CHUNK_SIZE
 from .ids import object_id
 
 MAGIC = b"TVCO"
@@ -43,6 +44,18 @@ KIND_NAMES = {
     KIND_COMMIT: "commit",
     KIND_BLOB: "blob",
 }
+
+# The most content an object of each kind may declare (docs/format.md, "Validation limits"):
+# a length beyond it is corruption, refused before anything is allocated. Chunks and packs
+# are at most a chunk_size, and no repository has a chunk_size above MAX_CHUNK_SIZE.
+MAX_CONTENT = {
+    KIND_CHUNK: MAX_CHUNK_SIZE,
+    KIND_PACK: MAX_CHUNK_SIZE,
+    KIND_MANIFEST: 1 << 31,
+    KIND_COMMIT: 1 << 28,
+    KIND_BLOB: 1 << 36,
+}
+MAX_PARAMS = 16 << 20  # bytes of codec parameters
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,8 @@ def header_span(data: bytes | memoryview) -> int:
 
 
 def read_header(data: bytes | memoryview, oid: str) -> Header:
+    """Parse and check an object's envelope: fields, length bound, codec parameters (a delta's
+    base must be a valid id other than the object's own). CorruptObjectError names ``oid``."""
     if len(data) < HEADER_SIZE:
         raise CorruptObjectError(f"object {oid} is truncated ({len(data)} bytes)", oid)
     magic, version, kind, codec, reserved, length, plen = _HEADER.unpack_from(data, 0)
@@ -79,20 +94,56 @@ def read_header(data: bytes | memoryview, oid: str) -> Header:
         )
     if reserved != 0 or kind not in KIND_NAMES:
         raise CorruptObjectError(f"object {oid} has a malformed header (kind {kind})", oid)
+    if codec not in codecs.CODEC_NAMES:
+        raise CorruptObjectError(f"object {oid} has a malformed header: unknown codec {codec}", oid)
+    if length > MAX_CONTENT[kind]:
+        raise CorruptObjectError(
+            f"object {oid} is corrupt: it declares {length} bytes of content, more than a "
+            f"{KIND_NAMES[kind]} may hold ({MAX_CONTENT[kind]})",
+            oid,
+        )
     end = HEADER_SIZE + plen
+    if plen > MAX_PARAMS or end > len(data):
+        raise CorruptObjectError(
+            f"object {oid} is truncated or has unreadable codec parameters ({plen} bytes)", oid
+        )
     try:
         params = json.loads(bytes(data[HEADER_SIZE:end]))
         if not isinstance(params, dict):
             raise ValueError("parameters are not a JSON object")
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise CorruptObjectError(f"object {oid} has unreadable codec parameters: {e}", oid) from e
+    if codec == codecs.CODEC_DELTA:
+        try:
+            base = codecs.delta_params(params, length).base
+        except ValueError as e:
+            raise CorruptObjectError(f"object {oid} has bad delta parameters: {e}", oid) from e
+        if base == oid:
+            raise CorruptObjectError(
+                f"object {oid} is corrupt: it is a delta against itself (its chain loops)", oid
+            )
     return Header(kind, codec, length, params, end)
 
 
+def check_fits(h: Header, payload: memoryview, oid: str) -> None:
+    """Refuse (CorruptObjectError) a payload that cannot decode to the header's length:
+    checked from sizes and zstd frame headers alone, before the content is allocated."""
+    try:
+        if h.codec == codecs.CODEC_DELTA:
+            codecs.check_delta_payload(h.params, payload, h.length)
+        else:
+            codecs.check_payload(h.codec, h.params, payload, h.length)
+    except ValueError as e:
+        raise CorruptObjectError(f"object {oid} does not decode: {e}", oid) from e
 
-def allocate(h: Header, oid: str) -> np.ndarray:
-    """An uninitialised buffer for the content of ``oid``; a length field that cannot be
+
+def allocate(h: Header, oid: str, payload: memoryview | None = None) -> np.ndarray:
+    """An uninitialised buffer for the content of ``oid``; one allocation guard for object
+    content. The length is bounded by the header check (MAX_CONTENT); with ``payload``, it
+    must also be one the payload can decode to (``check_fits``). A length that cannot be
     allocated is corruption, not a real object."""
+    if payload is not None:
+        check_fits(h, payload, oid)
     try:
         return np.empty(h.length, dtype=np.uint8)
     except (MemoryError, ValueError) as e:
@@ -109,8 +160,9 @@ def open_object(
     h = read_header(data, oid)
     if h.codec == codecs.CODEC_DELTA:
         raise CorruptObjectError(f"object {oid} is a delta; its base is needed to decode it", oid)
-    out = allocate(h, oid)
-    codecs.decode_into(h.codec, h.params, memoryview(data)[h.payload_offset :], out, oid)
+    payload = memoryview(data)[h.payload_offset :]
+    out = allocate(h, oid, payload)
+    codecs.decode_into(h.codec, h.params, payload, out, oid)
     if verify and object_id(out.data) != oid:
         raise CorruptObjectError(f"object {oid} is corrupt: its content hashes differently", oid)
     return h, out

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..errors import CorruptObjectError
+
 
 def dumps(doc: Any) -> bytes:
     return json.dumps(
@@ -24,3 +26,14 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     if not isinstance(data, str):
         data = bytes(data).decode("utf-8")
     return json.loads(data, parse_constant=_no_constants)
+
+
+def load_stored(data: bytes | bytearray | memoryview, where: str, oid: str | None) -> Any:
+    """The JSON document of a stored object (``where`` names it in errors): invalid UTF-8 or
+    JSON, and nesting too deep for the parser, are all CorruptObjectError."""
+    try:
+        return loads(data)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptObjectError(f"{where} is not valid JSON: {e}", oid) from None
+    except RecursionError:
+        raise CorruptObjectError(f"{where} is not valid JSON: it nests too deeply", oid) from None

@@ -17,15 +17,102 @@ nn.Parameter), ``requires_grad``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CorruptObjectError
+import numpy as np
+import torch
+
+from ..errors import CorruptObjectError, UsageError
+from ..state.tensors import DTYPES
 from . import jsonenc, values
+from .config import MAX_CHUNK_SIZE
 from .ids import is_object_id
 
 MANIFEST_VERSION = 1
+DCP_SECTION_VERSION = 1
+
+# Validation limits (docs/format.md, "Validation limits")
+MAX_NDIM = 256  # dimensions of a tensor, an array or a torch.Size
+MAX_DIM = (1 << 63) - 1  # one dimension, and a tensor's nbytes
+MAX_PATH_CHARS = 4096  # a file entry's path
+MAX_DEVICE_CHARS = 64
+REPO_DIR = ".tvcs"
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _is_int(x: Any) -> bool:
+    return type(x) is int
+
+
+def _nonneg(x: Any, limit: int = MAX_DIM) -> bool:
+    return type(x) is int and 0 <= x <= limit
+
+
+def _shape_problem(shape: Any) -> str | None:
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        return f"shape {shape!r:.60} is not a list of at most {MAX_NDIM} sizes"
+    if not all(_nonneg(x) for x in shape):
+        return f"shape {shape!r:.60} has a size that is not an integer in 0..2**63-1"
+    return None
+
+
+def _numel(shape: list[int]) -> int:
+    return math.prod(shape)
+
+
+def _refs_problem(chunks: Any, limit: int = MAX_CHUNK_SIZE) -> str | None:
+    """The problem of a ``[[id, length], ...]`` list, or None."""
+    if not isinstance(chunks, list):
+        return "chunks is not a list"
+    for c in chunks:
+        if not isinstance(c, list) or len(c) != 2:
+            return f"chunk {c!r:.80} is not an [id, length] pair"
+        if not isinstance(c[0], str) or not is_object_id(c[0]):
+            return f"chunk {c[0]!r:.80} is not an object id"
+        if not _nonneg(c[1], limit) or c[1] == 0:
+            return f"chunk {c[0]} has length {c[1]!r:.40} (not in 1..{limit})"
+    return None
+
+
+def file_path_problem(path: Any) -> str | None:
+    """Why ``path`` may not be a file entry's path (None when it may): it must be relative,
+    '/'-separated, without empty, '.' or '..' parts, backslashes, NUL, a drive, or a '.tvcs'
+    part."""
+    if not isinstance(path, str):
+        return "not a string"
+    if not path:
+        return "empty"
+    if len(path) > MAX_PATH_CHARS:
+        return f"longer than {MAX_PATH_CHARS} characters"
+    if "\x00" in path:
+        return "contains NUL"
+    if "\\" in path:
+        return "contains a backslash"
+    if path.startswith("/"):
+        return "absolute"
+    if _DRIVE.match(path):
+        return "starts with a drive"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return f"has a {part!r} part" if part else "has an empty part"
+        if part.lower() == REPO_DIR:
+            return f"names the repository folder {REPO_DIR}"
+    return None
+
+
+def check_file_path(path: Any, where: str = "file entry") -> str:
+    """``path`` if it is a safe relative file path (see file_path_problem); otherwise
+    CorruptObjectError naming it. Call it again before writing a file a manifest names."""
+    problem = file_path_problem(path)
+    if problem:
+        raise CorruptObjectError(f"{where}: unsafe file path {path!r:.200} ({problem})")
+    return str(path)
 
 
 @dataclass
@@ -63,27 +150,71 @@ class TensorEntry:
         return d
 
     @classmethod
-    def from_json(cls, d: Any, where: str) -> TensorEntry:
-        try:
-            e = cls(
-                dtype=str(d["dtype"]),
-                shape=[int(x) for x in d["shape"]],
-                nbytes=int(d["nbytes"]),
-                param=bool(d.get("param", False)),
-                requires_grad=bool(d.get("requires_grad", False)),
-            )
-            if "pack" in d:
-                e.pack, e.offset, e.id = str(d["pack"]), int(d["offset"]), str(d["id"])
-                ok = is_object_id(e.pack) and is_object_id(e.id) and e.offset >= 0
-            else:
-                e.chunks = [(str(c[0]), int(c[1])) for c in d["chunks"]]
-                ok = all(is_object_id(c[0]) for c in e.chunks)
-                ok = ok and sum(c[1] for c in e.chunks) == e.nbytes
-            if not ok:
-                raise ValueError("bad object reference or length")
-        except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise CorruptObjectError(f"{where}: malformed tensor entry: {err}") from err
+    def from_json(cls, d: Any, where: str, oid: str | None = None) -> TensorEntry:
+        """Parse and validate one tensor entry (CorruptObjectError naming ``where``)."""
+        problem = _tensor_entry_problem(d)
+        if problem:
+            raise CorruptObjectError(f"{where}: malformed tensor entry: {problem}", oid)
+        e = cls(
+            dtype=d["dtype"],
+            shape=list(d["shape"]),
+            nbytes=d["nbytes"],
+            param=bool(d.get("param", False)),
+            requires_grad=bool(d.get("requires_grad", False)),
+        )
+        if "pack" in d:
+            e.pack, e.offset, e.id = d["pack"], d["offset"], d["id"]
+        else:
+            e.chunks = [(c[0], c[1]) for c in d["chunks"]]
         return e
+
+
+def _tensor_entry_problem(d: Any) -> str | None:
+    if not isinstance(d, dict):
+        return "not a JSON object"
+    dtype = d.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        return f"unknown dtype {dtype!r:.60}"
+    problem = _shape_problem(d.get("shape"))
+    if problem:
+        return problem
+    nbytes = d.get("nbytes")
+    if not _nonneg(nbytes):
+        return f"nbytes {nbytes!r:.40} is not an integer in 0..2**63-1"
+    expect = _numel(d["shape"]) * DTYPES[dtype].itemsize
+    if nbytes != expect:
+        return f"{dtype}{d['shape']} is {expect} bytes, not {nbytes}"
+    for flag in ("param", "requires_grad"):
+        if flag in d and type(d[flag]) is not bool:
+            return f"{flag} is not a boolean"
+    dt = DTYPES[dtype]
+    if d.get("requires_grad") and not (dt.is_floating_point or dt.is_complex):
+        return f"a {dtype} tensor cannot require gradients"
+    if "pack" in d:
+        if "chunks" in d:
+            return "both chunks and pack"
+        pack, offset, cid = d.get("pack"), d.get("offset"), d.get("id")
+        if not isinstance(pack, str) or not is_object_id(pack):
+            return f"pack {pack!r:.80} is not an object id"
+        if not isinstance(cid, str) or not is_object_id(cid):
+            return f"id {cid!r:.80} is not an object id"
+        if nbytes == 0:
+            return "an empty tensor in a pack"
+        if not _nonneg(offset, MAX_CHUNK_SIZE) or offset + nbytes > MAX_CHUNK_SIZE:
+            return f"pack offset {offset!r:.40} + {nbytes} bytes lies outside any pack"
+        return None
+    if "chunks" not in d:
+        return "neither chunks nor pack"
+    problem = _refs_problem(d["chunks"])
+    if problem:
+        return problem
+    total = sum(c[1] for c in d["chunks"])
+    if total != nbytes:
+        return f"chunks hold {total} bytes, not {nbytes}"
+    return None
+
+
+_FILE_KINDS = ("state", "blob")
 
 
 @dataclass
@@ -111,18 +242,63 @@ class FileEntry:
         return d
 
     @classmethod
-    def from_json(cls, d: Any, where: str) -> FileEntry:
-        try:
-            return cls(
-                path=str(d["path"]),
-                kind=str(d["kind"]),
-                format=str(d["format"]),
-                size=int(d["size"]),
-                chunks=[(str(c[0]), int(c[1])) for c in d.get("chunks", [])],
-                extra=dict(d.get("extra", {})),
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise CorruptObjectError(f"{where}: malformed file entry: {err}") from err
+    def from_json(cls, d: Any, where: str, oid: str | None = None) -> FileEntry:
+        """Parse and validate one file entry (CorruptObjectError naming ``where``)."""
+        if isinstance(d, dict):
+            path_problem = file_path_problem(d.get("path"))
+            if path_problem:
+                raise CorruptObjectError(
+                    f"{where}: file entry with an unsafe path {d.get('path')!r:.200} "
+                    f"({path_problem})",
+                    oid,
+                )
+        problem = _file_entry_problem(d)
+        if problem:
+            raise CorruptObjectError(f"{where}: malformed file entry: {problem}", oid)
+        return cls(
+            path=d["path"],
+            kind=d["kind"],
+            format=d["format"],
+            size=d["size"],
+            chunks=[(c[0], c[1]) for c in d.get("chunks", [])],
+            extra=dict(d.get("extra", {})),
+        )
+
+
+def _file_entry_problem(d: Any) -> str | None:
+    if not isinstance(d, dict):
+        return "not a JSON object"
+    path = d["path"]
+    if d.get("kind") not in _FILE_KINDS:
+        return f"{path!r}: unknown kind {d.get('kind')!r:.40}"
+    if not isinstance(d.get("format"), str) or not d["format"]:
+        return f"{path!r}: format is not a string"
+    size = d.get("size")
+    if not _nonneg(size):
+        return f"{path!r}: size {size!r:.40} is not an integer in 0..2**63-1"
+    chunks = d.get("chunks", [])
+    problem = _refs_problem(chunks)
+    if problem:
+        return f"{path!r}: {problem}"
+    total = sum(c[1] for c in chunks)
+    if d["kind"] == "blob" and total != size:
+        return f"{path!r}: chunks hold {total} bytes, not the file's {size}"
+    if total > size:
+        return f"{path!r}: chunks hold {total} bytes, more than the file's {size}"
+    extra = d.get("extra", {})
+    if not isinstance(extra, dict):
+        return f"{path!r}: extra is not a JSON object"
+    digest = extra.get("blake3")
+    if digest is not None and not (isinstance(digest, str) and is_object_id(digest)):
+        return f"{path!r}: extra.blake3 is not a hex digest"
+    meta = extra.get("metadata")
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+    ):
+        return f"{path!r}: extra.metadata does not map strings to strings"
+    if "unsafe_pickle" in extra and type(extra["unsafe_pickle"]) is not bool:
+        return f"{path!r}: extra.unsafe_pickle is not a boolean"
+    return None
 
 
 @dataclass
@@ -140,6 +316,10 @@ class Manifest:
             "tensors": [t.to_json() for t in self.tensors],
         }
         if self.files:
+            for f in self.files:  # what a reader would refuse is never written
+                problem = file_path_problem(f.path)
+                if problem:
+                    raise UsageError(f"cannot commit the file {f.path!r}: its path {problem}")
             doc["files"] = [f.to_json() for f in self.files]
         if self.dcp is not None:
             doc["dcp"] = self.dcp
@@ -147,21 +327,41 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, oid: str) -> Manifest:
+        """Parse and fully validate a manifest: every field's type, every tensor and file
+        entry, the value tree (depth-bounded) and the dcp section. CorruptObjectError names
+        ``oid`` (and the key path or file when there is one)."""
         where = f"manifest {oid}"
-        try:
-            doc = jsonenc.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CorruptObjectError(f"{where} is not valid JSON: {e}", oid) from e
+        doc = jsonenc.load_stored(data, where, oid)
         if not isinstance(doc, dict) or doc.get("type") != "manifest":
             raise CorruptObjectError(f"object {oid} is not a manifest", oid)
-        if doc.get("version") != MANIFEST_VERSION:
-            raise CorruptObjectError(f"{where} has unsupported version {doc.get('version')!r}", oid)
-        return cls(
-            tree=doc["tree"],
-            tensors=[TensorEntry.from_json(t, where) for t in doc.get("tensors", [])],
-            files=[FileEntry.from_json(f, where) for f in doc.get("files", [])],
-            dcp=doc["dcp"] if isinstance(doc.get("dcp"), dict) else None,
-        )
+        version = doc.get("version")
+        if type(version) is not int or version != MANIFEST_VERSION:
+            raise CorruptObjectError(f"{where} has unsupported version {version!r:.40}", oid)
+        for name, kind in (("tree", None), ("tensors", list), ("files", list), ("dcp", dict)):
+            if name in ("tree", "tensors") and name not in doc:
+                raise CorruptObjectError(f"{where} lacks field {name!r}", oid)
+            if kind is not None and name in doc and not isinstance(doc[name], kind):
+                raise CorruptObjectError(f"{where}: field {name!r} is not a {kind.__name__}", oid)
+        tensors = [
+            TensorEntry.from_json(t, f"{where} tensor entry {i}", oid)
+            for i, t in enumerate(doc["tensors"])
+        ]
+        files = [
+            FileEntry.from_json(f, f"{where} file entry {i}", oid)
+            for i, f in enumerate(doc.get("files", []))
+        ]
+        tree = doc["tree"]
+        try:
+            values.check_tree(tree, _leaf_checker(tensors))
+        except CorruptObjectError as e:
+            raise CorruptObjectError(f"{where}: {e}", oid, e.key_path) from None
+        _check_files(files, tree, where, oid)
+        dcp = doc.get("dcp")
+        if dcp is not None:
+            problem = _dcp_problem(dcp, tensors)
+            if problem:
+                raise CorruptObjectError(f"{where}: malformed dcp section: {problem}", oid)
+        return cls(tree=tree, tensors=tensors, files=files, dcp=dcp)
 
     def selected_tensors(
         self,
@@ -220,3 +420,181 @@ def _pickle_ids(node: Any) -> list[str]:
         elif isinstance(n, list):
             stack.extend(n)
     return out
+
+
+def _np_dtype_problem(name: Any) -> tuple[np.dtype[Any] | None, str | None]:
+    """(the numpy dtype, None) for a plain numpy dtype string as a writer records it."""
+    if not isinstance(name, str) or len(name) > 64:
+        return None, f"bad numpy dtype {name!r:.60}"
+    try:
+        dt = np.dtype(name)
+    except (TypeError, ValueError, SyntaxError):
+        return None, f"unknown numpy dtype {name!r:.60}"
+    if dt.hasobject or dt.fields is not None or dt.subdtype is not None or dt.str != name:
+        return None, f"numpy dtype {name!r:.60} is not a plain data type"
+    return dt, None
+
+
+def _leaf_checker(tensors: list[TensorEntry]) -> values.LeafCheck:
+    n = len(tensors)
+
+    def index_problem(i: Any) -> str | None:
+        if type(i) is not int or not 0 <= i < n:
+            return f"no tensor entry {i!r:.40} (the manifest has {n})"
+        return None
+
+    def check(node: list[Any], path: values.KeyPath) -> str | None:
+        tag = node[0]
+        if tag == "tensor":
+            if len(node) != 2:
+                return "malformed tensor node"
+            return index_problem(node[1])
+        if tag == "ndarray":
+            if len(node) != 4:
+                return "malformed ndarray node"
+            problem = index_problem(node[1])
+            if problem:
+                return problem
+            dt, problem = _np_dtype_problem(node[2])
+            problem = problem or _shape_problem(node[3])
+            if problem or dt is None:
+                return problem
+            e = tensors[node[1]]
+            want = _numel(node[3]) * dt.itemsize
+            if e.dtype != "uint8" or e.nbytes != want:
+                return f"array of {want} bytes stored in a {e.dtype} entry of {e.nbytes} bytes"
+            return None
+        if tag == "npscalar":
+            if len(node) != 3 or not isinstance(node[2], str):
+                return "malformed npscalar node"
+            dt, problem = _np_dtype_problem(node[1])
+            if problem or dt is None:
+                return problem
+            try:
+                raw = base64.b64decode(node[2], validate=True)
+            except (binascii.Error, ValueError):
+                return "npscalar bytes are not base64"
+            if len(raw) != dt.itemsize or dt.itemsize == 0:
+                return f"npscalar of {len(raw)} bytes for dtype {node[1]}"
+            return None
+        if tag == "dtype":
+            ok = len(node) == 2 and isinstance(node[1], str)
+            if not ok or not isinstance(getattr(torch, node[1], None), torch.dtype):
+                return f"unknown torch dtype {node[1:]!r:.60}"
+            return None
+        if tag == "device":
+            if len(node) != 2 or not isinstance(node[1], str) or len(node[1]) > MAX_DEVICE_CHARS:
+                return "malformed device node"
+            try:
+                torch.device(node[1])
+            except Exception:  # torch raises RuntimeError for unknown device strings
+                return f"unknown device {node[1]!r:.60}"
+            return None
+        if tag == "size":
+            ok = len(node) == 2 and isinstance(node[1], list) and len(node[1]) <= MAX_NDIM
+            if not ok or not all(_is_int(x) and abs(x) <= MAX_DIM for x in node[1]):
+                return "malformed size node"
+            return None
+        if tag == "pickle":
+            if len(node) != 3 or not isinstance(node[1], str) or not is_object_id(node[1]):
+                return "malformed pickle node"
+            if not isinstance(node[2], str):
+                return "malformed pickle node (type name)"
+            return None
+        return f"unknown value tag {tag!r:.40}"
+
+    return check
+
+
+def _check_files(files: list[FileEntry], tree: Any, where: str, oid: str) -> None:
+    seen: set[str] = set()
+    keys: set[str] | None = None
+    for f in files:
+        if f.path in seen:
+            raise CorruptObjectError(f"{where}: two file entries for {f.path!r}", oid)
+        seen.add(f.path)
+        if f.kind != "state":
+            continue
+        if keys is None:
+            keys = set()
+            if isinstance(tree, list) and tree[:1] in (["dict"], ["odict"]):
+                keys = {p[0] for p in tree[1] if isinstance(p[0], str)}
+        if f.path not in keys:
+            raise CorruptObjectError(
+                f"{where}: file entry {f.path!r} has no state under its key in the tree", oid
+            )
+
+
+def _ints_problem(xs: Any, what: str) -> str | None:
+    if not isinstance(xs, list) or len(xs) > MAX_NDIM or not all(_nonneg(x) for x in xs):
+        return f"{what} {xs!r:.60} is not a list of sizes"
+    return None
+
+
+def _dcp_problem(sec: dict[str, Any], tensors: list[TensorEntry]) -> str | None:
+    """The problem of a dcp section (docs/format.md section 10), or None."""
+    version = sec.get("version")
+    if type(version) is not int or version != DCP_SECTION_VERSION:
+        return f"version {version!r:.40} is not supported (this tensorvcs reads 1)"
+    items = sec.get("items")
+    if not isinstance(items, list):
+        return "items is not a list"
+    n = len(tensors)
+    for it in items:
+        if not isinstance(it, dict) or not isinstance(it.get("fqn"), str):
+            return f"item {it!r:.60} has no fqn"
+        fqn, kind = it["fqn"], it.get("kind")
+        if kind == "bytes":
+            i = it.get("tensor")
+            if type(i) is not int or not 0 <= i < n or tensors[i].dtype != "uint8":
+                return f"{fqn!r}: bytes item names no uint8 entry ({i!r:.40})"
+            continue
+        if kind != "tensor":
+            return f"{fqn!r}: unknown kind {kind!r:.40}"
+        dtype = it.get("dtype")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            return f"{fqn!r}: unknown dtype {dtype!r:.40}"
+        size: Any = it.get("size")
+        problem = _ints_problem(size, "size")
+        if problem:
+            return f"{fqn!r}: {problem}"
+        if "requires_grad" in it and type(it["requires_grad"]) is not bool:
+            return f"{fqn!r}: requires_grad is not a boolean"
+        chunks = it.get("chunks")
+        if not isinstance(chunks, list):
+            return f"{fqn!r}: chunks is not a list"
+        for ch in chunks:
+            if not isinstance(ch, dict):
+                return f"{fqn!r}: chunk {ch!r:.60} is not an object"
+            offs: Any = ch.get("offsets")
+            sizes: Any = ch.get("sizes")
+            i = ch.get("tensor")
+            problem = _ints_problem(offs, "offsets") or _ints_problem(sizes, "sizes")
+            if problem:
+                return f"{fqn!r}: {problem}"
+            if len(offs) != len(size) or len(sizes) != len(size):
+                return f"{fqn!r}: a shard of rank {len(sizes)} in a tensor of rank {len(size)}"
+            if any(o + s > g for o, s, g in zip(offs, sizes, size, strict=True)):
+                return f"{fqn!r}: the shard at {offs} lies outside the tensor {size}"
+            if type(i) is not int or not 0 <= i < n:
+                return f"{fqn!r}: shard names no tensor entry ({i!r:.40})"
+            if tensors[i].shape != sizes or tensors[i].dtype != dtype:
+                return f"{fqn!r}: shard entry {i} does not match {dtype}{sizes}"
+    if "planner_data" in sec:
+        try:
+            values.check_tree(sec["planner_data"], path=("<planner_data>",))
+        except CorruptObjectError as e:
+            return str(e)
+    meta = sec.get("storage_meta")
+    if meta is not None:
+        if not isinstance(meta, dict):
+            return "storage_meta is not an object"
+        for k in ("checkpoint_id", "save_id"):
+            if meta.get(k) is not None and not isinstance(meta[k], str):
+                return f"storage_meta.{k} is not a string"
+        mods = meta.get("modules", [])
+        if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods):
+            return "storage_meta.modules is not a list of strings"
+    if "dcp_version" in sec and not isinstance(sec["dcp_version"], str):
+        return "dcp_version is not a string"
+    return None

@@ -29,6 +29,12 @@ Node = Any
 
 CONTAINER_TAGS = ("dict", "odict", "list", "tuple", "set", "frozenset")
 SCALAR_TAGS = ("float", "bytes", "complex")
+SEQUENCE_TAGS = ("list", "tuple", "set", "frozenset")
+_SPECIAL_FLOATS = ("nan", "inf", "-inf")
+
+# The deepest nesting of containers (and of tuple dict keys) a writer stores and a reader
+# accepts (docs/format.md, "Validation limits"). It bounds every recursive walk of a tree.
+MAX_DEPTH = 100
 
 
 def path_str(path: KeyPath) -> str:
@@ -71,6 +77,12 @@ def _float_node(x: float) -> Node:
 
 def encode(value: Any, hooks: Hooks, path: KeyPath = ()) -> Node:
     """Encode ``value``; raise UnsupportedValueError naming the key path of what cannot be."""
+    if len(path) > MAX_DEPTH:
+        raise UnsupportedValueError(
+            f"cannot store the value at key path {path_str(path[:8])}/...: it is nested more "
+            f"than {MAX_DEPTH} containers deep",
+            key_path=path_str(path),
+        )
     t = type(value)
     if value is None or t is bool:
         return value
@@ -128,12 +140,18 @@ def _check_utf8(text: str, path: KeyPath) -> None:
         ) from None
 
 
-def _encode_key(key: Any, hooks: Hooks, path: KeyPath) -> Node:
+def _encode_key(key: Any, hooks: Hooks, path: KeyPath, depth: int = 0) -> Node:
     t = type(key)
     if key is None or t in (bool, str, int, float, bytes, complex):
         return encode(key, hooks, path)
     if t is tuple:
-        return ["tuple", [_encode_key(k, hooks, path) for k in key]]
+        if depth >= MAX_DEPTH:
+            raise UnsupportedValueError(
+                f"cannot store a dict key under key path {path_str(path)!r}: its tuples nest "
+                f"more than {MAX_DEPTH} deep",
+                key_path=path_str(path),
+            )
+        return ["tuple", [_encode_key(k, hooks, path, depth + 1) for k in key]]
     raise UnsupportedValueError(
         f"cannot store a dict key of type {t.__qualname__} under key path {path_str(path)!r}",
         key_path=path_str(path),
@@ -165,12 +183,23 @@ def decode(node: Node, hooks: Hooks, path: KeyPath = (), select: Select | None =
     out: dicts drop their keys, sequences drop their elements, and an emptied container is
     itself left out (``ABSENT``). A malformed tree raises CorruptObjectError."""
     try:
-        return _decode(node, hooks, path, select)
-    except (TypeError, IndexError, ValueError, KeyError, binascii.Error) as e:
+        return _decode(node, hooks, path, select, 0)
+    except (TypeError, IndexError, ValueError, KeyError, OverflowError, binascii.Error) as e:
         raise CorruptObjectError(f"malformed value tree under {path_str(path)}: {e}") from e
+    except RecursionError:
+        raise CorruptObjectError(
+            f"malformed value tree under {path_str(path)}: nested too deeply"
+        ) from None
 
 
-def _decode(node: Node, hooks: Hooks, path: KeyPath, select: Select | None) -> Any:
+def _too_deep(path: KeyPath) -> CorruptObjectError:
+    return CorruptObjectError(
+        f"malformed value tree at {path_str(path[:8])}/...: containers nest more than "
+        f"{MAX_DEPTH} deep"
+    )
+
+
+def _decode(node: Node, hooks: Hooks, path: KeyPath, select: Select | None, depth: int) -> Any:
     if node is None or type(node) in (bool, str, int, float):
         if select is not None and not select(path):
             return ABSENT
@@ -178,22 +207,24 @@ def _decode(node: Node, hooks: Hooks, path: KeyPath, select: Select | None) -> A
     if not isinstance(node, list) or not node or not isinstance(node[0], str):
         raise CorruptObjectError(f"malformed value node at {path_str(path)}: {node!r:.80}")
     tag = node[0]
+    if tag in CONTAINER_TAGS and depth >= MAX_DEPTH:
+        raise _too_deep(path)
     if tag in ("dict", "odict"):
         out: dict[Any, Any] = {} if tag == "dict" else OrderedDict()
         for pair in node[1]:
             key = _decode_key(pair[0], path)
-            v = _decode(pair[1], hooks, (*path, key), select)
+            v = _decode(pair[1], hooks, (*path, key), select, depth + 1)
             if v is not ABSENT:
                 out[key] = v
         if len(node) > 2:
-            meta = _decode(node[2], hooks, (*path, "<_metadata>"), None)
+            meta = _decode(node[2], hooks, (*path, "<_metadata>"), None, depth + 1)
             if isinstance(out, OrderedDict):
                 out._metadata = meta  # type: ignore[attr-defined]
         if select is not None and not out and (node[1] or not select(path)):
             return ABSENT
         return out
-    if tag in ("list", "tuple", "set", "frozenset"):
-        items = [_decode(v, hooks, (*path, i), select) for i, v in enumerate(node[1])]
+    if tag in SEQUENCE_TAGS:
+        items = [_decode(v, hooks, (*path, i), select, depth + 1) for i, v in enumerate(node[1])]
         kept = [v for v in items if v is not ABSENT]
         if select is not None and not kept and (node[1] or not select(path)):
             return ABSENT
@@ -209,22 +240,160 @@ def _decode(node: Node, hooks: Hooks, path: KeyPath, select: Select | None) -> A
     return hooks.decode_leaf(node, path)
 
 
-def _decode_key(node: Node, path: KeyPath) -> Any:
+def _decode_key(node: Node, path: KeyPath, depth: int = 0) -> Any:
     if isinstance(node, list) and node and node[0] == "tuple":
-        return tuple(_decode_key(k, path) for k in node[1])
+        if depth >= MAX_DEPTH:
+            raise _too_deep(path)
+        return tuple(_decode_key(k, path, depth + 1) for k in node[1])
     return decode(node, Hooks(), path)
 
 
+def _malformed(node: Any) -> CorruptObjectError:
+    return CorruptObjectError(f"malformed container node {node!r:.80}")
+
+
 def walk_leaves(node: Node, path: KeyPath = ()) -> Any:
-    """Yield (path, node) for every leaf node (scalars and tagged leaves), in order."""
-    if isinstance(node, list) and node and isinstance(node[0], str):
-        tag = node[0]
-        if tag in ("dict", "odict"):
-            for pair in node[1]:
-                yield from walk_leaves(pair[1], (*path, _decode_key(pair[0], path)))
-            return
-        if tag in ("list", "tuple", "set", "frozenset"):
-            for i, v in enumerate(node[1]):
-                yield from walk_leaves(v, (*path, i))
-            return
-    yield path, node
+    """Yield (path, node) for every leaf node (scalars and tagged leaves), in order. Iterative:
+    a tree of any depth is walked without recursion; a malformed container node raises
+    CorruptObjectError."""
+    stack: list[Any] = [iter([(path, node)])]
+    while stack:
+        nxt = next(stack[-1], None)
+        if nxt is None:
+            stack.pop()
+            continue
+        p, n = nxt
+        if isinstance(n, list) and n and isinstance(n[0], str) and n[0] in CONTAINER_TAGS:
+            if len(n) < 2 or not isinstance(n[1], list):
+                raise _malformed(n)
+            if n[0] in ("dict", "odict"):
+                stack.append(_dict_children(n[1], p))
+            else:
+                stack.append(_seq_children(n[1], p))
+            continue
+        yield p, n
+
+
+def _seq_children(items: list[Any], path: KeyPath) -> Any:
+    for i, v in enumerate(items):
+        yield (*path, i), v
+
+
+def _dict_children(pairs: list[Any], path: KeyPath) -> Any:
+    for pair in pairs:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _malformed(pair)
+        yield (*path, _decode_key(pair[0], path)), pair[1]
+
+
+# -- validation of stored trees ------------------------------------------------------------
+LeafCheck = Callable[[list[Any], KeyPath], str | None]
+
+
+def _no_leaves(node: list[Any], path: KeyPath) -> str | None:
+    return f"unknown value tag {node[0]!r}"
+
+
+def _float_problem(node: Any) -> str | None:
+    if type(node) is int:
+        return None if abs(node) < 1 << 1024 else "an integer too large for a float"
+    if type(node) is float:
+        return None if math.isfinite(node) else "a non-finite float written as a number"
+    if isinstance(node, list) and len(node) == 2 and node[0] == "float":
+        return None if node[1] in _SPECIAL_FLOATS else f"bad float node {node!r:.60}"
+    return f"bad float node {node!r:.60}"
+
+
+def _scalar_problem(node: list[Any]) -> str | None:
+    """The problem of a tagged scalar node (float, bytes, complex), or None."""
+    tag = node[0]
+    if tag == "float":
+        return _float_problem(node)
+    if tag == "bytes":
+        if len(node) != 2 or not isinstance(node[1], str):
+            return f"bad bytes node {node!r:.60}"
+        try:
+            base64.b64decode(node[1], validate=True)
+        except (binascii.Error, ValueError):
+            return "a bytes node that is not base64"
+        return None
+    if len(node) != 3:  # complex
+        return f"bad complex node {node!r:.60}"
+    return _float_problem(node[1]) or _float_problem(node[2])
+
+
+def _key_problem(node: Any) -> str | None:
+    """The problem of a dict key node (scalars and tuples of them; iterative), or None."""
+    stack = [(node, 0)]
+    while stack:
+        n, depth = stack.pop()
+        if n is None or type(n) in (bool, str, int):
+            continue
+        if type(n) is float:
+            if not math.isfinite(n):
+                return "a non-finite float written as a number"
+            continue
+        if not isinstance(n, list) or not n or not isinstance(n[0], str):
+            return f"bad dict key {n!r:.60}"
+        if n[0] == "tuple":
+            if len(n) != 2 or not isinstance(n[1], list):
+                return f"bad tuple key {n!r:.60}"
+            if depth >= MAX_DEPTH:
+                return f"a tuple key nested more than {MAX_DEPTH} deep"
+            stack.extend((k, depth + 1) for k in n[1])
+        elif n[0] in SCALAR_TAGS:
+            problem = _scalar_problem(n)
+            if problem:
+                return problem
+        else:
+            return f"bad dict key {n!r:.60}"
+    return None
+
+
+def check_tree(node: Node, leaf_check: LeafCheck = _no_leaves, path: KeyPath = ()) -> None:
+    """Validate a stored value tree completely, without recursion: every node well-formed,
+    containers nested at most MAX_DEPTH deep, tagged leaves accepted by ``leaf_check``
+    (which returns a problem, or None). Raises CorruptObjectError naming the key path."""
+    stack: list[tuple[Any, KeyPath, int]] = [(node, path, 0)]
+    while stack:
+        n, p, depth = stack.pop()
+        problem = None
+        if n is None or type(n) in (bool, str, int):
+            continue
+        if type(n) is float:
+            if math.isfinite(n):
+                continue
+            problem = "a non-finite float written as a number"
+        elif not isinstance(n, list) or not n or not isinstance(n[0], str):
+            problem = f"malformed value node {n!r:.80}"
+        elif n[0] in CONTAINER_TAGS:
+            tag = n[0]
+            arity_ok = len(n) == 2 or (tag == "odict" and len(n) == 3)
+            if not arity_ok or not isinstance(n[1], list):
+                problem = f"malformed {tag} node"
+            elif depth >= MAX_DEPTH:
+                problem = f"containers nested more than {MAX_DEPTH} deep"
+            elif tag in ("dict", "odict"):
+                children = []
+                for pair in n[1]:
+                    if not isinstance(pair, list) or len(pair) != 2:
+                        problem = f"malformed {tag} item {pair!r:.60}"
+                        break
+                    problem = _key_problem(pair[0])
+                    if problem:
+                        break
+                    children.append((pair[1], (*p, _decode_key(pair[0], p)), depth + 1))
+                if len(n) == 3 and not problem:
+                    children.append((n[2], (*p, "<_metadata>"), depth + 1))
+                stack.extend(reversed(children))
+            else:
+                stack.extend(reversed([(v, (*p, i), depth + 1) for i, v in enumerate(n[1])]))
+        elif n[0] in SCALAR_TAGS:
+            problem = _scalar_problem(n)
+        else:
+            problem = leaf_check(n, p)
+        if problem:
+            where = path_str(p)
+            raise CorruptObjectError(
+                f"malformed value tree at key path {where!r}: {problem}", key_path=where
+            )

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import history, maintenance
 from ..errors import TensorVCSError, UsageError
 from ..manager import DEFAULT_TAG, STATE_KEY, AsyncCommitter, CheckpointManager, plain_metrics
 from ..refs import check_ref_name
@@ -114,6 +115,7 @@ class IOMixin:
         self.allow_pickle = allow_pickle
         self._committer = AsyncCommitter(async_commit, "tvcs-lightning-io")
         self._drops_since_gc = 0
+        self._forget: set[str] = set()  # commits dropped since the last gc
 
     # -- paths and refs ---------------------------------------------------------------------
     def tag_for(self, path: str | os.PathLike[str]) -> str:
@@ -220,12 +222,14 @@ class IOMixin:
         if IO_MARKER not in self.repo.get_commit(oid).metadata:
             return  # not a commit this plugin wrote
         try:
-            self.repo.drop([oid], branch=self.branch)
+            mapping = history.drop(self.repo, [oid], branch=self.branch)
         except UsageError:
             return  # not on the branch's first-parent history: leave it
+        self._forget.update(mapping)  # the user asked for it to go: its reflog entries too
         self._drops_since_gc += 1
         if self.gc_every and self._drops_since_gc >= self.gc_every:
-            self.repo.gc()
+            maintenance.gc(self.repo, prune="now", forget=self._forget)
+            self._forget.clear()
             self._drops_since_gc = 0
 
     def teardown(self) -> None:
@@ -365,6 +369,15 @@ class CallbackMixin:
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self.manager.wait()
+
+    def latest_ckpt_path(self) -> str | None:
+        """The commit id of the newest complete checkpoint on this callback's branch
+        (``CheckpointManager.latest``: never a tag a crash left pointing at an incomplete
+        or dropped checkpoint), for ``trainer.fit(model, ckpt_path=...)`` with
+        ``TVCSCheckpointIO`` in the plugins; None when there is none yet, and ``fit`` then
+        starts fresh."""
+        newest = self.manager.latest()
+        return newest.commit if newest is not None else None
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":

@@ -10,12 +10,13 @@ that is installed (``tensorvcs.integrations.pytorch_lightning`` always binds to 
     from tensorvcs.integrations.lightning import TVCSCheckpoint, TVCSCheckpointIO
 
     repo = tv.Repo.init("run")
+    ckpt = TVCSCheckpoint(repo, every_n_steps=100, keep=[tv.KeepLast(3)])
     trainer = L.Trainer(
         plugins=[TVCSCheckpointIO(repo)],          # ModelCheckpoint saves into the store
-        callbacks=[ModelCheckpoint(dirpath="ckpts", monitor="val_loss", save_top_k=2),
-                   TVCSCheckpoint(repo, every_n_steps=100, keep=[tv.KeepLast(3)])],
+        callbacks=[ModelCheckpoint(dirpath="ckpts", monitor="val_loss", save_top_k=2), ckpt],
     )
-    trainer.fit(model, ckpt_path="step-300")       # resume from a tag, a commit or a path
+    trainer.fit(model, ckpt_path=ckpt.latest_ckpt_path())  # the newest complete checkpoint
+    trainer.fit(model, ckpt_path="step-300")       # or a tag, a commit or a path
 
 ``TVCSCheckpointIO``: ``save_checkpoint(checkpoint, path)`` commits the checkpoint dict and tags
 the commit with a tag derived from ``path`` (``ckpt/<path relative to the repository, no
@@ -30,7 +31,9 @@ every N *real* optimizer steps (counted by a post-step hook on each optimizer, s
 optimization with ``opt.step()`` anywhere, e.g. in ``on_train_batch_end``, is counted), in a
 background thread, with retention policies. With ``save_weights_only=True`` it commits
 weights-only checkpoints, and on resume it supplies fresh optimizer/scheduler states where
-Lightning would raise ``KeyError: 'optimizer_states'``.
+Lightning would raise ``KeyError: 'optimizer_states'``. ``latest_ckpt_path()`` is the newest
+complete checkpoint on its branch (None when there is none: ``fit`` starts fresh), even after
+a kill in the middle of a commit.
 """
 
 from __future__ import annotations

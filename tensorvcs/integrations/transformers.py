@@ -11,7 +11,9 @@ PEFT adapter, a ``save_pretrained`` folder) and check them out again.
     cb = TVCSTrainerCallback(repo, keep=[tv.KeepLast(2), tv.KeepBest("eval_loss")])
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb])
     trainer.train()
-    # later, or elsewhere: resume from any tag or commit
+    # later: resume from the newest complete checkpoint (None when there is none yet)
+    trainer.train(resume_from_checkpoint=cb.checkout_latest("resume/"))
+    # or from any tag or commit
     trainer.train(resume_from_checkpoint=checkout_to_dir(repo, "step-400", "resume/"))
 
 A folder is committed as the state ``{"files": {relative path: entry}}``, each entry one of:
@@ -277,6 +279,16 @@ class TVCSTrainerCallback(TrainerCallback):
         """``checkout_to_dir`` after waiting for the commit in flight."""
         self.manager.wait()
         return checkout_to_dir(self.repo, rev, path)
+
+    def checkout_latest(self, path: str | os.PathLike[str]) -> str | None:
+        """Write the newest complete checkpoint on the branch (``CheckpointManager.latest``:
+        never a tag a crash left behind) into ``path`` and return ``path``; None when there
+        is none yet. ``trainer.train(resume_from_checkpoint=cb.checkout_latest("resume"))``
+        resumes a run, or starts it fresh."""
+        newest = self.manager.latest()
+        if newest is None:
+            return None
+        return checkout_to_dir(self.repo, newest.commit, path)
 
     def close(self) -> None:
         self.manager.close()

@@ -150,10 +150,15 @@ class _Sink:
         self.h = blake3.blake3()
         self.progress = progress
         self.size = 0
+        self.error: OSError | None = None
 
     def write(self, data: Any) -> None:
         mv = memoryview(data).cast("B")
-        self.fp.write(mv)
+        try:
+            self.fp.write(mv)
+        except OSError as e:  # kept: torch.save turns it into a RuntimeError without errno
+            self.error = e
+            raise
         self.h.update(mv)
         self.size += mv.nbytes
         if self.progress is not None:
@@ -278,8 +283,15 @@ def write_safetensors_converted(
 
 
 def write_pt(obj: Any, fp: IO[bytes], progress: Progress | None = None) -> str:
+    """torch.save ``obj`` into ``fp``; a failed write raises the OSError itself (ENOSPC...),
+    not torch's "[enforce fail at inline_container.cc] ... file write failed"."""
     sink = _Sink(fp, progress)
-    torch.save(obj, sink)  # type: ignore[arg-type]
+    try:
+        torch.save(obj, sink)  # type: ignore[arg-type]
+    except RuntimeError as e:
+        if sink.error is not None:
+            raise sink.error from e
+        raise
     return sink.digest()
 
 

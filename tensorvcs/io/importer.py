@@ -86,7 +86,9 @@ class CommitResult:
 
 def collect(root: Path, args: Sequence[str | os.PathLike[str]]) -> list[InputFile]:
     """The files named by ``args`` (directories: every file below them, except ``.tvcs``),
-    sorted by path. Errors: a missing path, a path outside the repository."""
+    sorted by path. Errors: a missing path, a path outside the repository, a symbolic link
+    (named, met in a folder, or on the way to a named path: links are never followed, so a
+    commit holds only files of the work tree)."""
     root = root.resolve()
     found: dict[str, InputFile] = {}
 
@@ -100,19 +102,30 @@ def collect(root: Path, args: Sequence[str | os.PathLike[str]]) -> list[InputFil
             return
         if not rel.parts:
             raise UsageError(f"{p}: is the repository root, not a file")
+        _refuse_links(root, rel, p)
         found[rel.as_posix()] = InputFile(ap, rel.as_posix(), ap.stat().st_size)
 
     for arg in args:
         p = Path(arg)
-        if not p.exists():
+        if p.is_symlink() or not p.exists():
+            if p.is_symlink():
+                raise _link_error(p, p)
             raise NotFoundError(f"{arg}: no such file or directory")
         if p.is_dir():
-            if _inside(p, root) and REPO_DIR in Path(os.path.abspath(p)).relative_to(root).parts:
-                continue
+            if _inside(p, root):
+                rel = Path(os.path.abspath(p)).relative_to(root)
+                if REPO_DIR in rel.parts:
+                    continue
+                _refuse_links(root, rel, p)
             for dirpath, dirnames, filenames in os.walk(p):
+                for d in dirnames:  # os.walk lists linked folders here but never enters them
+                    if d != REPO_DIR and os.path.islink(os.path.join(dirpath, d)):
+                        raise _link_error(Path(dirpath) / d, p)
                 dirnames[:] = sorted(d for d in dirnames if d != REPO_DIR)
                 for fn in filenames:
                     fp = Path(dirpath) / fn
+                    if fp.is_symlink():
+                        raise _link_error(fp, p)
                     if fp.is_file():
                         add(fp)
         elif p.is_file():
@@ -120,6 +133,37 @@ def collect(root: Path, args: Sequence[str | os.PathLike[str]]) -> list[InputFil
         else:
             raise UsageError(f"{arg}: not a regular file or directory")
     return [found[k] for k in sorted(found)]
+
+
+def _refuse_links(root: Path, rel: Path, arg: Path) -> None:
+    """UsageError when a component of ``root/rel`` below ``root`` is a symbolic link."""
+    here = root
+    for part in rel.parts:
+        here = here / part
+        if here.is_symlink():
+            raise _link_error(here, arg)
+
+
+def _link_error(link: Path, arg: Path) -> UsageError:
+    try:
+        target = f" (-> {os.readlink(link)})"
+    except OSError:
+        target = ""
+    shown = _shown(link)
+    la, aa = Path(os.path.abspath(link)), Path(os.path.abspath(arg))
+    where = f" on the way to {arg}" if aa != la and aa.is_relative_to(la) else ""
+    return UsageError(
+        f"{shown}: is a symbolic link{target}{where}; commit does not follow symbolic "
+        "links: commit the file it points to by its own path inside the repository, or "
+        "replace the link with a copy"
+    )
+
+
+def _shown(p: Path) -> str:
+    try:
+        return os.path.relpath(p)
+    except ValueError:
+        return str(p)
 
 
 def _inside(p: Path, root: Path) -> bool:

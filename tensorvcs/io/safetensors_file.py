@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputFileError
+from ..errors import CorruptObjectError, InputFileError
 
 MAX_HEADER = 100 << 20  # the reference implementation's limit
+MAX_SIZE = (1 << 63) - 1  # a dimension, an offset, a tensor's bytes
 
 # safetensors dtype name -> torch dtype (only those this torch has)
 _NAMES = {
@@ -119,19 +120,40 @@ def read_layout(path: str | os.PathLike[str]) -> Layout:
             isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
         ):
             raise ValueError("__metadata__ must map strings to strings")
-        specs = []
-        for name, info in doc.items():
-            dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-            if not (isinstance(dtype, str) and isinstance(shape, list) and len(offs) == 2):
-                raise ValueError(f"tensor {name!r}: malformed entry")
-            if not all(type(x) is int and x >= 0 for x in [*shape, *offs]) or offs[1] < offs[0]:
-                raise ValueError(f"tensor {name!r}: bad shape or offsets")
-            specs.append(TensorSpec(name, dtype, list(shape), offs[0], offs[1]))
+        specs = _specs(doc)
+        for s in specs:
+            if math.prod(s.shape) > MAX_SIZE:
+                raise ValueError(f"tensor {s.name!r}: shape {s.shape} is too large")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise InputFileError(f"{path}: not a valid safetensors header: {e}") from None
+    except RecursionError:
+        raise InputFileError(
+            f"{path}: not a valid safetensors header: its JSON nests too deeply"
+        ) from None
     layout = Layout(head + raw, metadata, specs, size)
     layout.problem = _tiling_problem(layout)
     return layout
+
+
+def _specs(doc: dict[str, Any]) -> list[TensorSpec]:
+    """The tensor entries of a parsed header (``__metadata__`` removed); ValueError names the
+    first malformed one."""
+    specs = []
+    for name, info in doc.items():
+        if not isinstance(info, dict):
+            raise ValueError(f"tensor {name!r}: malformed entry")
+        dtype: Any = info.get("dtype")
+        shape: Any = info.get("shape")
+        offs: Any = info.get("data_offsets")
+        ok = isinstance(dtype, str) and isinstance(shape, list) and isinstance(offs, list)
+        if not ok or len(offs) != 2:
+            raise ValueError(f"tensor {name!r}: malformed entry")
+        if not all(type(x) is int and 0 <= x <= MAX_SIZE for x in [*shape, *offs]):
+            raise ValueError(f"tensor {name!r}: bad shape or offsets")
+        if offs[1] < offs[0]:
+            raise ValueError(f"tensor {name!r}: bad shape or offsets")
+        specs.append(TensorSpec(name, dtype, list(shape), offs[0], offs[1]))
+    return specs
 
 
 def _tiling_problem(layout: Layout) -> str | None:
@@ -200,13 +222,26 @@ def make_header(
     return struct.pack("<Q", len(text)) + text
 
 
-def header_order(header: bytes) -> list[tuple[str, int, int]]:
-    """(name, begin, end) of the tensors of a stored header, in data order."""
-    (n,) = struct.unpack_from("<Q", header, 0)
-    doc = json.loads(header[8 : 8 + n].decode("utf-8"))
-    items = [
-        (k, int(v["data_offsets"][0]), int(v["data_offsets"][1]))
-        for k, v in doc.items()
-        if k != "__metadata__"
-    ]
+def header_order(
+    header: bytes, where: str = "stored safetensors header"
+) -> list[tuple[str, int, int]]:
+    """(name, begin, end) of the tensors of a stored header, in data order. A header that
+    does not parse is CorruptObjectError naming ``where`` (the file entry's path)."""
+    try:
+        if len(header) < 8:
+            raise ValueError(f"{len(header)} bytes, shorter than its length field")
+        (n,) = struct.unpack_from("<Q", header, 0)
+        if n > MAX_HEADER or 8 + n > len(header):
+            raise ValueError(f"header length {n} does not fit the {len(header)} stored bytes")
+        doc = json.loads(header[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
+        if not isinstance(doc, dict):
+            raise ValueError("the header is not a JSON object")
+        doc.pop("__metadata__", None)
+        items = [(s.name, s.begin, s.end) for s in _specs(doc)]
+    except (ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError is a ValueError
+        raise CorruptObjectError(f"{where}: not a valid safetensors header: {e}") from None
+    except RecursionError:
+        raise CorruptObjectError(
+            f"{where}: not a valid safetensors header: its JSON nests too deeply"
+        ) from None
     return sorted(items, key=lambda x: (x[1], x[2]))

@@ -12,8 +12,10 @@ Loading never runs code from the file unless the caller opted in (``--unsafe-pic
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -87,12 +89,12 @@ def load(
             )
     except pickle.UnpicklingError as e:
         if not unsafe_pickle and "Weights only load failed" in str(e):
-            raise _refusal(shown, e) from None
+            raise _corrupt_or_refused(path, kind, shown, e) from None
         raise InputFileError(f"{shown}: corrupt torch file ({_first_line(e)})") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
         text = str(e)
         if not unsafe_pickle and "weights_only" in text and "Weights only load failed" in text:
-            raise _refusal(shown, e) from None
+            raise _corrupt_or_refused(path, kind, shown, e) from None
         raise InputFileError(f"{shown}: cannot read torch file ({_first_line(e)})") from None
     except Exception as e:
         if unsafe_pickle:
@@ -100,7 +102,48 @@ def load(
                 f"{shown}: loading with --unsafe-pickle failed: {type(e).__name__}: "
                 f"{_first_line(e)}"
             ) from None
-        raise
+        # the restricted unpickler fails on garbage with IndexError, KeyError, ...
+        raise InputFileError(
+            f"{shown}: corrupt torch file ({type(e).__name__}: {_first_line(e)})"
+        ) from None
+
+
+def _corrupt_or_refused(
+    path: str | os.PathLike[str], kind: str, shown: str, err: Exception
+) -> InputFileError | UnsupportedValueError:
+    """torch.load(weights_only=True) says "Weights only load failed" both for a pickle that
+    needs code and for bytes that are no pickle at all. A pickle stream that does not parse
+    (pickletools reads opcodes, runs nothing) is a corrupt file, not an unsafe one."""
+    problem = _malformed_pickle(path, kind)
+    if problem is not None:
+        return InputFileError(f"{shown}: corrupt torch file (its pickle is malformed: {problem})")
+    return _refusal(shown, err)
+
+
+LEGACY_PICKLES = 5  # magic number, protocol, sys info, the object, the storage keys
+
+
+def _malformed_pickle(path: str | os.PathLike[str], kind: str) -> str | None:
+    """Why the pickle stream(s) of a torch file do not parse, or None when they do."""
+    try:
+        if kind == TORCH_ZIP:
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+                if not names:
+                    return "no data.pkl record"
+                data = z.read(names[0])
+            f: Any = io.BytesIO(data)
+            count = 1
+        else:
+            f = open(path, "rb")  # noqa: SIM115 (closed below)
+            count = LEGACY_PICKLES
+        with f:
+            for _ in range(count):
+                for _op in pickletools.genops(f):
+                    pass
+    except Exception as e:  # ValueError (bad opcode, truncated), zipfile errors...
+        return _first_line(e)
+    return None
 
 
 def _first_line(e: BaseException) -> str:

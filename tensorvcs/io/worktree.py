@@ -10,6 +10,7 @@ history; deleting it only makes checkout more cautious.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -19,11 +20,14 @@ from typing import TYPE_CHECKING
 
 import blake3
 
+from ..errors import CorruptObjectError, OverwriteError
+
 if TYPE_CHECKING:
     from ..repo import Repo
 
 BLOCK = 8 << 20
 INDEX = "worktree.json"
+REPO_DIR = ".tvcs"
 MAX_ENTRIES = 10000
 
 
@@ -70,6 +74,8 @@ class WorktreeIndex:
             "how": how,
             "time": int(time.time()),
         }
+        while len(self.entries) > MAX_ENTRIES:
+            del self.entries[next(iter(self.entries))]
 
     def wrote(self, digest: str, path: Path, commit: str, how: str) -> bool:
         """True when checkout wrote exactly this content at ``path`` from ``commit`` with the
@@ -81,14 +87,91 @@ class WorktreeIndex:
             and e.get("commit") == commit
             and e.get("how") == how
         )
-        while len(self.entries) > MAX_ENTRIES:
-            del self.entries[next(iter(self.entries))]
 
-    def save(self) -> None:
-        self.tmp.mkdir(parents=True, exist_ok=True)
+    def save(self) -> bool:
+        """Write the index; False (and nothing raised) when it cannot be written — a
+        read-only repository, a full disk: it is a cache, and losing it only makes the next
+        checkout more cautious."""
         tmp = self.tmp / f"worktree-{os.getpid()}.json"
-        tmp.write_text(json.dumps({"version": 1, "written": self.entries}), "utf-8")
-        os.replace(tmp, self.path)
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"version": 1, "written": self.entries}), "utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return False
+        return True
+
+
+# -- where checkout may write -----------------------------------------------------------------
+def check_recorded_path(path: object) -> str:
+    """A file path a commit recorded, checked before checkout writes there: a non-empty,
+    relative, '/'-separated path without empty, '.' or '..' parts and not in a ``.tvcs``
+    folder. Anything else is CorruptObjectError (commit never records such a path: the
+    manifest was made by something else)."""
+    why = None
+    if not isinstance(path, str) or not path:
+        why = "empty or not a string"
+    elif "\0" in path:
+        why = "contains a NUL byte"
+    elif "\\" in path:
+        why = "contains a backslash"
+    elif path.startswith("/") or (os.name == "nt" and ":" in path):
+        why = "absolute"
+    else:
+        parts = path.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            why = "has an empty, '.' or '..' part"
+        elif any(p.lower() == REPO_DIR for p in parts):
+            why = f"is inside a {REPO_DIR} folder"
+    if why is not None:
+        raise CorruptObjectError(
+            f"the commit records a file path checkout refuses to write: {path!r} ({why})"
+        )
+    return path  # type: ignore[return-value]
+
+
+def safe_destination(base: Path, rel: str, repo_dir: Path) -> Path:
+    """``base / rel`` for a recorded path ``rel`` (checked with ``check_recorded_path``), after
+    making sure that writing it stays inside ``base``: no folder on the way may be a symbolic
+    link that leads out of ``base`` or into the repository's ``repo_dir`` (OverwriteError).
+    The destination itself may be a link: checkout replaces it, never writes through it."""
+    check_recorded_path(rel)
+    dest = base / rel
+    top = base.resolve()
+    store = repo_dir.resolve()
+    parent = dest.parent.resolve()  # follows every link on the way, existing or dangling
+    if not parent.is_relative_to(top) or parent.is_relative_to(store):
+        into = (
+            f"into the repository's {REPO_DIR} folder"
+            if parent.is_relative_to(store)
+            else f"out of {top}"
+        )
+        link = _first_link(base, dest.parent)
+        if link is None:
+            raise OverwriteError(f"{rel}: checkout refuses to write {into}")
+        raise OverwriteError(
+            f"{rel}: checkout refuses to write through the symbolic link {_shown(link)} "
+            f"(-> {os.readlink(link)}), which leads {into}"
+        )
+    return dest
+
+
+def _shown(p: Path) -> str:
+    try:
+        return os.path.relpath(p)
+    except ValueError:
+        return str(p)
+
+
+def _first_link(base: Path, folder: Path) -> Path | None:
+    here = base
+    for part in folder.relative_to(base).parts:
+        here = here / part
+        if here.is_symlink():
+            return here
+    return None
 
 
 def committed_digests(repo: Repo, commits: Iterable[str]) -> set[str]:

@@ -52,6 +52,13 @@ class Store(ABC):
     @abstractmethod
     def size(self, name: str) -> int: ...
 
+    def mtime(self, name: str) -> float | None:
+        """When ``name`` was last written (POSIX seconds), or None if the store cannot tell
+        (gc then treats the file as old). FileNotFoundError if absent."""
+        if not self.exists(name):
+            raise FileNotFoundError(name)
+        return None
+
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Names of files under the folder ``prefix`` (recursively), in no set order."""

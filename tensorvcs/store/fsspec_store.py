@@ -99,6 +99,18 @@ class FsspecStore(Store):
             raise FileNotFoundError(name)
         return int(info["size"])
 
+    def mtime(self, name: str) -> float | None:
+        info = self.fs.info(self._path(name))
+        if info.get("type") != "file":
+            raise FileNotFoundError(name)
+        for key in ("mtime", "LastModified", "last_modified", "created"):
+            v = info.get(key)
+            if isinstance(v, int | float):
+                return float(v)
+            if hasattr(v, "timestamp"):
+                return float(v.timestamp())
+        return None
+
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -109,6 +110,9 @@ class LocalStore(Store):
     def size(self, name: str) -> int:
         return self._path(name).stat().st_size
 
+    def mtime(self, name: str) -> float | None:
+        return self._path(name).stat().st_mtime
+
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
@@ -124,12 +128,35 @@ class LocalStore(Store):
         self._mark_dirty(path.parent)
 
     def append(self, name: str, data: bytes) -> None:
+        """Append ``data`` durably. The file is line-oriented (reflogs): a tail a crash left
+        without its newline (a torn line) is cut off first, so a torn line is only ever the
+        last one; a short ``write`` is continued until all of ``data`` is written, and an
+        append that fails half-way is undone (truncated back) before the error is raised."""
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # torn: cut after the last newline
+                while size > 0:
+                    start = max(0, size - 4096)
+                    i = os.pread(fd, size - start, start).rfind(b"\n")
+                    size = start + i + 1 if i >= 0 else start
+                    if i >= 0:
+                        break
+                os.ftruncate(fd, size)
+            view = memoryview(data)
+            try:
+                while view:
+                    n = os.write(fd, view)
+                    if n <= 0:
+                        raise OSError(errno.EIO, f"append to {name} wrote nothing")
+                    view = view[n:]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
 

@@ -7,17 +7,22 @@ object (same id, same content); reads verify the content hash unless told not to
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptObjectError, ObjectNotFoundError
+from ..errors import CorruptObjectError, ObjectNotFoundError, TensorVCSError
 from ..format import codecs, envelope
+from ..format.config import MAX_DELTA_CHAIN
 from ..format.ids import Buffer, check_object_id, is_object_id, object_id
 from .base import Store
 
 OBJECTS = "objects"
-HEAD_BYTES = 4096  # enough for any envelope header and its codec parameters
+HEAD_BYTES = 4096  # enough for nearly every envelope header and its codec parameters
+
+# one link of a delta chain: (object id, its header, its stored file or None)
+_Link = tuple[str, envelope.Header, Any]
 
 
 def object_name(oid: str) -> str:
@@ -74,16 +79,19 @@ class ObjectStore:
             data = self.store.get_head(object_name(oid), HEAD_BYTES)
         except FileNotFoundError:
             raise ObjectNotFoundError(f"object {oid} is missing from the store", oid) from None
-        if len(data) >= envelope.HEADER_SIZE and envelope.header_span(data) > len(data):
-            data = self.store.get(object_name(oid))
+        if len(data) >= envelope.HEADER_SIZE:
+            span = envelope.header_span(data)
+            if len(data) < span <= envelope.HEADER_SIZE + envelope.MAX_PARAMS:
+                data = self.store.get_head(object_name(oid), span)
         return envelope.read_header(data, oid)
 
     def read(self, oid: str, *, verify: bool = True) -> tuple[envelope.Header, np.ndarray]:
         """Decode ``oid``; its content must hash to ``oid`` (CorruptObjectError otherwise)."""
         data = self.raw(oid)
         h = envelope.read_header(data, oid)
+        links = self._links(oid, h, data)
         out = envelope.allocate(h, oid)
-        self._decode(oid, data, h, out, verify)
+        self._decode(links, out, verify)
         return h, out
 
     def read_bytes(self, oid: str) -> bytes:
@@ -97,56 +105,150 @@ class ObjectStore:
             raise CorruptObjectError(
                 f"object {oid} holds {h.length} bytes where {out.nbytes} were expected", oid
             )
-        self._decode(oid, data, h, out, verify)
+        self._decode(self._links(oid, h, data), out, verify)
         return h
 
-    def _decode(
-        self, oid: str, data: bytes, h: envelope.Header, out: np.ndarray, verify: bool
-    ) -> None:
-        payload = memoryview(data)[h.payload_offset :]
-        if h.codec == codecs.CODEC_DELTA:
-            base = _base_id(oid, h)
-            # The base is decoded unverified: the final hash covers the whole chain. Only on
-            # a mismatch is the chain walked again to name the object that is wrong.
-            try:
-                self.read_into(base, out, verify=False)
-            except CorruptObjectError:
-                self.read(base)  # raises naming the base (or one below it), if it is corrupt
+    def _links(self, oid: str, h: envelope.Header, data: bytes) -> list[_Link]:
+        """The delta chain of ``oid`` with every object's stored file, each checked to fit its
+        header before anything is allocated."""
+        links = self._walk(oid, (h, data), self._fetch)
+        for o, lh, ldata in links:
+            envelope.check_fits(lh, memoryview(ldata)[lh.payload_offset :], o)
+        return links
+
+    def _fetch(self, oid: str) -> tuple[envelope.Header, Any]:
+        data = self.raw(oid)
+        return envelope.read_header(data, oid), data
+
+    def _fetch_header(self, oid: str) -> tuple[envelope.Header, Any]:
+        return self.header(oid), None
+
+    def _walk(
+        self,
+        oid: str,
+        first: tuple[envelope.Header, Any] | None,
+        fetch: Callable[[str], tuple[envelope.Header, Any]],
+        stop: Callable[[str], bool] | None = None,
+    ) -> list[_Link]:
+        """Follow ``oid``'s delta bases down to a self-contained object, iteratively: a chain
+        that loops, or is longer than MAX_DELTA_CHAIN deltas, or whose bases do not have the
+        same length, is CorruptObjectError naming ``oid``; a missing base is
+        ObjectNotFoundError naming the base. ``stop(base)`` true ends the walk before ``base``."""
+        h, data = first if first is not None else fetch(oid)
+        links: list[_Link] = [(oid, h, data)]
+        seen = {oid}
+        while h.codec == codecs.CODEC_DELTA:
+            cur = links[-1][0]
+            base = _base_id(cur, h)
+            if base in seen:
+                loop = " -> ".join(o[:12] for o, _, _ in links) + f" -> {base[:12]}"
                 raise CorruptObjectError(
-                    f"object {oid} is corrupt: it does not fit its delta base {base}", oid
+                    f"object {oid} is corrupt: its delta chain loops ({loop}: object {cur} "
+                    f"names {base} as its base)",
+                    oid,
+                )
+            if len(links) > MAX_DELTA_CHAIN:
+                raise CorruptObjectError(
+                    f"object {oid} is corrupt: its delta chain is longer than "
+                    f"{MAX_DELTA_CHAIN} deltas",
+                    oid,
+                )
+            if stop is not None and stop(base):
+                break
+            try:
+                bh, bdata = fetch(base)
+            except ObjectNotFoundError:
+                raise ObjectNotFoundError(
+                    f"object {base}, the delta base of {cur}, is missing from the store", base
                 ) from None
-            codecs.decode_delta_into(h.params, payload, out, oid)
-        else:
-            codecs.decode_into(h.codec, h.params, payload, out, oid)
+            if bh.length != h.length:
+                raise CorruptObjectError(
+                    f"object {cur} is corrupt: it does not fit its delta base {base} "
+                    f"({h.length} bytes against {bh.length})",
+                    cur,
+                )
+            seen.add(base)
+            links.append((base, bh, bdata))
+            h = bh
+        return links
+
+    def chain(self, oid: str, *, stop: Callable[[str], bool] | None = None) -> list[str]:
+        """``oid`` and its delta bases, down to the self-contained object its content is
+        rebuilt from (``[oid]`` for a self-contained object). Reads headers only. Loops and
+        chains longer than MAX_DELTA_CHAIN are CorruptObjectError, a missing base is
+        ObjectNotFoundError. With ``stop``, the walk ends before the first base for which
+        ``stop(base)`` is true (a transfer stops at bases the destination has)."""
+        return [o for o, _, _ in self._walk(oid, None, self._fetch_header, stop)]
+
+    def _decode(self, links: list[_Link], out: np.ndarray, verify: bool) -> None:
+        """Decode a chain bottom-up into ``out``: the self-contained object, then each delta
+        on top of it. Iterative, so a chain of any allowed depth needs no recursion. The
+        intermediate contents are not verified: the hash of the final content covers the
+        whole chain; only on a mismatch is the chain decoded again to name the wrong object."""
+        bottom, bh, bdata = links[-1]
+        codecs.decode_into(bh.codec, bh.params, memoryview(bdata)[bh.payload_offset :], out, bottom)
+        for o, lh, ldata in reversed(links[:-1]):
+            codecs.decode_delta_into(lh.params, memoryview(ldata)[lh.payload_offset :], out, o)
+        oid = links[0][0]
         if verify and object_id(out.data) != oid:
-            if h.codec == codecs.CODEC_DELTA:
-                self.read(h.params["base"])  # raises naming the corrupt base, if it is one
+            if len(links) > 1:
+                self._name_corrupt_link(links, out.nbytes)
             raise CorruptObjectError(
                 f"object {oid} is corrupt: its content hashes differently", oid
             )
 
+    def _name_corrupt_link(self, links: list[_Link], n: int) -> None:
+        """Decode the chain again verifying every base; raise naming the first one whose
+        content does not hash to its id (return when they all do)."""
+        buf = np.empty(n, dtype=np.uint8)
+        for k in range(len(links) - 1, 0, -1):
+            o, lh, ldata = links[k]
+            payload = memoryview(ldata)[lh.payload_offset :]
+            if k == len(links) - 1:
+                codecs.decode_into(lh.codec, lh.params, payload, buf, o)
+            else:
+                codecs.decode_delta_into(lh.params, payload, buf, o)
+            if object_id(buf.data) != o:
+                raise CorruptObjectError(
+                    f"object {o} is corrupt: its content hashes differently (it is the delta "
+                    f"base of {links[k - 1][0]}, in the chain of {links[0][0]})",
+                    o,
+                )
+
     def delta_base(self, oid: str) -> str | None:
-        """The base a delta object needs, or None for a self-contained object."""
+        """The base a delta object needs, or None for a self-contained object (one step:
+        walk whole chains with ``chain``, which detects loops)."""
         h = self.header(oid)
         return _base_id(oid, h) if h.codec == codecs.CODEC_DELTA else None
 
     def depth(self, oid: str) -> int:
-        """Deltas to decode before reaching a self-contained object (0 for one)."""
+        """Deltas to decode before reaching a self-contained object (0 for one), as the
+        header records it (informational; checked to be in 1..MAX_DELTA_CHAIN)."""
         h = self.header(oid)
-        return int(h.params.get("depth", 1)) if h.codec == codecs.CODEC_DELTA else 0
+        if h.codec != codecs.CODEC_DELTA:
+            return 0
+        try:
+            return codecs.delta_params(h.params, h.length).depth
+        except ValueError as e:
+            raise CorruptObjectError(f"object {oid} has bad delta parameters: {e}", oid) from e
 
     def kind(self, oid: str) -> int:
         return self.header(oid).kind
+
+    def mtime(self, oid: str) -> float | None:
+        """When the object's file was written (None if the store cannot tell)."""
+        return self.store.mtime(object_name(oid))
 
     def stored_size(self, oid: str) -> int:
         return self.store.size(object_name(oid))
 
     def ids(self) -> Iterator[str]:
+        """The ids of the stored objects (files whose names are not ids are not objects)."""
         for name in self.store.list(OBJECTS):
             parts = name.split("/")
             if len(parts) == 3 and len(parts[1]) == 2:
                 oid = parts[1] + parts[2]
-                if len(oid) == 64:
+                if is_object_id(oid):
                     yield oid
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
@@ -163,8 +265,22 @@ class ObjectStore:
         self.store.delete(object_name(oid))
 
     def check(self, oid: str) -> envelope.Header:
-        """Read and verify one object; raises CorruptObjectError / ObjectNotFoundError."""
-        h, _ = self.read(oid)
+        """Read and verify one object (its whole delta chain, and its hash); a manifest or a
+        commit is also parsed and validated, so a well-hashed but malformed one is found.
+        Raises CorruptObjectError / ObjectNotFoundError only."""
+        from ..format.commit import Commit
+        from ..format.manifest import Manifest
+
+        h, content = self.read(oid)
+        try:
+            if h.kind == envelope.KIND_MANIFEST:
+                Manifest.from_bytes(content.data, oid)
+            elif h.kind == envelope.KIND_COMMIT:
+                Commit.from_bytes(content.data, oid)
+        except (CorruptObjectError, ObjectNotFoundError):
+            raise
+        except TensorVCSError as e:  # any other refusal of stored bytes is corruption here
+            raise CorruptObjectError(f"object {oid}: {e}", oid) from e
         return h
 
 

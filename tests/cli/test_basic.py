@@ -177,9 +177,14 @@ def test_du_gc_fsck(work: Path, tvcs: Tvcs) -> None:
     assert "0 problem(s)" in tvcs("fsck").stdout
     assert tvcs.json("fsck")["ok"] is True
     tvcs("branch", "-d", "tmp")
+    # as git: the deleted branch's commit stays while its reflog entry does (90 days)
     g = tvcs.json("gc")
-    assert g["deleted_objects"] >= 1
-    assert "removed 0 object(s)" in tvcs("gc").stdout
+    assert g["deleted_objects"] == 0 and g["deleted_commits"] == []
+    g = tvcs.json("gc", "--reflog-expire=now")  # unreachable now, but younger than 2 weeks
+    assert g["deleted_objects"] == 0 and g["young_objects_kept"] >= 1
+    g = tvcs.json("gc", "--prune=now")
+    assert g["deleted_objects"] >= 1 and len(g["deleted_commits"]) == 1
+    assert "removed 0 object(s)" in tvcs("gc", "--prune=now", "--reflog-expire=now").stdout
     # corrupt one object: fsck reports it and exits 5
     obj = next(p for p in (work / ".tvcs" / "objects").rglob("*") if p.is_file())
     data = bytearray(obj.read_bytes())

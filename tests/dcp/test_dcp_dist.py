@@ -142,7 +142,7 @@ class Runs:
             repo = tv.Repo.open(self.conc_repo)
             try:
                 while any(p.poll() is None for p in r.procs):  # gc beside the two jobs
-                    repo.gc()
+                    tv.gc(repo, prune="now", reflog_expire="now")
                     self.gc_runs += 1
                     time.sleep(0.5)
             finally:
@@ -265,13 +265,13 @@ def test_rank_killed_mid_save_leaves_no_commit(runs: Runs) -> None:
     assert r0["raised"] is True
     repo = tv.Repo.open(runs.repo)
     assert repo.branches() == r0["heads_before"]  # no "killed" branch, nothing moved
-    fs = repo.fsck()
+    fs = tv.fsck(repo)
     assert fs.ok, fs.problems
     assert fs.dangling > 0  # rank 1's first chunk (and rank 0's objects): gc's to reclaim
-    gcr = repo.gc()
+    gcr = tv.gc(repo, prune="now", reflog_expire="now")
     # with reverse deltas the killed save may already have re-encoded its parent's chunks
     # against its own new ones: gc re-encodes those back, then deletes the new chunks too
-    assert gcr.deleted_objects == fs.dangling + gcr.rewritten_objects and repo.fsck().ok
+    assert gcr.deleted_objects == fs.dangling + gcr.rewritten_objects and tv.fsck(repo).ok
 
 
 def test_coordinator_killed_in_finish_leaves_no_commit(runs: Runs) -> None:
@@ -280,7 +280,7 @@ def test_coordinator_killed_in_finish_leaves_no_commit(runs: Runs) -> None:
     assert (runs.out / "kf" / "killfinish-reached").exists()
     repo = tv.Repo.open(runs.kf_repo)
     assert repo.branches() == {}
-    fs = repo.fsck()
+    fs = tv.fsck(repo)
     assert fs.ok and fs.dangling >= 2  # the objects and the manifest: written, unreferenced
 
 
@@ -298,7 +298,7 @@ def test_concurrent_jobs_on_two_branches(runs: Runs) -> None:
             w, b = torch.randn(64, 16, generator=g), torch.randn(16, generator=g)
             got = tv.dcp.load_state(repo, cid)
             assert torch.equal(got["w"], w) and torch.equal(got["b"], b) and got["round"] == rnd
-    assert repo.fsck().ok
+    assert tv.fsck(repo).ok
     assert runs.gc_runs >= 1
 
 
@@ -322,7 +322,7 @@ def test_lightning_model_parallel_strategy_saves_into_the_store(runs: Runs) -> N
     assert rep["resume_weights_only_start_step"] == 2
     assert rep["resume_weights_only_end_step"] == 3
     assert rep["resume_weights_only_opt_steps"] == []
-    assert repo.fsck().ok
+    assert tv.fsck(repo).ok
 
 
 def test_export_of_a_sharded_commit_loads_with_plain_dcp(runs: Runs, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,11 @@ class Net(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = torch.nn.Linear(8, 32)
-        self.drop = torch.nn.Dropout(0.3)
+        self.dropout = torch.nn.Dropout(0.3)
         self.fc2 = torch.nn.Linear(32, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+        return self.fc2(self.dropout(torch.relu(self.fc1(x))))
 
 
 def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
@@ -257,7 +258,7 @@ def test_retention_drops_history_and_gc_reclaims_bytes(tmp_path: Path) -> None:
     assert [c.step for c in kept.log()] == [6, 5, 2]
     assert set(kept.tags()) == {"best", "step-2", "step-5", "step-6"}
     assert kept.show("best").step == 2
-    assert kept.fsck().ok
+    assert tv.fsck(kept).ok
     one = 256 * 256 * 4
     assert stored_bytes(full) > 5.5 * one * 0.9
     assert stored_bytes(kept) < 3.3 * one  # 3 checkpoints' weights, nothing else
@@ -429,3 +430,350 @@ def test_import_tensorvcs_imports_no_framework() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- KeepLast(n) while fewer than n checkpoints exist ------------------------------------------
+def keep_last_3_states() -> list[dict[str, Any]]:
+    """Six states of a small model (the weights chunked: > 64 KiB) and a scalar."""
+    out = []
+    for step in range(1, 7):
+        torch.manual_seed(step)
+        model = torch.nn.Linear(160, 128)
+        out.append({"model": model.state_dict(), "note": f"state {step}"})
+    return out
+
+
+def test_keep_last_3_of_6_saves_keeps_steps_4_5_6(repo: tv.Repo) -> None:
+    states = keep_last_3_states()
+    mgr = tv.CheckpointManager(repo, keep=[tv.KeepLast(3)])
+    for step, state in enumerate(states, 1):
+        mgr.save(state, step=step)
+        if step == 2:  # fewer than 3 checkpoints: nothing may be dropped yet
+            mgr.wait()
+            assert [c.step for c in mgr.checkpoints()] == [1, 2]
+    mgr.close()
+    assert [c.step for c in mgr.checkpoints()] == [4, 5, 6]
+    assert [c.step for c in repo.log()] == [6, 5, 4]
+    assert set(repo.tags()) == {"step-4", "step-5", "step-6"}
+    for step in (4, 5, 6):
+        out = repo.checkout(f"step-{step}")
+        assert out.pop(STATE_KEY)["step"] == step
+        assert_state_bitwise_equal(out, states[step - 1])
+    assert tv.fsck(repo).ok
+
+
+# -- a manager without a watched optimizer -----------------------------------------------------
+def test_without_watch_each_maybe_save_call_is_a_step(repo: tv.Repo) -> None:
+    mgr = tv.CheckpointManager(repo, every_n_steps=2, async_commit=False)
+    saved = [mgr.maybe_save({"x": torch.full((2,), float(i))}) for i in range(6)]
+    assert saved == [False, True, False, True, False, True]
+    assert mgr.step == 6
+    assert [c.step for c in mgr.checkpoints()] == [2, 4, 6]
+    assert set(repo.tags()) == {"step-2", "step-4", "step-6"}
+    assert torch.equal(repo.checkout("step-4")["x"], torch.full((2,), 3.0))
+    # a step given to the call is not counted again: step= here, or mgr.step = n before
+    assert mgr.maybe_save({"x": torch.zeros(1)}, step=8)
+    assert mgr.step == 8
+    mgr.step = 9
+    assert not mgr.maybe_save({"x": torch.zeros(1)})
+    assert mgr.step == 9
+    assert mgr.maybe_save({"x": torch.zeros(1)})  # this call is step 10
+    assert mgr.step == 10
+    assert [c.step for c in mgr.checkpoints()] == [2, 4, 6, 8, 10]
+    mgr.close()
+
+    # resumed: the first call after restore is the step after the restored one
+    again = tv.CheckpointManager(repo, every_n_steps=2, async_commit=False)
+    assert again.restore() is not None and again.step == 10
+    assert not again.maybe_save({"x": torch.zeros(1)})
+    assert again.step == 11
+    assert again.maybe_save({"x": torch.zeros(1)})
+    assert [c.step for c in again.checkpoints()][-2:] == [10, 12]
+    again.close()
+
+
+def test_maybe_save_that_can_never_save_raises(repo: tv.Repo) -> None:
+    mgr = tv.CheckpointManager(repo, async_commit=False)  # neither every_n_steps nor seconds
+    with pytest.raises(tv.UsageError, match=r"every_n_steps.*every_n_seconds.*save\(\)"):
+        mgr.maybe_save({"x": torch.ones(1)})
+    assert mgr.maybe_save({"x": torch.ones(1)}, force=True)
+    assert len(mgr.checkpoints()) == 1
+    mgr.close()
+
+
+def test_watching_an_optimizer_that_never_steps_warns(repo: tv.Repo) -> None:
+    model = Net()
+    watched = torch.optim.SGD(model.parameters(), lr=0.1)
+    mgr = tv.CheckpointManager(repo, every_n_steps=2, async_commit=False).watch(watched)
+    from tensorvcs.manager import IDLE_CALLS_WARNING
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(IDLE_CALLS_WARNING - 1):
+            mgr.maybe_save({"x": torch.ones(1)})
+    with pytest.warns(UserWarning, match=r"no watched optimizer has taken a step"):
+        mgr.maybe_save({"x": torch.ones(1)})
+    assert mgr.step == 0 and mgr.checkpoints() == []
+    mgr.close()
+
+
+# -- resuming from the newest complete checkpoint ----------------------------------------------
+def test_latest_waits_for_the_commit_in_flight(repo: tv.Repo) -> None:
+    blocking = BlockingRepo(repo)
+    mgr = tv.CheckpointManager(repo)
+    assert mgr.latest() is None
+    fut = mgr.save({"x": torch.ones(2)}, step=1)
+    assert blocking.started.wait(10)
+    threading.Timer(0.2, blocking.release.set).start()
+    newest = mgr.latest()  # the save returned: latest() includes it
+    assert newest is not None and newest.step == 1 and newest.commit == fut.result().id
+    mgr.close()
+
+
+def crash_state(step: int) -> dict[str, Any]:
+    """The state the crash child saves at ``step`` (a chunked weight, a packed bias)."""
+    torch.manual_seed(100 + step)
+    return {"model": torch.nn.Linear(160, 128).state_dict(), "note": f"state {step}"}
+
+
+CRASH_CHILD = """
+import os, signal, sys, time
+from typing import Any
+import torch
+import tensorvcs as tv
+from tensorvcs.format import envelope
+from tensorvcs.refs import RefStore
+from tensorvcs.store.objects import ObjectStore
+
+{source}
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+
+def patch(point):
+    if point == "objects":  # step 4's tensor objects are written, its manifest is not
+        put_bytes = ObjectStore.put_bytes
+        def put_bytes_or_die(self, kind, content):
+            if kind == envelope.KIND_MANIFEST:
+                die()
+            return put_bytes(self, kind, content)
+        ObjectStore.put_bytes = put_bytes_or_die
+    elif point == "ref":  # step 4's commit object is written, the branch does not name it
+        update = RefStore.update
+        def update_or_die(self, name, new, **kw):
+            if name == "refs/heads/main":
+                die()
+            update(self, name, new, **kw)
+        RefStore.update = update_or_die
+    elif point == "tag":  # step 4 is committed on the branch, its tag is not written
+        update = RefStore.update
+        def update_or_die(self, name, new, **kw):
+            if name == "refs/tags/step-4":
+                die()
+            update(self, name, new, **kw)
+        RefStore.update = update_or_die
+    elif point == "drop":  # retention after step 4: the branch is rewritten, not all tags
+        log = RefStore.log
+        def log_or_die(self, name, old, new, who, message):
+            log(self, name, old, new, who, message)
+            if name.startswith("refs/tags/") and message.startswith("drop"):
+                die()
+        RefStore.log = log_or_die
+
+repo = tv.Repo.open(sys.argv[1])
+mgr = tv.CheckpointManager(repo, keep=[tv.KeepLast(3)])  # async commits
+for step in (1, 2, 3):
+    mgr.save(crash_state(step), step=step)
+mgr.wait()
+patch(sys.argv[2])
+mgr.save(crash_state(4), step=4).result()  # SIGKILLed in the background thread
+sys.exit(3)
+"""
+
+
+def first_parent_ids(repo: tv.Repo) -> list[str]:
+    out, oid = [], repo.resolve("main")
+    while oid:
+        out.append(oid)
+        parents = repo.get_commit(oid).parents
+        oid = parents[0] if parents else None
+    return out
+
+
+@pytest.mark.parametrize(("point", "newest"), [("objects", 3), ("ref", 3), ("tag", 4), ("drop", 4)])
+def test_restore_after_sigkill_mid_async_commit_finds_the_newest_complete_step(
+    tmp_path: Path, point: str, newest: int
+) -> None:
+    import inspect
+    import signal
+
+    tv.Repo.init(tmp_path / "run").close()
+    script = tmp_path / "child.py"
+    script.write_text(CRASH_CHILD.format(source=inspect.getsource(crash_state)))
+    child = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run"), point],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+
+    # a fresh process: the newest complete checkpoint, whatever the tags say
+    repo = tv.Repo.open(tmp_path / "run")
+    chain = first_parent_ids(repo)
+    # the branch's history: retention had dropped step 1 when the kill came at "drop"
+    history = [4, 3, 2] if point == "drop" else list(range(newest, 0, -1))
+    assert [repo.get_commit(o).step for o in chain] == history
+    tags = repo.tags()
+    if point == "drop":  # the tags the kill left behind name commits off the branch
+        assert any(oid not in chain for oid in tags.values()), tags
+        by_tag = tv.CheckpointManager(repo)  # a tag left behind resumes the branch's copy
+        assert by_tag.restore(ref="step-4", model=torch.nn.Linear(160, 128)) == {"note": "state 4"}
+        assert by_tag.restored_from == chain[0]
+    else:
+        assert set(tags) == {"step-1", "step-2", "step-3"}  # never a tag of step 4
+
+    mgr = tv.CheckpointManager(repo, keep=[tv.KeepLast(3)])
+    assert mgr.latest() is not None and mgr.latest().commit == chain[0]  # type: ignore[union-attr]
+    model = torch.nn.Linear(160, 128)
+    rest = mgr.restore(model=model)
+    assert rest == {"note": f"state {newest}"}
+    assert mgr.step == newest and mgr.restored_from == chain[0]
+    assert_state_bitwise_equal(dict(model.state_dict()), dict(crash_state(newest)["model"]))
+    assert repo.tags()[f"step-{newest}"] == chain[0]  # a tag the crash lost is written again
+    assert tv.fsck(repo).ok
+
+    # the run goes on: retention and tags as if nothing had happened
+    mgr.save(crash_state(newest + 1), step=newest + 1)
+    mgr.close()
+    steps = [newest - 1, newest, newest + 1]
+    assert [c.step for c in mgr.checkpoints()] == steps
+    chain = first_parent_ids(repo)
+    assert repo.tags() == {f"step-{s}": chain[newest + 1 - s] for s in steps}
+    for s in steps:
+        out = repo.checkout(f"step-{s}")
+        out.pop(STATE_KEY)
+        assert_state_bitwise_equal(out, crash_state(s))
+    assert tv.fsck(repo).ok
+    repo.close()
+
+
+# -- the same through Lightning's TVCSCheckpoint and the Hugging Face callback ------------------
+def test_lightning_tvcs_checkpoint_keep_last_3_and_resume_from_latest(tmp_path: Path) -> None:
+    pl = pytest.importorskip("lightning.pytorch")
+    from tensorvcs.integrations.lightning import TVCSCheckpoint, TVCSCheckpointIO
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(8, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Record(pl.Callback):
+        def __init__(self) -> None:
+            self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+        def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
+            sd = module.state_dict()
+            self.weights[trainer.global_step] = {k: v.detach().clone() for k, v in sd.items()}
+
+    g = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(32, 8, generator=g), torch.randn(32, 1)), 4)
+    kw: dict[str, Any] = dict(
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    repo = tv.Repo.init(tmp_path / "run")
+    record = Record()
+    ckpt = TVCSCheckpoint(repo, every_n_steps=1, keep=[tv.KeepLast(3)])
+    assert ckpt.latest_ckpt_path() is None
+    pl.Trainer(max_steps=6, callbacks=[ckpt, record], **kw).fit(Module(), data)
+    assert [c.step for c in repo.log()] == [6, 5, 4]
+    assert set(repo.tags()) == {"step-4", "step-5", "step-6"}
+    for step in (4, 5, 6):
+        assert_state_bitwise_equal(
+            repo.checkout(f"step-{step}")["state_dict"], record.weights[step]
+        )
+
+    # the documented resume: the newest complete checkpoint (None on a fresh start)
+    again = TVCSCheckpoint(repo, every_n_steps=1, keep=[tv.KeepLast(3)])
+    latest = again.latest_ckpt_path()
+    assert latest == repo.resolve("step-6")
+    trainer = pl.Trainer(max_steps=8, plugins=[TVCSCheckpointIO(repo)], callbacks=[again], **kw)
+    trainer.fit(Module(), data, ckpt_path=latest)
+    assert trainer.global_step == 8 and again.manager.step == 8
+    assert [c.step for c in repo.log()] == [8, 7, 6]
+
+
+def test_hf_trainer_callback_keep_last_3_and_checkout_latest(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from safetensors.torch import load_file
+
+    from tensorvcs.integrations.transformers import TVCSTrainerCallback
+
+    class Data(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        def __init__(self) -> None:
+            g = torch.Generator().manual_seed(0)
+            self.x, self.y = torch.randint(0, 32, (24, 6), generator=g), torch.randint(0, 2, (24,))
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input_ids": self.x[i], "labels": self.y[i]}
+
+    config = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=8,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=6,
+        save_steps=1,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    repo = tv.Repo.init(tmp_path / "run")
+    cb = TVCSTrainerCallback(repo, keep=[tv.KeepLast(3)])
+    assert cb.checkout_latest(tmp_path / "nothing") is None
+    transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb]).train()
+    cb.close()
+    assert [c.step for c in repo.log()] == [6, 5, 4]
+    assert set(repo.tags()) == {"step-4", "step-5", "step-6"}
+    for step in (4, 5, 6):
+        folder = tmp_path / "out" / f"checkpoint-{step}"
+        files = repo.checkout(f"step-{step}")["files"]
+        on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        assert set(files) == on_disk
+        weights = files["model.safetensors"]["tensors"]
+        assert_state_bitwise_equal(weights, load_file(folder / "model.safetensors"))
+        state = files["trainer_state.json"]["data"]
+        assert state == (folder / "trainer_state.json").read_bytes()
+    resume = cb.checkout_latest(tmp_path / "resume")
+    assert resume == str(tmp_path / "resume")
+    assert (tmp_path / "resume" / "trainer_state.json").read_bytes() == (
+        tmp_path / "out" / "checkpoint-6" / "trainer_state.json"
+    ).read_bytes()

@@ -188,7 +188,7 @@ def test_checkpoint_io_top_k_last_remove_and_resume(tmp_path: Path, async_commit
     assert len(steps) == 3, steps
     for c in repo.log():
         assert c.metrics.get("train_loss") is not None
-    assert repo.fsck().ok
+    assert tv.fsck(repo).ok
     best = io.load_checkpoint(mc.best_model_path)
     assert best["global_step"] == int(Path(mc.best_model_path).stem.split("=")[1])
     assert best["callbacks"] and best["optimizer_states"]

@@ -85,7 +85,8 @@ def test_cli_partial_clone(
     run("push", "origin", "main")
     out = json.loads(
         run(
-            "clone", s3_url, "p", "--filter", "adapter", "--endpoint-url", s3_endpoint, "--json"
+            "clone", s3_url, "p", "--filter", "ck.pt/adapter",
+            "--endpoint-url", s3_endpoint, "--json",
         ).stdout
     )
     assert 0 < out["bytes_sent"] < 0.05 * 256 * 256 * 4

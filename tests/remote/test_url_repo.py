@@ -32,7 +32,7 @@ def test_repo_on_s3_commit_checkout(
     assert [c.id for c in r2.log()] == [c2.id, c1.id]
     assert_same_value(r2.checkout("main"), s2)
     assert_same_value(r2.checkout(c1.id), s1)
-    assert r2.fsck().ok
+    assert tv.fsck(r2).ok
     r2.close()
 
     local = tv.Repo.clone(s3_url, tmp_path / "local", **s3_options)
@@ -80,6 +80,6 @@ def test_partial_clone_of_adapter(tmp_path: Path, s3_url: str, s3_options: dict[
     assert 0 < res.bytes_sent < 0.05 * base_bytes
     a.pull()
     assert_same_value(a.checkout("main"), {"base": base, "adapter": adapter4})
-    assert a.fsck().ok
+    assert tv.fsck(a).ok
     a.close()
     b.close()
