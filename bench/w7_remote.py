@@ -111,9 +111,9 @@ def main() -> None:
             bucket = f"w7-{rep}-{secrets.token_hex(4)}"
             fs.mkdir(bucket)
             url = f"s3://{bucket}/repo"
-            repo.remote_add(f"r{rep}", url, **opts)
+            tv.remote_add(repo, f"r{rep}", url, **opts)
             t0 = time.perf_counter()
-            r = repo.push(f"r{rep}")
+            r = tv.push(repo, f"r{rep}")
             res.setdefault("push_all_s", []).append(time.perf_counter() - t0)
             sizes["push_all_bytes"] = r.bytes_sent
             t0 = time.perf_counter()
@@ -125,7 +125,7 @@ def main() -> None:
             res.setdefault("put_one_more_s", []).append(time.perf_counter() - t0)
             dst = work / f"clone-{rep}"
             t0 = time.perf_counter()
-            tv.Repo.clone(url, dst, **opts).close()
+            tv.clone(url, dst, **opts).close()
             res.setdefault("clone_s", []).append(time.perf_counter() - t0)
             got = work / f"get-{rep}"
             t0 = time.perf_counter()
@@ -140,11 +140,11 @@ def main() -> None:
             inc.commit(st, f"s{i}")
         bucket = f"w7-inc-{secrets.token_hex(4)}"
         fs.mkdir(bucket)
-        inc.remote_add("s3", f"s3://{bucket}/repo", **opts)
-        inc.push("s3")
+        tv.remote_add(inc, "s3", f"s3://{bucket}/repo", **opts)
+        tv.push(inc, "s3")
         inc.commit(states[-1], "one more")
         t0 = time.perf_counter()
-        r = inc.push("s3")
+        r = tv.push(inc, "s3")
         res["push_one_more_s"] = [time.perf_counter() - t0]
         sizes["push_one_more_bytes"] = r.bytes_sent
         sizes["one_more_file_bytes"] = last.stat().st_size

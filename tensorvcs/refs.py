@@ -1,8 +1,9 @@
 """References: HEAD, branches (refs/heads/*), tags (refs/tags/*) and their reflogs.
 
 Every change goes through ``update``/``delete``: a compare-and-swap under the repository's
-``refs`` lock (flock on a local store; released by the kernel if the holder dies), written as
-temp file → fsync → rename, then one line appended to the ref's reflog.
+``refs`` lock (flock on a local store; released by the kernel if the holder dies): one line
+appended to the ref's reflog, then the ref written as temp file → fsync → rename (git's
+order: a failed append leaves the ref unchanged).
 """
 
 from __future__ import annotations
@@ -192,8 +193,10 @@ class RefStore:
                 )
             if current is None:
                 self._check_free(name)
-            self.store.put(name, [new.encode() + b"\n"])
+            # the reflog line first, as git: an append that fails (ENOSPC) leaves the ref as
+            # it was and the error is true; a crash between leaves a line whose commit exists
             self.log(name, current, new, who or default_author(), message)
+            self.store.put(name, [new.encode() + b"\n"])
 
     def _check_free(self, name: str) -> None:
         """Refuse a new ref named like a folder of other refs or inside another ref (as git
@@ -214,9 +217,9 @@ class RefStore:
                 raise NotFoundError(f"ref {name} does not exist")
             if expected is not ANY and current != expected:
                 raise RefConflictError(f"ref {name} moved: expected {expected}, found {current}")
+            self.log(name, current, None, default_author(), message or "delete")
             self.store.delete(name)
             self.store.sync()
-            self.log(name, current, None, default_author(), message or "delete")
             return current
 
     # -- transactions ----------------------------------------------------------------------
@@ -317,9 +320,9 @@ class RefStore:
                 content, new = f"ref: {target}", self.read(target)
             else:
                 raise UsageError(f"HEAD can point at a branch or a commit, not {target!r}")
-            self.store.put(HEAD, [content.encode() + b"\n"])
             if new is not None:
                 self.log(HEAD, old, new, default_author(), message)
+            self.store.put(HEAD, [content.encode() + b"\n"])
 
     def reflog(self, name: str) -> builtins.list[ReflogEntry]:
         """The entries of ``name``'s reflog, oldest first. A torn last line (a crash during

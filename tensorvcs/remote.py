@@ -31,14 +31,13 @@ from .errors import (
     UsageError,
 )
 from .format import codecs, envelope
-from .format.config import MAX_DELTA_CHAIN, RepoConfig
+from .format.config import MAX_DELTA_CHAIN
 from .format.ids import is_object_id
 from .format.manifest import Manifest
 from .format.values import path_str, walk_leaves
 from .refs import HEAD, HEADS, TAGS, check_ref_name
-from .store.base import Store
-from .store.local import LocalStore
 from .store.objects import object_name
+from .store.open import is_url, open_store
 
 if TYPE_CHECKING:
     from .repo import Repo
@@ -95,75 +94,22 @@ class RemoteResult:
         return asdict(self)
 
 
-# -- opening a store and a remote repository ------------------------------------------------
-def is_url(s: str) -> bool:
-    return "://" in str(s)
-
-
-def open_store(url: str, **storage_options: Any) -> Store:
-    """The Store at ``url``: a repository's .tvcs for a local path, else an FsspecStore."""
-    if not is_url(url):
-        p = Path(url).expanduser().resolve()
-        return LocalStore(p / ".tvcs" if (p / ".tvcs" / CONFIG).is_file() else p)
-    from .store.fsspec_store import FsspecStore
-
-    return FsspecStore(url, **storage_options)
-
-
+# -- opening a remote repository ------------------------------------------------------------
 def open_remote_repo(url: str, *, create_like: Repo | None = None, **options: Any) -> Repo:
     """The (bare) repository at ``url``. With ``create_like``, an empty location is made a
     repository with that repository's config (its first push); otherwise it must exist."""
-    from .repo import Repo
+    from .repo import open_bare
 
     store = open_store(url, **options)
     try:
-        raw = store.get(CONFIG)
-    except FileNotFoundError:
+        return open_bare(url, store)
+    except RepoNotFoundError:
         if create_like is None:
-            raise RepoNotFoundError(f"no tensorvcs repository at {url} (no {CONFIG})") from None
-        target = create_like.refs.head_target() or HEADS + "main"
-        store.put_if_absent(HEAD, [f"ref: {target}\n".encode()])
-        store.put_if_absent(CONFIG, [create_like.config.to_bytes()])  # last: marks a repo
-        raw = store.get(CONFIG)
-    config = RepoConfig.from_bytes(raw, f"{url}/{CONFIG}")
-    return Repo(_root_of(url), store, config)
-
-
-def init_url(
-    url: str,
-    *,
-    chunk_size: int | None = None,
-    pack_threshold: int | None = None,
-    branch: str = "main",
-    exist_ok: bool = False,
-    **options: Any,
-) -> Repo:
-    """A new, empty bare repository at ``url`` (Repo.init with a URL); with ``exist_ok``, an
-    existing one is opened instead."""
-    from .repo import Repo
-
-    store = open_store(url, **options)
-    if store.exists(CONFIG):
-        if exist_ok:
-            return open_remote_repo(url, **options)
-        raise UsageError(f"a tensorvcs repository already exists at {url}")
-    config = RepoConfig()
-    if chunk_size is not None:
-        config.chunk_size = chunk_size
-    if pack_threshold is not None:
-        config.pack_threshold = pack_threshold
-    RepoConfig.from_bytes(config.to_bytes(), "init")  # validate the numbers
-    store.put(HEAD, [f"ref: {HEADS}{check_ref_name(branch, 'branch')}\n".encode()])
-    if not store.put_if_absent(CONFIG, [config.to_bytes()]):
-        if exist_ok:  # another process made it meanwhile
-            return open_remote_repo(url, **options)
-        raise UsageError(f"a tensorvcs repository already exists at {url}")
-    return Repo(_root_of(url), store, config)
-
-
-def _root_of(url: str) -> Path:
-    """A stand-in working-directory path for a bare repository at ``url`` (never written)."""
-    return Path(url).resolve() if not is_url(url) else Path("/") / url.replace("://", "/")
+            raise
+    target = create_like.refs.head_target() or HEADS + "main"
+    store.put_if_absent(HEAD, [f"ref: {target}\n".encode()])
+    store.put_if_absent(CONFIG, [create_like.config.to_bytes()])  # last: marks a repo
+    return open_bare(url, store)
 
 
 # -- the remotes list ---------------------------------------------------------------------
@@ -639,7 +585,7 @@ def clone(
     the remote's tip (SelectionError). A clone that fails later removes what it created."""
     from .repo import Repo, _check_storage_options
 
-    _check_storage_options(url, storage_options, "Repo.clone")
+    _check_storage_options(url, storage_options, "tensorvcs.clone")
     dest = Path(path)
     _check_clone_destination(url, dest)
     src = open_remote_repo(url, **storage_options)
@@ -676,6 +622,19 @@ def clone(
         shutil.rmtree(dest if created else dest / ".tvcs", ignore_errors=True)
         raise
     return repo, result
+
+
+def clone_repo(
+    url: str,
+    path: str | Path,
+    *,
+    filter: Sequence[str] | None = None,
+    **storage_options: Any,
+) -> Repo:
+    """``tv.clone``: a local copy at ``path`` of the repository at ``url`` (remote
+    ``origin``); with ``filter`` (key-path globs), only the matching tensors' objects are
+    fetched (a partial clone). What :func:`clone` makes, without its RemoteResult."""
+    return clone(url, Path(path), filter=filter, **storage_options)[0]
 
 
 def _local_store_dir(url: str) -> Path | None:
@@ -732,6 +691,7 @@ __all__ = [
     "RemoteResult",
     "TransferStats",
     "clone",
+    "clone_repo",
     "fetch",
     "open_remote_repo",
     "open_store",

@@ -49,6 +49,7 @@ from .state.writer import TensorWriter, WriteStats, default_workers
 from .store.base import Store
 from .store.local import LocalStore
 from .store.objects import ObjectStore
+from .store.open import is_url, open_store
 
 DIRNAME = ".tvcs"
 CONFIG = "config.json"
@@ -237,10 +238,8 @@ class Repo:
         _check_storage_options(path, storage_options, "Repo.init")
         if branch is not None:
             check_ref_name(branch, "branch")
-        if "://" in str(path):  # a bare repository on object storage (docs/remotes.md)
-            from .remote import init_url
-
-            r = init_url(
+        if is_url(str(path)):  # a bare repository on object storage (docs/remotes.md)
+            r = _init_bare(
                 str(path),
                 chunk_size=chunk_size,
                 pack_threshold=pack_threshold,
@@ -277,10 +276,8 @@ class Repo:
         """The repository at ``path`` (its folder or its ``.tvcs``), or at a URL (a bare one;
         ``storage_options`` go to its store). An unknown keyword argument is a TypeError."""
         _check_storage_options(path, storage_options, "Repo.open")
-        if "://" in str(path):  # s3://bucket/prefix, file:///..., memory://... (bare)
-            from .remote import open_remote_repo
-
-            return open_remote_repo(str(path), **storage_options)
+        if is_url(str(path)):  # s3://bucket/prefix, file:///..., memory://... (bare)
+            return open_bare(str(path), open_store(str(path), **storage_options))
         p = Path(path).resolve()
         tvcs = p if p.name == DIRNAME and (p / CONFIG).exists() else p / DIRNAME
         if not (tvcs / CONFIG).is_file():
@@ -530,9 +527,9 @@ class Repo:
             self.store.sync()
             summary = c.message.splitlines()[0] if c.message else ""
             log = f"{'commit' if parent else 'commit (initial)'}: {summary}"
-            self.refs.update(ref, c.id, expected=current, message=log)
-            if ref != HEAD and self.refs.head_target() == ref:
+            if ref != HEAD and self.refs.head_target() == ref:  # reflogs before the ref moves
                 self.refs.log(HEAD, parent, c.id, c.author, log)
+            self.refs.update(ref, c.id, expected=current, message=log)
         self._commits[c.id] = c
 
     def _put_blob(self, data: bytes) -> str:
@@ -638,51 +635,53 @@ class Repo:
             source=f"{rev} ({oid[:12]}) key {path_str(key_path)!r}",
         )
 
-    # -- remotes (tensorvcs.remote; docs/remotes.md) ---------------------------------------
-    def remote_add(self, name: str, url: str, **storage_options: Any) -> None:
-        from . import remote
 
-        remote.remote_add(self, name, url, **storage_options)
+# -- bare repositories (a store with no working directory; docs/remotes.md) ------------------
+def _root_of(url: str) -> Path:
+    """A stand-in working-directory path for a bare repository at ``url`` (never written)."""
+    return Path(url).resolve() if not is_url(url) else Path("/") / url.replace("://", "/")
 
-    def remote_remove(self, name: str) -> None:
-        from . import remote
 
-        remote.remote_remove(self, name)
+def open_bare(url: str, store: Store) -> Repo:
+    """The bare repository in ``store`` (opened from ``url``, a local path or a URL);
+    RepoNotFoundError when it holds no config.json."""
+    try:
+        raw = store.get(CONFIG)
+    except FileNotFoundError:
+        raise RepoNotFoundError(f"no tensorvcs repository at {url} (no {CONFIG})") from None
+    config = RepoConfig.from_bytes(raw, f"{url}/{CONFIG}")
+    return Repo(_root_of(url), store, config)
 
-    def remotes(self) -> dict[str, str]:
-        from . import remote
 
-        return remote.remotes(self)
-
-    def push(self, remote: str = "origin", refs: Sequence[str] | None = None) -> Any:
-        from . import remote as _remote
-
-        return _remote.push(self, remote, refs)
-
-    def fetch(self, remote: str = "origin", *, include: Sequence[str] | None = None) -> Any:
-        from . import remote as _remote
-
-        return _remote.fetch(self, remote, include=include)
-
-    def pull(self, remote: str = "origin", branch: str | None = None) -> Any:
-        from . import remote as _remote
-
-        return _remote.pull(self, remote, branch)
-
-    @classmethod
-    def clone(
-        cls,
-        url: str,
-        path: str | os.PathLike[str],
-        *,
-        filter: Sequence[str] | None = None,
-        **storage_options: Any,
-    ) -> Repo:
-        """A local copy of the repository at ``url`` (remote ``origin``); with ``filter``
-        (key-path globs), only the matching tensors' objects are fetched (partial clone)."""
-        from . import remote as _remote
-
-        return _remote.clone(url, Path(path), filter=filter, **storage_options)[0]
+def _init_bare(
+    url: str,
+    *,
+    chunk_size: int | None = None,
+    pack_threshold: int | None = None,
+    branch: str = "main",
+    exist_ok: bool = False,
+    **options: Any,
+) -> Repo:
+    """A new, empty bare repository at ``url`` (Repo.init with a URL); with ``exist_ok``, an
+    existing one is opened instead. HEAD is written first, config.json (create-if-absent)
+    last: its presence marks a repository."""
+    store = open_store(url, **options)
+    if store.exists(CONFIG):
+        if exist_ok:
+            return open_bare(url, store)
+        raise UsageError(f"a tensorvcs repository already exists at {url}")
+    config = RepoConfig()
+    if chunk_size is not None:
+        config.chunk_size = chunk_size
+    if pack_threshold is not None:
+        config.pack_threshold = pack_threshold
+    RepoConfig.from_bytes(config.to_bytes(), "init")  # validate the numbers
+    store.put(HEAD, [f"ref: {HEADS}{check_ref_name(branch, 'branch')}\n".encode()])
+    if not store.put_if_absent(CONFIG, [config.to_bytes()]):
+        if exist_ok:  # another process made it meanwhile
+            return open_bare(url, store)
+        raise UsageError(f"a tensorvcs repository already exists at {url}")
+    return Repo(_root_of(url), store, config)
 
 
 def _child(node: Any, key: Any) -> Any:

@@ -244,7 +244,7 @@ def main_push(work: Path, kills: int, seed: int) -> dict[str, Any]:
                 defects.append(f"{where}: remote main is not the pushed commit")
         clone = work / f"c{i}"
         try:
-            with tv.Repo.clone(str(trial), clone) as cl:
+            with tv.clone(str(trial), clone) as cl:
                 for c in cl.log():
                     assert_same_value(cl.checkout(c.id), evolving_state(c.step))
         except (AssertionError, tv.TensorVCSError) as e:

@@ -83,13 +83,13 @@ def patch(point: str) -> None:
             install(self, tmp, path, durable)
 
         LocalStore._install = install_or_die  # type: ignore[method-assign]
-    elif point == "reflog":  # the ref is renamed into place; its reflog line is not appended
+    elif point == "reflog":  # the reflog line is appended; the ref is not renamed into place
         log = RefStore.log
 
         def log_or_die(self: RefStore, name: str, *args: Any) -> None:
+            log(self, name, *args)
             if name == MAIN:
                 die()
-            log(self, name, *args)
 
         RefStore.log = log_or_die  # type: ignore[method-assign]
     elif point == "object-midwrite":  # half of the 3rd object file's payload is on disk

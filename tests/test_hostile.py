@@ -53,7 +53,7 @@ from helpers import object_path, random_bytes_tensor
 import tensorvcs as tv
 from tensorvcs.cli import cli
 from tensorvcs.errors import CorruptObjectError, InputFileError
-from tensorvcs.format import codecs, envelope, jsonenc
+from tensorvcs.format import codecs, envelope, jsonenc, values
 from tensorvcs.format.commit import Commit
 from tensorvcs.format.ids import object_id
 from tensorvcs.format.manifest import FileEntry, Manifest, TensorEntry, check_file_path
@@ -518,7 +518,7 @@ def test_corrupt_remotes_json(tmp_path: Path, content: bytes) -> None:
     repo = tv.Repo.init(tmp_path)
     (repo.path / "remotes.json").write_bytes(content)
     with pytest.raises(CorruptObjectError, match=r"remotes\.json is corrupt"):
-        repo.remotes()
+        tv.remotes(repo)
     repo.close()
     err = _one_line_error(_run_cli("--repo", tmp_path, "remote", "list"), 5)
     assert "remotes.json" in err
@@ -571,3 +571,58 @@ def test_enormous_safetensors_header_length(tmp_path: Path) -> None:
     header = json.dumps({"t": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}})
     with pytest.raises(InputFileError, match="bad shape"):
         stf.read_layout(_safetensors(tmp_path / "dims.safetensors", header.encode()))
+
+
+# -- value-tree depth and the config ---------------------------------------------------------
+def _nested(n: int) -> Any:
+    v: Any = []
+    for _ in range(n - 1):
+        v = [v]
+    return v
+
+
+def test_value_tree_depth_limit(tmp_path: Path) -> None:
+    repo = tv.Repo.init(tmp_path)
+    with pytest.raises(tv.UnsupportedValueError, match="nest more than"):
+        repo.commit({"x": _nested(values.MAX_DEPTH)}, "too deep")  # the list under "x": 1
+    ok = _nested(values.MAX_DEPTH - 1)
+    c = repo.commit({"x": ok}, "as deep as allowed")
+    assert repo.checkout(c.id)["x"] == ok
+    deep = Manifest(["dict", [["x", _encoded_lists(values.MAX_DEPTH + 1)]]], [])
+    mid = _put(repo, envelope.KIND_MANIFEST, deep.to_bytes())
+    with pytest.raises(CorruptObjectError, match="nested more than") as e:
+        Manifest.from_bytes(repo.objects.read_bytes(mid), mid)
+    assert e.value.object_id == mid and e.value.key_path is not None
+    assert e.value.key_path.startswith("x/0/0")
+    repo.close()
+
+
+def _encoded_lists(n: int) -> Any:
+    node: Any = ["list", []]
+    for _ in range(n - 1):
+        node = ["list", [node]]
+    return node
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("chunk_size", 1 << 31, "chunk_size"),
+        ("chunk_size", True, "chunk_size"),
+        ("required_features", "abc", "required_features"),
+        ("optional_features", [1], "optional_features"),
+        ("settings", [], "settings"),
+        ("settings", {"delta_max_depth": "ten"}, "delta_max_depth"),
+        ("settings", {"delta_max_depth": 10**6}, "delta_max_depth"),
+        ("settings", {"delta_cache_bytes": -1}, "delta_cache_bytes"),
+    ],
+)
+def test_corrupt_config(tmp_path: Path, field: str, value: Any, match: str) -> None:
+    tv.Repo.init(tmp_path).close()
+    path = tmp_path / ".tvcs" / "config.json"
+    doc = json.loads(path.read_bytes())
+    doc[field] = value
+    path.write_text(json.dumps(doc))
+    with pytest.raises(tv.FormatVersionError, match=match) as e:
+        tv.Repo.open(tmp_path)
+    assert "config.json" in str(e.value)

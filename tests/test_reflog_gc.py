@@ -252,6 +252,24 @@ def test_switch_names_the_commits_it_leaves_behind(tmp_path: Path, tvcs_cli: Any
     assert res.returncode == 0 and "behind" not in res.stderr
 
 
+def test_cli_gc_options_and_settings(tmp_path: Path, tvcs_cli: Any) -> None:
+    repo = tv.Repo.init(tmp_path / "w", **REPO)
+    repo.commit(st(1), "one")
+    side = repo.commit(st(2), "side", branch="side")
+    repo.delete_branch("side")
+    repo.close()
+    w = tmp_path / "w"
+    res = tvcs_cli(w, "config", "settings.gc.prune_expire", "soon")
+    assert res.returncode == 2 and "invalid setting gc.prune_expire 'soon'" in res.stderr
+    assert tvcs_cli(w, "config", "settings.gc.reflog_expire", "now").returncode == 0
+    out = json.loads(tvcs_cli(w, "gc", "--json").stdout)  # reflog gone; prune age keeps it
+    assert out["deleted_objects"] == 0 and out["young_objects_kept"] >= 3
+    res = tvcs_cli(w, "gc", "--prune", "later")
+    assert res.returncode == 2 and "invalid --prune 'later'" in res.stderr
+    out = json.loads(tvcs_cli(w, "gc", "--prune=now", "--json").stdout)
+    assert out["deleted_commits"] == [side.id]
+
+
 def test_cli_reflog_of_unknown_ref(tmp_path: Path, tvcs_cli: Any) -> None:
     tv.Repo.init(tmp_path / "w").close()
     res = tvcs_cli(tmp_path / "w", "reflog", "nope")
@@ -341,3 +359,35 @@ def test_push_sends_what_a_damaged_remote_lacks_behind_a_present_commit(
     with tv.Repo.open(remote) as dst:
         assert_same_value(dst.checkout("main"), st(5))
         assert tv.fsck(dst).ok
+
+
+def test_enospc_on_the_reflog_leaves_the_branch_where_it_was(
+    r: tv.Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reflog line is appended before the ref moves (git's order): when the append fails
+    (a full disk, injected here at the store's append), the commit raises and the branch has
+    not moved, so the error tells the truth; with space again, the next commit works."""
+    import errno
+
+    from tensorvcs.store.local import LocalStore
+
+    c1 = r.commit(st(1), "one")
+    real = LocalStore.append
+
+    def full(self: LocalStore, name: str, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LocalStore, "append", full)
+    with pytest.raises(OSError, match="No space left"):
+        r.commit(st(2), "two")
+    assert r.head() == ("main", c1.id)
+    with pytest.raises(OSError):
+        r.branch("b", "HEAD")
+    assert "b" not in r.branches()
+    monkeypatch.setattr(LocalStore, "append", real)
+    c3 = r.commit(st(3), "three")
+    assert c3.parents == [c1.id] and [e.new for e in r.refs.reflog(HEADS + "main")] == [
+        c1.id,
+        c3.id,
+    ]
+    assert tv.fsck(r).ok

@@ -185,12 +185,18 @@ def gc(
     As git: a commit you left behind (detached HEAD, a moved branch, a dropped commit) stays
     findable with `tvcs reflog` for 90 days. To reclaim its bytes now:
     `tvcs gc --reflog-expire=now --prune=now`."""
+    ages = {
+        "prune": (prune, "--prune"),
+        "reflog_expire": (reflog_expire, "--reflog-expire"),
+        "reflog_expire_unreachable": (reflog_expire_unreachable, "--reflog-expire-unreachable"),
+    }
+    age = {k: None if v is None else maintenance.parse_age(v, o) for k, (v, o) in ages.items()}
     r = repo()
     rep = maintenance.gc(
         r,
-        prune=prune,
-        reflog_expire=reflog_expire,
-        reflog_expire_unreachable=reflog_expire_unreachable,
+        prune=age["prune"],
+        reflog_expire=age["reflog_expire"],
+        reflog_expire_unreachable=age["reflog_expire_unreachable"],
     )
     d = dataclasses.asdict(rep)
     if as_json:

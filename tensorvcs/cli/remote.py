@@ -62,14 +62,14 @@ def remote() -> None:
 @_anon
 def remote_add(name: str, url: str, endpoint_url: str | None, anon: bool) -> None:
     """Add a remote NAME at URL (s3://bucket/prefix, file:///path, memory://x, or a path)."""
-    repo().remote_add(name, url, **_options(endpoint_url, anon))
+    rm.remote_add(repo(), name, url, **_options(endpoint_url, anon))
 
 
 @remote.command(name="list")
 @_json
 def remote_list(as_json: bool) -> None:
     """List the remotes."""
-    rs = repo().remotes()
+    rs = rm.remotes(repo())
     if as_json:
         echo_json(rs)
         return
@@ -81,7 +81,7 @@ def remote_list(as_json: bool) -> None:
 @click.argument("name")
 def remote_remove(name: str) -> None:
     """Remove a remote and its remote-tracking refs (refs/remotes/NAME/...)."""
-    repo().remote_remove(name)
+    rm.remote_remove(repo(), name)
 
 
 @click.command(name="push")

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .. import maintenance
 from ..errors import FormatVersionError, UsageError
 from ..format.config import RepoConfig
 from ..repo import CONFIG, Repo
@@ -122,6 +123,8 @@ def config(key: str | None, value: str | None, unset: bool, as_json: bool) -> No
                 c.settings[name] = json.loads(value)
             except ValueError:
                 c.settings[name] = value
+            if name in maintenance.SETTINGS:  # gc ages: refuse what gc could not read
+                maintenance.parse_age(c.settings[name], f"setting {name}")
     elif key in WRITABLE and not unset:
         assert value is not None
         try:

@@ -35,6 +35,7 @@ _SPECIAL_FLOATS = ("nan", "inf", "-inf")
 # The deepest nesting of containers (and of tuple dict keys) a writer stores and a reader
 # accepts (docs/format.md, "Validation limits"). It bounds every recursive walk of a tree.
 MAX_DEPTH = 100
+_CONTAINERS = (dict, OrderedDict, list, tuple, set, frozenset)
 
 
 def path_str(path: KeyPath) -> str:
@@ -77,13 +78,13 @@ def _float_node(x: float) -> Node:
 
 def encode(value: Any, hooks: Hooks, path: KeyPath = ()) -> Node:
     """Encode ``value``; raise UnsupportedValueError naming the key path of what cannot be."""
-    if len(path) > MAX_DEPTH:
+    t = type(value)
+    if len(path) >= MAX_DEPTH and t in _CONTAINERS:
         raise UnsupportedValueError(
-            f"cannot store the value at key path {path_str(path[:8])}/...: it is nested more "
-            f"than {MAX_DEPTH} containers deep",
+            f"cannot store the value at key path {path_str(path[:8])}/...: containers nest "
+            f"more than {MAX_DEPTH} deep",
             key_path=path_str(path),
         )
-    t = type(value)
     if value is None or t is bool:
         return value
     if t is str:

@@ -2,5 +2,6 @@
 
 from .base import Store
 from .local import LocalStore
+from .open import is_url, open_store
 
-__all__ = ["LocalStore", "Store"]
+__all__ = ["LocalStore", "Store", "is_url", "open_store"]

@@ -65,8 +65,8 @@ def test_url_init_refuses_options_its_store_does_not_take() -> None:
 
 def test_clone_refuses_storage_options_for_a_local_path(tmp_path: Path) -> None:
     tv.Repo.init(tmp_path / "src").close()
-    with pytest.raises(TypeError, match=r"Repo.clone\(\) got unexpected keyword argument"):
-        tv.Repo.clone(str(tmp_path / "src"), tmp_path / "dst", anon=True)
+    with pytest.raises(TypeError, match=r"^tensorvcs.clone\(\) got unexpected keyword argument"):
+        tv.clone(str(tmp_path / "src"), tmp_path / "dst", anon=True)
     assert not (tmp_path / "dst").exists()
 
 
@@ -143,8 +143,8 @@ def bare(tmp_path: Path) -> Path:
     repository at tmp_path/work that pushed to it."""
     with tv.Repo.init(tmp_path / "work", chunk_size=4096, pack_threshold=1024) as w:
         w.commit(STATE, "one")
-        w.remote_add("origin", str(tmp_path / "bare"))
-        w.push()
+        tv.remote_add(w, "origin", str(tmp_path / "bare"))
+        tv.push(w)
     assert (tmp_path / "bare" / "config.json").is_file()
     return tmp_path / "bare"
 
@@ -157,7 +157,7 @@ def test_clone_into_itself_is_refused(bare: Path) -> None:
     before = listing(bare)
     for dest, what in ((bare, "the repository"), (bare / "sub", "inside the repository")):
         with pytest.raises(tv.UsageError) as ei:
-            tv.Repo.clone(str(bare), dest)
+            tv.clone(str(bare), dest)
         assert str(ei.value) == (
             f"cannot clone {bare} into itself: '{dest}' is {what} being cloned (name another "
             "destination folder)"
@@ -168,9 +168,9 @@ def test_clone_into_itself_is_refused(bare: Path) -> None:
 def test_clone_of_a_work_repository_into_its_store_is_refused(bare: Path) -> None:
     work = bare.parent / "work"
     with pytest.raises(tv.UsageError, match=r"into itself: .* is the repository being cloned"):
-        tv.Repo.clone(str(work), work)
+        tv.clone(str(work), work)
     with pytest.raises(tv.UsageError, match="is inside the repository being cloned"):
-        tv.Repo.clone(str(work), work / ".tvcs" / "x")
+        tv.clone(str(work), work / ".tvcs" / "x")
     assert not (work / ".tvcs" / "x").exists()
 
 
@@ -180,13 +180,13 @@ def test_clone_into_a_non_empty_folder_or_a_file_is_refused(bare: Path, tmp_path
     (tmp_path / "afile").write_text("mine")
     for dest in (tmp_path / "full", tmp_path / "afile"):
         with pytest.raises(tv.UsageError) as ei:
-            tv.Repo.clone(str(bare), dest)
+            tv.clone(str(bare), dest)
         assert str(ei.value) == (
             f"destination path '{dest}' already exists and is not an empty directory"
         )
     assert listing(tmp_path / "full") == ["keep.txt"]
     (tmp_path / "empty").mkdir()
-    with tv.Repo.clone(str(bare), tmp_path / "empty") as r:
+    with tv.clone(str(bare), tmp_path / "empty") as r:
         assert r.checkout("HEAD")["step"] == 3
 
 
@@ -219,14 +219,14 @@ def test_partial_clone_with_a_filter_matching_nothing_creates_nothing(
     with rm.open_remote_repo(str(bare)) as b:
         tip = b.resolve("main")
     with pytest.raises(SelectionError) as ei:
-        tv.Repo.clone(str(bare), tmp_path / "p", filter=["nomatch/*", "adapter"])
+        tv.clone(str(bare), tmp_path / "p", filter=["nomatch/*", "adapter"])
     assert str(ei.value) == (
         f"nothing in commit {tip[:12]} (main of {bare}) matches the clone filter 'nomatch/*', "
         "'adapter' (key paths as 'tvcs ls' prints them, e.g. 'ckpt.pt/model/*')"
     )
     assert isinstance(ei.value, tv.NotFoundError)
     assert not (tmp_path / "p").exists()
-    with tv.Repo.clone(str(bare), tmp_path / "ok", filter=["model"]) as r:
+    with tv.clone(str(bare), tmp_path / "ok", filter=["model"]) as r:
         assert torch.equal(r.checkout("HEAD", include="model")["model"]["w"], STATE["model"]["w"])
 
 
@@ -247,9 +247,9 @@ def test_a_clone_that_fails_midway_removes_what_it_made(bare: Path, tmp_path: Pa
         os.chmod(p, 0o644)
         p.unlink()
     with pytest.raises(tv.NotFoundError):
-        tv.Repo.clone(str(bare), tmp_path / "half")
+        tv.clone(str(bare), tmp_path / "half")
     assert not (tmp_path / "half").exists()
     (tmp_path / "mine").mkdir()
     with pytest.raises(tv.NotFoundError):
-        tv.Repo.clone(str(bare), tmp_path / "mine")
+        tv.clone(str(bare), tmp_path / "mine")
     assert (tmp_path / "mine").is_dir() and listing(tmp_path / "mine") == []

@@ -46,17 +46,17 @@ def test_push_clone_pull_roundtrip(tmp_path: Path, s3_url: str, s3_options: dict
     a.commit(s1, message="one")
     s2 = nudge(s1)
     c2 = a.commit(s2, message="two")
-    a.remote_add("origin", s3_url, **s3_options)
-    res = a.push("origin")
+    tv.remote_add(a, "origin", s3_url, **s3_options)
+    res = tv.push(a, "origin")
     assert res.objects_sent > 0 and res.bytes_sent > 0
     assert res.updated == {"refs/heads/main": [None, c2.id]}
     assert a.refs.read("refs/remotes/origin/main") == c2.id
     local_objs = {f"objects/{o[:2]}/{o[2:]}" for o in a.objects.ids()}
     assert remote_objects(s3_url, s3_options) == local_objs  # everything reachable, no more
-    again = a.push("origin")  # nothing new
+    again = tv.push(a, "origin")  # nothing new
     assert again.objects_sent == 0 and again.up_to_date == ["refs/heads/main"]
 
-    b = tv.Repo.clone(s3_url, tmp_path / "b", **s3_options)
+    b = tv.clone(s3_url, tmp_path / "b", **s3_options)
     assert b.refs.read("refs/heads/main") == c2.id
     assert b.head() == ("refs/heads/main", c2.id) or b.head()[1] == c2.id
     assert_same_value(b.checkout("main"), s2)
@@ -65,10 +65,10 @@ def test_push_clone_pull_roundtrip(tmp_path: Path, s3_url: str, s3_options: dict
 
     s3 = nudge(s2, "w1")
     c3 = a.commit(s3, message="three")
-    res = a.push()
+    res = tv.push(a)
     # only the new commit's objects travel: one changed chunk run, manifest, commit
     assert 0 < res.objects_sent < len(local_objs)
-    res = b.pull("origin")
+    res = tv.pull(b, "origin")
     assert res.updated["refs/heads/main"] == [c2.id, c3.id]
     assert_same_value(b.checkout("main"), s3)
     assert tv.fsck(b).ok
@@ -84,7 +84,7 @@ def test_interrupted_push_resumes(
     a.commit(s)
     a.commit(nudge(s))
     total = len(list(a.objects.ids()))
-    a.remote_add("origin", s3_url, **s3_options)
+    tv.remote_add(a, "origin", s3_url, **s3_options)
 
     k = 7
     sent = 0
@@ -108,10 +108,10 @@ def test_interrupted_push_resumes(
     assert a.refs.read("refs/remotes/origin/main") is None  # no ref moved
     assert FsspecStore(s3_url, **s3_options).exists("refs/heads/main") is False
 
-    res = a.push("origin")
+    res = tv.push(a, "origin")
     assert res.objects_sent == total - k  # only what was still missing
     assert len(remote_objects(s3_url, s3_options)) == total
-    b = tv.Repo.clone(s3_url, tmp_path / "b", **s3_options)
+    b = tv.clone(s3_url, tmp_path / "b", **s3_options)
     assert tv.fsck(b).ok
     a.close()
     b.close()
@@ -121,19 +121,19 @@ def test_two_pushers_one_refused(tmp_path: Path, s3_url: str, s3_options: dict[s
     a = make_repo(tmp_path / "a")
     base = state(3)
     a.commit(base)
-    a.remote_add("origin", s3_url, **s3_options)
-    a.push()
-    b = tv.Repo.clone(s3_url, tmp_path / "b", **s3_options)
+    tv.remote_add(a, "origin", s3_url, **s3_options)
+    tv.push(a)
+    b = tv.clone(s3_url, tmp_path / "b", **s3_options)
     a.commit(nudge(base, "w0"), message="from a")
     b.commit(nudge(base, "w1"), message="from b")
-    a.push()
+    tv.push(a)
     with pytest.raises(rm.PushRejectedError, match="rejected: remote main moved; fetch first"):
-        b.push()
+        tv.push(b)
     # b fetches: now it knows a's commit, and sees it diverged: pull refuses too
     with pytest.raises(rm.DivergedError, match="diverged"):
-        b.pull()
+        tv.pull(b)
     with pytest.raises(rm.PushRejectedError, match="non-fast-forward"):
-        b.push()
+        tv.push(b)
 
 
 def test_concurrent_pushers_race(tmp_path: Path, s3_url: str, s3_options: dict[str, Any]) -> None:
@@ -141,9 +141,9 @@ def test_concurrent_pushers_race(tmp_path: Path, s3_url: str, s3_options: dict[s
     a = make_repo(tmp_path / "a")
     base = state(4)
     a.commit(base)
-    a.remote_add("origin", s3_url, **s3_options)
-    a.push()
-    b = tv.Repo.clone(s3_url, tmp_path / "b", **s3_options)
+    tv.remote_add(a, "origin", s3_url, **s3_options)
+    tv.push(a)
+    b = tv.clone(s3_url, tmp_path / "b", **s3_options)
     ca = a.commit(nudge(base, "w0"))
     cb = b.commit(nudge(base, "w1"))
     barrier = threading.Barrier(2)
@@ -152,7 +152,7 @@ def test_concurrent_pushers_race(tmp_path: Path, s3_url: str, s3_options: dict[s
     def go(name: str, r: tv.Repo) -> None:
         barrier.wait()
         try:
-            r.push()
+            tv.push(r)
             outcome[name] = "ok"
         except rm.PushRejectedError as e:
             outcome[name] = e
@@ -182,21 +182,21 @@ def test_fetch_and_tags(tmp_path: Path, kind: str) -> None:
     c1 = a.commit(s)
     a.tag("v1", c1)
     a.branch("dev")
-    a.remote_add("origin", url)
-    a.push("origin", ["main", "dev", "v1"])
-    b = tv.Repo.clone(url, tmp_path / "b")
+    tv.remote_add(a, "origin", url)
+    tv.push(a, "origin", ["main", "dev", "v1"])
+    b = tv.clone(url, tmp_path / "b")
     assert b.tags() == {"v1": c1.id}
     assert b.refs.read("refs/remotes/origin/dev") == c1.id
     c2 = a.commit(nudge(s))
-    a.push()
-    res = b.fetch("origin")
+    tv.push(a)
+    res = tv.fetch(b, "origin")
     assert res.updated == {"refs/remotes/origin/main": [c1.id, c2.id]}
     assert b.refs.read("refs/heads/main") == c1.id  # fetch moves no local branch
     # gc keeps what only a remote-tracking ref reaches
     tv.gc(b, prune="now", reflog_expire="now")
     assert tv.fsck(b).ok
     assert_same_value(b.checkout("refs/remotes/origin/main"), nudge(s))
-    assert b.remotes() == {"origin": url}
-    b.remote_remove("origin")
-    assert b.remotes() == {}
+    assert tv.remotes(b) == {"origin": url}
+    tv.remote_remove(b, "origin")
+    assert tv.remotes(b) == {}
     assert b.refs.read("refs/remotes/origin/main") is None

@@ -3,6 +3,8 @@ clone / fetch by include glob."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ def test_repo_on_s3_commit_checkout(
     assert tv.fsck(r2).ok
     r2.close()
 
-    local = tv.Repo.clone(s3_url, tmp_path / "local", **s3_options)
+    local = tv.clone(s3_url, tmp_path / "local", **s3_options)
     assert_same_value(local.checkout(), s2)
     local.close()
 
@@ -51,8 +53,8 @@ def test_partial_clone_of_adapter(tmp_path: Path, s3_url: str, s3_options: dict[
     a.commit({"base": base, "adapter": adapter}, message="base + adapter")
     adapter2 = {k: {"A": v["A"], "B": v["B"] + 0.01} for k, v in adapter.items()}
     a.commit({"base": base, "adapter": adapter2}, message="adapter step")
-    a.remote_add("origin", s3_url, **s3_options)
-    a.push()
+    tv.remote_add(a, "origin", s3_url, **s3_options)
+    tv.push(a)
 
     base_bytes = sum(t.numel() * t.element_size() for t in base.values())
     from tensorvcs import remote as rm
@@ -67,8 +69,8 @@ def test_partial_clone_of_adapter(tmp_path: Path, s3_url: str, s3_options: dict[
     # later fetches keep the filter
     adapter3 = {k: {"A": v["A"] * 2, "B": v["B"]} for k, v in adapter2.items()}
     a.commit({"base": base, "adapter": adapter3}, message="adapter step 2")
-    a.push()
-    res = b.pull()
+    tv.push(a)
+    res = tv.pull(b)
     assert res.bytes_sent < 0.05 * base_bytes
     assert_same_value(b.checkout("main", include="adapter"), {"adapter": adapter3})
 
@@ -76,10 +78,25 @@ def test_partial_clone_of_adapter(tmp_path: Path, s3_url: str, s3_options: dict[
     # fetched) and pushes it back: the origin has the base, so only the new objects travel
     adapter4 = {k: {"A": v["A"], "B": v["B"] - 0.5} for k, v in adapter3.items()}
     b.commit({"base": base, "adapter": adapter4}, message="from the partial clone")
-    res = b.push()
+    res = tv.push(b)
     assert 0 < res.bytes_sent < 0.05 * base_bytes
-    a.pull()
+    tv.pull(a)
     assert_same_value(a.checkout("main"), {"base": base, "adapter": adapter4})
     assert tv.fsck(a).ok
     a.close()
     b.close()
+
+
+def test_repo_does_not_import_remote() -> None:
+    """Layers only call downwards: tensorvcs.repo (and a plain `import tensorvcs`) never load
+    tensorvcs.remote; Repo.open/init with a URL use the store layer (tensorvcs.store.open)."""
+    code = (
+        "import sys, tensorvcs.repo, tensorvcs as tv\n"
+        "assert 'tensorvcs.remote' not in sys.modules, 'tensorvcs.repo imported tensorvcs.remote'\n"
+        "assert 'tensorvcs.store.open' in sys.modules\n"
+        "assert not hasattr(tv.Repo, 'push') and not hasattr(tv.Repo, 'clone')\n"
+        "tv.push\n"  # the module-level functions load it on first use
+        "assert 'tensorvcs.remote' in sys.modules\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
