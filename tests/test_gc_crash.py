@@ -1,4 +1,4 @@
-"""gc survives SIGKILL at any point (docs/format.md §9), and transfers survive gc.
+"""gc and async commits survive SIGKILL at any point (docs/format.md §9); transfers survive gc.
 
 tests/gc_crash_worker.py forks a child per trial that runs gc and SIGKILLs itself right
 before a randomly drawn change to the store (deletion, delta re-encoding, reflog rewrite); the
@@ -25,8 +25,11 @@ KILLS = int(os.environ.get("TVCS_GC_KILLS", "50"))
 
 def _crash_loop(mode: str, work: Path, kills: int, seed: int) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    script, args = "gc_crash_worker.py", [mode, str(work), str(kills), str(seed)]
+    if mode == "async":
+        script, args = "async_kill_worker.py", args[1:]
     proc = subprocess.run(
-        [sys.executable, str(TESTS / "gc_crash_worker.py"), mode, str(work), str(kills), str(seed)],
+        [sys.executable, str(TESTS / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -48,6 +51,17 @@ def test_push_again_after_a_killed_remote_gc(tmp_path: Path) -> None:
     out = _crash_loop("push", tmp_path, 16, seed=7)
     assert out["defects"] == []
     assert out["kills"] >= 12
+
+
+def test_async_commits_killed_at_random_times_resume_from_the_newest_complete(
+    tmp_path: Path,
+) -> None:
+    """20 SIGKILLs at random times of a loop that saves every step through a CheckpointManager
+    (async commits, KeepLast(3) retention: drop and gc in the background too)."""
+    out = _crash_loop("async", tmp_path, 20, seed=11)
+    assert out["defects"] == []
+    assert out["kills"] == 20
+    assert sum(s is not None and s >= 2 for s in out["steps"]) >= 15  # kills mid-run, not at start
 
 
 def _gc_loop(tmp_path: Path, repo_path: Path) -> tuple[subprocess.Popen[str], Path, Path]:
