@@ -595,21 +595,19 @@ def fsck(repo: Repo) -> FsckReport:
         what = "missing" if isinstance(err, ObjectNotFoundError) else "corrupt"
         report.problems.append(Problem(what, oid, f"{where}: {err}"))
         reported.add(oid)
-    futures = {oid: repo.pool.submit(repo.objects.check, oid) for oid in repo.objects.ids()}
+    checked = repo.objects.check_many(repo.objects.ids(), repo.pool)  # each decoded once
     commits: set[str] = set()
-    for oid, fut in futures.items():
+    for oid, got in checked.items():
         report.objects_checked += 1
         where = reachable.get(oid, "unreachable")
-        try:
-            h = fut.result()
-            if h.kind == KIND_COMMIT:
-                commits.add(oid)
-                if oid in reachable:
-                    report.commits += 1
-        except (CorruptObjectError, ObjectNotFoundError) as e:  # not found: a delta's base
+        if isinstance(got, TensorVCSError):  # not found: a delta's base
             if oid not in reported:
-                report.problems.append(Problem("corrupt", oid, f"{where}: {e}"))
-    present = set(futures)
+                report.problems.append(Problem("corrupt", oid, f"{where}: {got}"))
+        elif got.kind == KIND_COMMIT:
+            commits.add(oid)
+            if oid in reachable:
+                report.commits += 1
+    present = set(checked)
     for oid, where in reachable.items():
         if oid not in present and oid not in reported:
             report.problems.append(Problem("missing", oid, where))

@@ -318,6 +318,23 @@ def test_3000_deep_chain_decodes(tmp_path: Path) -> None:
     repo.close()
 
 
+def test_fsck_decodes_each_object_of_a_deep_chain_once(tmp_path: Path) -> None:
+    """fsck verifies the 3,000-deep chain reading each object once (one decode per object,
+    each delta applied to its base's content), not once per link of every chain (quadratic:
+    about 4.5 million reads here)."""
+    repo = tv.Repo.init(tmp_path)
+    top, _ = _write_chain(repo, 3000)
+    entry = TensorEntry("uint8", [64], 64, chunks=[(top, 64)])
+    mid = _put(repo, envelope.KIND_MANIFEST, Manifest(["tensor", 0], [entry]).to_bytes())
+    _commit_to(repo, mid, "deep")
+    before = repo.objects.objects_read
+    report = tv.fsck(repo)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.objects_checked == 3001 + 2
+    assert repo.objects.objects_read - before <= 2 * (3001 + 2)  # the walk reads the few tops
+    repo.close()
+
+
 def test_chain_past_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = tv.Repo.init(tmp_path)
     top, _ = _write_chain(repo, 60)
@@ -626,3 +643,19 @@ def test_corrupt_config(tmp_path: Path, field: str, value: Any, match: str) -> N
     with pytest.raises(tv.FormatVersionError, match=match) as e:
         tv.Repo.open(tmp_path)
     assert "config.json" in str(e.value)
+
+
+def test_a_valid_manifest_of_a_tensor_too_large_to_allocate(tmp_path: Path) -> None:
+    """A manifest can describe a tensor larger than this machine can allocate (1 PiB in 1 GiB
+    chunks): checkout refuses with a project error naming the key path, not torch's
+    RuntimeError."""
+    repo = tv.Repo.init(tmp_path)
+    n = 1 << 50
+    chunk = "ab" * 32
+    entry = TensorEntry("uint8", [n], n, chunks=[(chunk, 1 << 30)] * (1 << 20))
+    manifest = Manifest(["dict", [["huge", ["tensor", 0]]]], [entry])
+    mid = _put(repo, envelope.KIND_MANIFEST, manifest.to_bytes())
+    _commit_to(repo, mid, "huge")
+    with pytest.raises(tv.TensorVCSError, match="key path 'huge'"):
+        repo.checkout("huge")
+    repo.close()

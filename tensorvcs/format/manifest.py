@@ -44,6 +44,8 @@ MAX_PATH_CHARS = 4096  # a file entry's path
 MAX_DEVICE_CHARS = 64
 REPO_DIR = ".tvcs"
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_ITEMSIZE = {name: d.itemsize for name, d in DTYPES.items()}
+_GRAD_DTYPES = {name for name, d in DTYPES.items() if d.is_floating_point or d.is_complex}
 
 
 def _is_int(x: Any) -> bool:
@@ -55,10 +57,11 @@ def _nonneg(x: Any, limit: int = MAX_DIM) -> bool:
 
 
 def _shape_problem(shape: Any) -> str | None:
-    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+    if type(shape) is not list or len(shape) > MAX_NDIM:
         return f"shape {shape!r:.60} is not a list of at most {MAX_NDIM} sizes"
-    if not all(_nonneg(x) for x in shape):
-        return f"shape {shape!r:.60} has a size that is not an integer in 0..2**63-1"
+    for x in shape:
+        if type(x) is not int or x < 0 or x > MAX_DIM:
+            return f"shape {shape!r:.60} has a size that is not an integer in 0..2**63-1"
     return None
 
 
@@ -68,15 +71,16 @@ def _numel(shape: list[int]) -> int:
 
 def _refs_problem(chunks: Any, limit: int = MAX_CHUNK_SIZE) -> str | None:
     """The problem of a ``[[id, length], ...]`` list, or None."""
-    if not isinstance(chunks, list):
+    if type(chunks) is not list:
         return "chunks is not a list"
     for c in chunks:
-        if not isinstance(c, list) or len(c) != 2:
+        if type(c) is not list or len(c) != 2:
             return f"chunk {c!r:.80} is not an [id, length] pair"
-        if not isinstance(c[0], str) or not is_object_id(c[0]):
-            return f"chunk {c[0]!r:.80} is not an object id"
-        if not _nonneg(c[1], limit) or c[1] == 0:
-            return f"chunk {c[0]} has length {c[1]!r:.40} (not in 1..{limit})"
+        cid, n = c
+        if type(cid) is not str or not is_object_id(cid):
+            return f"chunk {cid!r:.80} is not an object id"
+        if type(n) is not int or not 0 < n <= limit:
+            return f"chunk {cid} has length {n!r:.40} (not in 1..{limit})"
     return None
 
 
@@ -173,7 +177,7 @@ def _tensor_entry_problem(d: Any) -> str | None:
     if not isinstance(d, dict):
         return "not a JSON object"
     dtype = d.get("dtype")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
+    if type(dtype) is not str or dtype not in _ITEMSIZE:
         return f"unknown dtype {dtype!r:.60}"
     problem = _shape_problem(d.get("shape"))
     if problem:
@@ -181,14 +185,13 @@ def _tensor_entry_problem(d: Any) -> str | None:
     nbytes = d.get("nbytes")
     if not _nonneg(nbytes):
         return f"nbytes {nbytes!r:.40} is not an integer in 0..2**63-1"
-    expect = _numel(d["shape"]) * DTYPES[dtype].itemsize
+    expect = _numel(d["shape"]) * _ITEMSIZE[dtype]
     if nbytes != expect:
         return f"{dtype}{d['shape']} is {expect} bytes, not {nbytes}"
     for flag in ("param", "requires_grad"):
         if flag in d and type(d[flag]) is not bool:
             return f"{flag} is not a boolean"
-    dt = DTYPES[dtype]
-    if d.get("requires_grad") and not (dt.is_floating_point or dt.is_complex):
+    if d.get("requires_grad") and dtype not in _GRAD_DTYPES:
         return f"a {dtype} tensor cannot require gradients"
     if "pack" in d:
         if "chunks" in d:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CorruptObjectError, ObjectNotFoundError
+from ..errors import CorruptObjectError, ObjectNotFoundError, UnsupportedValueError
 from ..format.manifest import TensorEntry
 from ..store.objects import ObjectStore
 from .tensors import byte_view, dtype_from_name
@@ -43,7 +43,13 @@ class TensorReader:
         jobs: list[tuple[int, Future[Any]]] = []
         packs: dict[str, list[int]] = {}
         for i, e in entries.items():
-            t = torch.empty(e.shape, dtype=dtype_from_name(e.dtype))
+            try:
+                t = torch.empty(e.shape, dtype=dtype_from_name(e.dtype))
+            except (RuntimeError, MemoryError) as err:  # torch reports a failed allocation so
+                raise UnsupportedValueError(
+                    f"tensor at key path {where(i)!r}: cannot allocate {e.nbytes} bytes for "
+                    f"{e.dtype}{list(e.shape)} ({type(err).__name__}: {str(err)[:120]})"
+                ) from None
             if t.numel() * t.element_size() != e.nbytes:
                 raise CorruptObjectError(
                     f"tensor at key path {where(i)!r}: {e.dtype}{e.shape} is not {e.nbytes} bytes"

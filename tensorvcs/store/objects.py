@@ -7,12 +7,18 @@ object (same id, same content); reads verify the content hash unless told not to
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptObjectError, ObjectNotFoundError, TensorVCSError
+from ..errors import (
+    CorruptObjectError,
+    ObjectNotFoundError,
+    TensorVCSError,
+    UnsupportedValueError,
+)
 from ..format import codecs, envelope
 from ..format.config import MAX_DELTA_CHAIN
 from ..format.ids import Buffer, check_object_id, is_object_id, object_id
@@ -40,7 +46,13 @@ class ObjectStore:
         return self.store.exists(object_name(oid))
 
     def write(self, oid: str, kind: int, length: int, enc: codecs.Encoded) -> int:
-        """Store an already-encoded object; returns the bytes written (0 when it was present)."""
+        """Store an already-encoded object; returns the bytes written (0 when it was present).
+        An object larger than readers accept for its kind (envelope.MAX_CONTENT) is refused."""
+        if length > envelope.MAX_CONTENT.get(kind, 0):
+            raise UnsupportedValueError(
+                f"cannot store a {envelope.KIND_NAMES.get(kind, kind)} of {length} bytes: "
+                f"readers accept at most {envelope.MAX_CONTENT.get(kind, 0)}"
+            )
         if self.has(oid):
             return 0
         pieces = envelope.pack(kind, length, enc)
@@ -255,23 +267,108 @@ class ObjectStore:
         if len(prefix) < 2:
             return [i for i in self.ids() if i.startswith(prefix)]
         folder = f"{OBJECTS}/{prefix[:2]}"
-        return [
-            prefix[:2] + n.rsplit("/", 1)[1]
-            for n in self.store.list(folder)
-            if (prefix[:2] + n.rsplit("/", 1)[1]).startswith(prefix)
-        ]
+        names = (prefix[:2] + n.rsplit("/", 1)[1] for n in self.store.list(folder))
+        return [oid for oid in names if oid.startswith(prefix) and is_object_id(oid)]
 
     def delete(self, oid: str) -> None:
         self.store.delete(object_name(oid))
 
-    def check(self, oid: str) -> envelope.Header:
-        """Read and verify one object (its whole delta chain, and its hash); a manifest or a
-        commit is also parsed and validated, so a well-hashed but malformed one is found.
-        Raises CorruptObjectError / ObjectNotFoundError only."""
+    def check_many(
+        self, oids: Iterable[str], pool: Executor
+    ) -> dict[str, envelope.Header | TensorVCSError]:
+        """``check`` of every object of ``oids``, decoding each once: the objects form delta
+        trees (a delta's base is its parent), and each tree is decoded from its self-contained
+        root down, every delta applied to its base's content already decoded (a copy where a
+        base has several deltas). So fsck's cost is one decode per object, not one per link
+        of each chain. Objects no root reaches (a loop, a missing base, a broken header) are
+        checked one by one, which names their fault. {oid: header, or the error}."""
+        ids = list(oids)
+        heads: dict[str, envelope.Header] = {}
+        out: dict[str, envelope.Header | TensorVCSError] = {}
+        for oid, got in zip(ids, pool.map(self._header_or_error, ids), strict=True):
+            if isinstance(got, TensorVCSError):
+                out[oid] = got
+            else:
+                heads[oid] = got
+        children: dict[str, list[str]] = {}
+        roots = []
+        for oid, h in heads.items():
+            if h.codec != codecs.CODEC_DELTA:
+                roots.append(oid)
+                continue
+            base = h.params.get("base")
+            if isinstance(base, str) and base in heads and base != oid:
+                children.setdefault(base, []).append(oid)
+        for tree in pool.map(lambda r: self._check_tree(r, children), roots):
+            out.update(tree)
+        for oid in ids:  # not reached from a root: check alone, which names what is wrong
+            if oid not in out:
+                try:
+                    out[oid] = self.check(oid)
+                except TensorVCSError as e:
+                    out[oid] = e
+        return out
+
+    def _header_or_error(self, oid: str) -> envelope.Header | TensorVCSError:
+        try:
+            return self.header(oid)
+        except TensorVCSError as e:
+            return e
+
+    def _check_tree(
+        self, root: str, children: dict[str, list[str]]
+    ) -> dict[str, envelope.Header | TensorVCSError]:
+        out: dict[str, envelope.Header | TensorVCSError] = {}
+        stack: list[tuple[str, np.ndarray | None, int]] = [(root, None, 0)]
+        while stack:
+            oid, base, depth = stack.pop()
+            try:
+                if depth > MAX_DELTA_CHAIN:
+                    raise CorruptObjectError(
+                        f"object {oid} is corrupt: its delta chain is longer than "
+                        f"{MAX_DELTA_CHAIN} deltas",
+                        oid,
+                    )
+                content, h = self._decode_on(oid, base)
+                self._check_structure(oid, h, content)
+            except TensorVCSError as e:
+                out[oid] = e
+                for k in children.get(oid, []):  # a delta on a broken base: checked alone
+                    stack.append((k, None, -1))
+                continue
+            out[oid] = h
+            kids = children.get(oid, [])
+            for i, k in enumerate(kids):
+                stack.append((k, content if i == len(kids) - 1 else content.copy(), depth + 1))
+        return out
+
+    def _decode_on(self, oid: str, base: np.ndarray | None) -> tuple[np.ndarray, envelope.Header]:
+        """Decode ``oid`` (a delta applied in place on ``base``, its base's content) and
+        verify its hash; with ``base`` None, decode it as ``read`` does."""
+        if base is None:
+            h, content = self.read(oid)
+            return content, h
+        data = self.raw(oid)
+        h = envelope.read_header(data, oid)
+        if h.length != base.nbytes:
+            raise CorruptObjectError(
+                f"object {oid} is corrupt: it does not fit its delta base "
+                f"({h.length} bytes against {base.nbytes})",
+                oid,
+            )
+        payload = memoryview(data)[h.payload_offset :]
+        envelope.check_fits(h, payload, oid)
+        codecs.decode_delta_into(h.params, payload, base, oid)
+        if object_id(base.data) != oid:
+            raise CorruptObjectError(
+                f"object {oid} is corrupt: its content hashes differently", oid
+            )
+        return base, h
+
+    def _check_structure(self, oid: str, h: envelope.Header, content: np.ndarray) -> None:
         from ..format.commit import Commit
         from ..format.manifest import Manifest
 
-        h, content = self.read(oid)
         try:
             if h.kind == envelope.KIND_MANIFEST:
                 Manifest.from_bytes(content.data, oid)
@@ -281,6 +378,13 @@ class ObjectStore:
             raise
         except TensorVCSError as e:  # any other refusal of stored bytes is corruption here
             raise CorruptObjectError(f"object {oid}: {e}", oid) from e
+
+    def check(self, oid: str) -> envelope.Header:
+        """Read and verify one object (its whole delta chain, and its hash); a manifest or a
+        commit is also parsed and validated, so a well-hashed but malformed one is found.
+        Raises CorruptObjectError / ObjectNotFoundError only."""
+        h, content = self.read(oid)
+        self._check_structure(oid, h, content)
         return h
 
 
