@@ -11,6 +11,7 @@ checks out bit for bit, with its whole history, and fsck finds no problem.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,7 @@ class RepositoryModel(RuleBasedStateMachine):
 
 
 RepositoryModel.TestCase.settings = settings(
-    max_examples=20,
+    max_examples=int(os.environ.get("TVCS_MODEL_EXAMPLES", "20")),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -175,12 +175,14 @@ class IOMixin:
             )
             previous = self.repo.tags().get(tag)
             self.repo.tag(tag, c.id, force=True)
+            # the pointer once the commit and its tag are durable: after a crash, a pointer
+            # file always names a complete checkpoint (a half-done save leaves the old one)
+            if self.pointer_files:
+                self._write_pointer(path, tag)
             if previous is not None and previous != c.id:
                 self._drop(previous)  # the path was overwritten: its old checkpoint is gone
             return c
 
-        if self.pointer_files:
-            self._write_pointer(path, tag)
         self._committer.submit(commit)
 
     def load_checkpoint(

@@ -337,3 +337,51 @@ def test_adapter_finetune_stores_only_adapter_bytes_and_resumes_strictly(tmp_pat
     )
     t2.fit(LoRA(), data, ckpt_path="step-5")
     assert t2.global_step == 7
+
+
+POINTER_CHILD = """
+import os, signal, sys, torch
+import tensorvcs as tv
+from tensorvcs.integrations.lightning import TVCSCheckpointIO
+from tensorvcs.refs import RefStore
+
+repo = tv.Repo.open(sys.argv[1])
+io = TVCSCheckpointIO(repo, async_commit=True)
+path = os.path.join(sys.argv[1], "last.ckpt")
+io.save_checkpoint({"global_step": 1, "w": torch.full((4,), 1.0)}, path)
+io.teardown()
+update = RefStore.update
+def update_or_die(self, name, new, **kw):
+    if name.startswith("refs/tags/") and "step=3" in name:  # step 3 committed, not tagged
+        os.kill(os.getpid(), signal.SIGKILL)
+    update(self, name, new, **kw)
+RefStore.update = update_or_die
+io.save_checkpoint({"global_step": 2, "w": torch.full((4,), 2.0)}, path)
+io.teardown()
+io.save_checkpoint({"global_step": 3}, os.path.join(sys.argv[1], "step=3.ckpt"))
+io.teardown()
+sys.exit(3)
+"""
+
+
+def test_checkpoint_io_pointer_names_a_complete_checkpoint_after_a_kill(tmp_path: Path) -> None:
+    """An async save killed before its commit is tagged leaves no pointer file that names a
+    missing checkpoint (the pointer is written after the commit and its tag); the pointers
+    written before name complete checkpoints."""
+    import signal
+    import subprocess
+    import sys
+
+    tv.Repo.init(tmp_path).close()
+    script = tmp_path / "child.py"
+    script.write_text(POINTER_CHILD)
+    child = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+    with tv.Repo.open(tmp_path) as repo:
+        io = TVCSCheckpointIO(repo)
+        got = io.load_checkpoint(tmp_path / "last.ckpt")
+        assert got["global_step"] == 2 and torch.equal(got["w"], torch.full((4,), 2.0))
+        assert not (tmp_path / "step=3.ckpt").exists()
+        assert tv.fsck(repo).ok
