@@ -181,7 +181,7 @@ class RepositoryModel(RuleBasedStateMachine):
         after = self._chain("ckpt")
         self.saved_seeds.append(seed)
         # KeepLast(2): the last two saves stay, and others only while a user's tag names them
-        have = {self.r.get_commit(c).step for c in after}
+        have = {c.step for c in self.mgr.checkpoints()}  # the manager's own, not a base
         tagged = {self.r.get_commit(c).step for c in self.r.tags().values()}
         assert set(self.saved_seeds[-2:]) <= have, (self.saved_seeds, have)
         assert have - set(self.saved_seeds[-2:]) <= tagged, (self.saved_seeds, have, tagged)

@@ -22,9 +22,47 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _atomic_conditional_puts(app: Any) -> Any:
+    """A WSGI wrapper that serialises conditional PUTs (``If-None-Match: *``): real S3 makes
+    create-if-absent atomic, moto checks and then writes, so 8 racing creators can both win
+    on a loaded machine. The test server then keeps the guarantee the product relies on."""
+    import threading
+
+    lock = threading.Lock()
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") == "PUT" and "HTTP_IF_NONE_MATCH" in environ:
+            with lock:
+                result = app(environ, start_response)
+                try:
+                    return [b"".join(result)]
+                finally:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+        return app(environ, start_response)
+
+    return wrapped
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    class Server(ThreadedMotoServer):  # type: ignore[misc]
+        def _server_entry(self) -> None:
+            app = _atomic_conditional_puts(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(
+                self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
 
     env = {
         "AWS_ACCESS_KEY_ID": "test",
@@ -36,7 +74,7 @@ def s3_endpoint() -> Iterator[str]:
     os.environ.update(env)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = Server(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
         yield f"http://127.0.0.1:{port}"
