@@ -1,6 +1,7 @@
 """Crash loop for gc (run as a script by tests/test_gc_crash.py, not collected).
 
     gc_crash_worker.py gc   WORK KILLS SEED    SIGKILL a local gc at KILLS random points
+                                               (KILLS 0: at every one of its points in turn)
     gc_crash_worker.py push WORK KILLS SEED    SIGKILL a gc of a remote at KILLS random
                                                points, then re-run the push that it raced
 
@@ -195,7 +196,7 @@ def main_gc(work: Path, kills: int, seed: int) -> dict[str, Any]:
     keep, gone = build_template(template)
     total = count_mutations(template, work / "count", _gc)
     rng = random.Random(seed)
-    points = sorted(rng.randint(1, total) for _ in range(kills))
+    points = sorted(rng.randint(1, total) for _ in range(kills)) if kills else range(1, total + 1)
     defects: list[str] = []
     killed = 0
     for i, n in enumerate(points):
