@@ -1,17 +1,62 @@
-"""The delta-base cache: the content of the last commit's chunks, kept in memory so that the
-next commit can delta-encode against them without reading them back from disk.
+"""The delta-base cache: some of the last commit's chunks, kept in memory so that the next
+commit can delta-encode against them without reading them back from the store.
 
-Holds at most ``budget`` bytes. A commit fills a new generation as it writes (copying each
-chunk's bytes, or carrying over the array when the chunk did not change); ``promote`` makes
-it current once the commit is stored, ``discard`` drops it if the commit fails.
+Why it is small (issue 11, goal 1: a commit may use at most 512 MiB + 0.1 × S of extra memory
+for a state of S bytes). A delta needs the parent's content of each *changed* chunk only.
+Keeping the whole last commit in memory (this cache's first design: a copy of every chunk, up
+to min(4 GiB, RAM/4)) cost one extra copy of the state after every commit, and two while a
+commit filled the next generation (bench/scale.py, 4 GB fp32: +3.74 GiB on the first commit,
++3.87 GiB on the second). Reading the parent's chunk back from the store instead costs one
+decode of *that* chunk: the newest version of a chunk is always stored whole (reverse deltas,
+state/writer.py), so it is one read, one zstd pass and one hash check, no chain. A fine-tune
+step that changes a few tensors reads back a few chunks; one that changes everything reads
+back a checkout's worth of bytes, in a commit that encodes every changed chunk twice anyway.
+
+Measured side by side (docs/performance.md, "Scale"): with every chunk changed, reading back
+costs about what copying into the cache had cost the commit before (a 0.26 GB state: second
+commit 0.9–1.6 s read back against 0.8–1.4 s from memory; the first commit 0.5–0.7 s against
+0.5–1.0 s with the copy), so the cache buys little time and costs S of memory. Chosen:
+
+- the budget defaults to DEFAULT_BUDGET (256 MiB, at most RAM/16): states up to about that
+  size (MiniLM + AdamW, W3/W4) keep every delta base in memory as before; larger ones keep
+  what fits and read the rest back. ``delta_cache_bytes`` in the repository's settings sets
+  it (0: always read back; the CLI, which makes one commit per process, uses 0).
+- one generation, not two: a changed chunk is the delta base of its successor only, so the
+  writer ``take``s it (the memory is released as the next generation fills).
+- admission is per tensor (``reserve``): a tensor is kept whole or not at all, so the bytes
+  counted are the bytes held, also for ``owned`` snapshots, whose chunks are kept as views
+  (no copy) and would otherwise pin their whole tensor (its whole storage is what is counted)
+  for one counted chunk. An owned snapshot the cache keeps stays alive until the next commit
+  takes its chunks: the caller's memory, so it is bounded by the same budget.
+- for an owned snapshot the new view replaces an unchanged chunk's old array (the snapshot is
+  alive anyway); carrying the old array over would pin the previous snapshot's tensor too.
+  For a copied (live) state the old array is carried over: it is a private copy already.
+
+The cache only ever saves time: every lookup that misses falls back to the store, and the
+bytes a delta is computed against are the same either way (the parent's chunk, by id), so the
+objects written do not depend on it (tests/test_memory.py). A commit fills a new generation as
+it writes; ``promote`` makes it current once the commit is stored, ``discard`` drops it if
+the commit fails.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 
 import numpy as np
+
+DEFAULT_BUDGET = 256 << 20
+
+
+def offheap(nbytes: int) -> np.ndarray:
+    """A uint8 array of ``nbytes`` in its own anonymous mapping, returned to the system the
+    moment the last reference goes. Memory that outlives the chunk jobs (cache copies, queued
+    re-encodings) goes here, not into malloc's arenas: placed between the jobs' short-lived
+    buffers there, it would pin them (measured: a 2 GB bf16 commit changing every chunk
+    peaked ~450 MiB above its live data that way, and kept most of it after returning)."""
+    return np.frombuffer(mmap.mmap(-1, max(1, nbytes)), dtype=np.uint8, count=nbytes)
 
 
 def default_budget() -> int:
@@ -19,7 +64,7 @@ def default_budget() -> int:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         ram = 8 << 30
-    return int(min(4 << 30, ram // 4))
+    return int(min(DEFAULT_BUDGET, ram // 16))
 
 
 class BaseCache:
@@ -27,30 +72,47 @@ class BaseCache:
         self.budget = default_budget() if budget is None else budget
         self._current: dict[str, np.ndarray] = {}
         self._next: dict[str, np.ndarray] = {}
-        self._next_bytes = 0
+        self._next_bytes = 0  # reserved for the next generation (whole tensors)
         self._lock = threading.Lock()
 
     def get(self, oid: str) -> np.ndarray | None:
         """The content of a chunk of the last commit, if kept."""
         return self._current.get(oid)
 
+    def take(self, oid: str) -> np.ndarray | None:
+        """``get``, and forget it: a chunk that changed is the delta base of its successor
+        only, so its memory is released as the next generation fills (one generation's
+        budget in memory, not two). A second user of the same id reads the store."""
+        with self._lock:
+            return self._current.pop(oid, None)
+
+    def reserve(self, nbytes: int) -> bool:
+        """Room for a tensor of ``nbytes`` in the next generation: True (and counted) if it
+        fits the budget; its chunks are then given to ``keep``."""
+        with self._lock:
+            if nbytes <= 0 or self._next_bytes + nbytes > self.budget:
+                return False
+            self._next_bytes += nbytes
+            return True
+
     def keep(self, oid: str, content: np.ndarray, copy: bool = True) -> None:
-        """Remember ``content`` of ``oid`` for the next commit, within the budget: a copy, or
-        (``copy=False``, for memory nobody will write to again) the array itself."""
+        """Remember ``content`` of ``oid`` (a chunk of a tensor ``reserve`` admitted) for the
+        next commit: a copy, or (``copy=False``, memory nobody will write to again: an owned
+        snapshot, a host copy of a device tensor) the array itself."""
         with self._lock:
             if oid in self._next:
                 return
             old = self._current.get(oid)
-            if old is not None:
-                self._next[oid] = old
-                self._next_bytes += old.nbytes
+            if copy and old is not None and old.nbytes == content.nbytes:
+                self._next[oid] = old  # a private copy already
                 return
-            if self._next_bytes + content.nbytes > self.budget:
-                return
-            self._next_bytes += content.nbytes
-        kept = np.array(content, copy=True) if copy else content
+        if copy:
+            kept = offheap(content.nbytes)
+            kept[:] = content
+        else:
+            kept = content
         with self._lock:
-            self._next[oid] = kept
+            self._next.setdefault(oid, kept)
 
     def promote(self) -> None:
         with self._lock:

@@ -11,7 +11,20 @@
   is smaller — after the new chunk is durable, by an atomic replace (same id, same content).
   The newest version is never a chain; every ``max_depth + 1``-th version stays whole, which
   bounds older versions' chains. The parent's bytes come from the in-memory BaseCache when
-  this process wrote the parent, else from the store.
+  it holds them (a small budget: see state/basecache.py), else from the store — one decode,
+  since the parent's chunk is the newest version and so stored whole. Either way the delta is
+  computed against the same bytes (the parent's chunk, by id), so what is stored does not
+  depend on where they came from.
+- Memory stays bounded (issue 11, goal 1: 512 MiB + 0.1 × S): nothing holds a copy of the
+  state. At most ``workers`` chunks are in flight, each with its encodings and, for a changed
+  chunk, the parent's content; the queued delta re-encodings of parent chunks are applied in
+  batches of REWRITE_BATCH_BYTES (a folder fsync first, so the chunks they depend on are
+  durable) rather than all at the end of the commit, where a commit that changes every chunk
+  would hold a compressed delta of the whole state. Every batch is applied before ``write``
+  returns: nothing is left for later, so resuming from a commit never depends on deferred
+  work. A commit that fails after a batch leaves some parent chunks as deltas on new chunks
+  no manifest names yet — the state a crash after the re-encodings always could leave: the
+  content under each id is unchanged, and gc keeps the delta bases of what it keeps.
 - Chunk jobs run on a thread pool: BLAKE3 and zstd release the GIL, so hashing, encoding and
   file writes of different chunks overlap. CUDA tensors are copied to the host one chunk at a
   time inside the jobs, so host memory stays around ``workers × chunk_size``.
@@ -33,11 +46,14 @@ from ..format.ids import object_id
 from ..format.manifest import TensorEntry
 from ..format.values import path_str
 from ..store.objects import ObjectStore
-from .basecache import BaseCache
+from .basecache import BaseCache, offheap
 from .encode import PendingTensor
 from .tensors import byte_view, dtype_name
 
 Location = tuple[str, int]  # (pack id, offset)
+Rewrite = tuple[str, int, codecs.Encoded, int]  # (parent id, length, delta, old stored size)
+# queued delta re-encodings (their encoded bytes) applied together, mid-commit
+REWRITE_BATCH_BYTES = 16 << 20
 
 
 def default_workers() -> int:
@@ -80,13 +96,17 @@ class TensorWriter:
         self.owned = owned  # the tensors will not change after this write: cache them uncopied
         # reverse deltas: a new chunk is stored whole and the parent's chunk is rewritten as a
         # delta against it, so the newest version (the one resumed from) is never a chain
-        self._rewrites: list[tuple[str, int, codecs.Encoded, int]] = []
+        self._rewrites: list[Rewrite] = []
+        self._rewrites_bytes = 0
         self._rewrites_lock = threading.Lock()
+        # one batch at a time: a batch's sync must not return while another thread's sync,
+        # which took the folders of this batch's chunks, is still fsyncing them
+        self._apply_lock = threading.Lock()
         self.stats = WriteStats()
 
     def _content(self, oid: str, length: int) -> np.ndarray | None:
         """The content of the parent's chunk ``oid``: from the cache, else the store."""
-        hit = self.cache.get(oid) if self.cache is not None else None
+        hit = self.cache.take(oid) if self.cache is not None else None
         if hit is not None and hit.nbytes == length:
             return hit
         content = np.empty(length, dtype=np.uint8)
@@ -94,48 +114,79 @@ class TensorWriter:
             self.objects.read_into(oid, content)
         except ObjectNotFoundError:  # a partial clone lacks it (docs/remotes.md): no delta
             return None
+        except CorruptObjectError:  # fsck's business; this commit stores its chunk whole
+            return None
         return content
 
-    def _plan_rewrite(self, parent: str, content: np.ndarray, oid: str, width: int) -> int:
-        """Queue the parent's chunk to be re-encoded as a delta against the new chunk
-        ``oid`` (applied once ``oid`` is durable); returns the new chunk's version number.
+    def _plan_rewrite(
+        self, parent: str, content: np.ndarray, oid: str, width: int
+    ) -> tuple[int, Rewrite | None]:
+        """The new chunk ``oid``'s version number, and the re-encoding of the parent's chunk
+        as a delta against it if that is smaller (to be queued once ``oid`` is written).
 
         Every ``max_depth + 1``-th version of a chunk is left whole, which bounds the chains
         of older versions to ``max_depth`` deltas."""
         try:
             h = self.objects.header(parent)
         except (ObjectNotFoundError, CorruptObjectError):
-            return 0  # a partial clone lacks it, or fsck's business: store this one whole
+            return 0, None  # a partial clone lacks it, or fsck's business: store this whole
         seq = int(h.params.get("seq", 0))
         if h.codec == codecs.CODEC_DELTA or seq % (self.max_depth + 1) == self.max_depth:
-            return seq + 1  # already a delta (another writer), or a keyframe: leave it
+            return seq + 1, None  # already a delta (another writer), or a keyframe: leave it
         old_content = self._content(parent, content.nbytes)
         if old_content is None:
-            return 0
+            return 0, None
         delta = codecs.encode_delta(old_content, content, width, oid, 1)
+        del old_content
         old = self.objects.stored_size(parent)
         if delta.size < old - h.payload_offset:
-            with self._rewrites_lock:
-                self._rewrites.append((parent, content.nbytes, delta, old))
-        return seq + 1
+            return seq + 1, (parent, content.nbytes, _compact(delta), old)
+        return seq + 1, None
+
+    def _queue_rewrite(self, item: Rewrite) -> None:
+        """Queue a re-encoding whose new chunk is written; past REWRITE_BATCH_BYTES queued,
+        this thread applies the batch (so a commit never holds more than that of deltas)."""
+        with self._rewrites_lock:
+            self._rewrites.append(item)
+            self._rewrites_bytes += item[2].size
+            if self._rewrites_bytes < REWRITE_BATCH_BYTES:
+                return
+            batch, self._rewrites, self._rewrites_bytes = self._rewrites, [], 0
+        self._apply(batch, None)
+
+    def _rewrite_one(self, item: Rewrite) -> int:
+        parent, length, enc, old = item
+        self.objects.replace(parent, envelope.KIND_CHUNK, length, enc, sync=False)
+        return self.objects.stored_size(parent) - old
+
+    def _apply(self, batch: list[Rewrite], pool: ThreadPoolExecutor | None) -> None:
+        """Re-encode the parent chunks of ``batch`` as deltas, each by an atomic replace (same
+        id, same content): only after the chunks they now depend on are durable (written
+        before they were queued; the sync makes their folders durable)."""
+        if not batch:
+            return
+        with self._apply_lock:
+            self.objects.store.sync()
+            changes = pool.map(self._rewrite_one, batch) if pool else map(self._rewrite_one, batch)
+            total = sum(changes)
+        with self._rewrites_lock:
+            self.stats.new_stored_bytes += total
+            self.stats.rewritten_objects += len(batch)
 
     def _apply_rewrites(self) -> None:
-        """Re-encode the queued parent chunks as deltas: only after the chunks they now
-        depend on are durable, each by an atomic replace (same id, same content)."""
-        if not self._rewrites:
-            return
+        """Apply what is still queued, then make the replacements durable."""
+        with self._rewrites_lock:
+            batch, self._rewrites, self._rewrites_bytes = self._rewrites, [], 0
+        self._apply(batch, self.pool)
         self.objects.store.sync()
 
-        def one(item: tuple[str, int, codecs.Encoded, int]) -> int:
-            parent, length, enc, old = item
-            self.objects.replace(parent, envelope.KIND_CHUNK, length, enc, sync=False)
-            return self.objects.stored_size(parent) - old
-
-        for change in self.pool.map(one, self._rewrites):
-            self.stats.new_stored_bytes += change
-            self.stats.rewritten_objects += 1
-        self._rewrites = []
-        self.objects.store.sync()
+    def _held_bytes(self, t: torch.Tensor, src: torch.Tensor) -> int:
+        """The memory the cache holds when it keeps this tensor's chunks: copies of its bytes,
+        or, kept uncopied (owned snapshots), the whole storage the views pin."""
+        n = src.numel()
+        if self.owned and src.device.type == "cpu":
+            return max(n, src.untyped_storage().nbytes())
+        return n
 
     def _base_chunks(self, p: PendingTensor, t: torch.Tensor) -> list[tuple[str, int]] | None:
         if self.max_depth <= 0:
@@ -146,7 +197,13 @@ class TensorWriter:
         return e.chunks if e.shape == list(t.shape) else None
 
     def _write_chunk(
-        self, src: torch.Tensor, offset: int, length: int, width: int, base_id: str | None
+        self,
+        src: torch.Tensor,
+        offset: int,
+        length: int,
+        width: int,
+        base_id: str | None,
+        cached: bool,
     ) -> tuple[str, int]:
         piece = src[offset : offset + length]
         on_host = piece.device.type == "cpu"
@@ -156,11 +213,16 @@ class TensorWriter:
         oid = object_id(arr.data)
         written = 0
         if not self.objects.has(oid):
+            seq, rewrite = 0, None
+            if base_id and base_id != oid:
+                seq, rewrite = self._plan_rewrite(base_id, arr, oid, width)
             enc = codecs.encode_elements(arr, width)
-            seq = self._plan_rewrite(base_id, arr, oid, width) if base_id and base_id != oid else 0
             enc = codecs.Encoded(enc.codec, {**enc.params, "seq": seq}, enc.pieces)
             written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc)
-        if self.cache is not None:
+            del enc
+            if rewrite is not None:  # queued only now that the chunk it depends on is written
+                self._queue_rewrite(rewrite)
+        if cached and self.cache is not None:
             self.cache.keep(oid, arr, copy=on_host and not self.owned)
         return oid, written
 
@@ -207,10 +269,13 @@ class TensorWriter:
             if n > self.pack_threshold:
                 cs = self.chunk_size
                 bases = self._base_chunks(p, t)
+                cached = self.cache is not None and self.cache.reserve(
+                    self._held_bytes(t, src)
+                )
                 futs = [
                     self.pool.submit(
                         self._write_chunk, src, off, min(cs, n - off), p.width,
-                        _base_id(bases, k, min(cs, n - off)),
+                        _base_id(bases, k, min(cs, n - off)), cached,
                     )
                     for k, off in enumerate(range(0, n, cs))
                 ]
@@ -255,11 +320,26 @@ class TensorWriter:
         return entries
 
     def _count(self, written: int) -> None:
-        if written:
-            self.stats.new_objects += 1
-            self.stats.new_stored_bytes += written
-        else:
-            self.stats.reused_objects += 1
+        with self._rewrites_lock:  # workers applying a batch of rewrites update stats too
+            if written:
+                self.stats.new_objects += 1
+                self.stats.new_stored_bytes += written
+            else:
+                self.stats.reused_objects += 1
+
+
+def _compact(enc: codecs.Encoded) -> codecs.Encoded:
+    """``enc`` with its pieces copied into one off-heap buffer of its exact size: a queued
+    re-encoding waits for its batch while the jobs allocate and free around it."""
+    buf = offheap(enc.size)
+    pieces: list[memoryview] = []
+    off = 0
+    for p in enc.pieces:
+        m = memoryview(p).cast("B")
+        buf[off : off + m.nbytes] = np.frombuffer(m, dtype=np.uint8)
+        pieces.append(buf.data[off : off + m.nbytes])
+        off += m.nbytes
+    return codecs.Encoded(enc.codec, enc.params, tuple(pieces))
 
 
 def _base_id(bases: list[tuple[str, int]] | None, k: int, length: int) -> str | None:

@@ -1,0 +1,225 @@
+"""Memory at scale (issue 11, goal 1) and the delta base's independence of where it comes from.
+
+- A ~1 GB fp32 state: the extra peak RSS of the first ``repo.commit``, of the second one after
+  a small update (the delta path; counted from before the first commit, so whatever the first
+  left resident counts), and of a full checkout beyond the returned state, each at most
+  512 MiB + 0.1 × S. Measured in subprocesses by bench/scale.py's child mode (VmHWM reset
+  through /proc/self/clear_refs right before the call).
+- The deltas a commit writes are the same objects, with the same stored sizes and codecs,
+  whether the parent's chunks come from the in-memory cache (copied, or owned views) or are
+  read back from the store, and whether the delta re-encodings are applied in one batch at
+  the end or in many batches mid-commit; every commit checks out bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import tensorvcs as tv
+from tensorvcs.format import envelope
+from tensorvcs.state import writer as writer_mod
+from tensorvcs.store.objects import object_name
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALE = ROOT / "bench" / "scale.py"
+MiB = 1 << 20
+SIZE_GB = 1.0
+LIMIT = 512 * MiB + 0.1 * SIZE_GB * 1e9
+
+linux_only = pytest.mark.skipif(
+    not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc/self/clear_refs"
+)
+
+
+def child(op: str, d: Path, update: str = "small") -> dict[str, Any]:
+    p = subprocess.run(
+        [sys.executable, str(SCALE), "--child", op, "--size", str(SIZE_GB), "--dtype", "fp32",
+         "--dir", str(d), "--update", update],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    (line,) = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(line[len("RESULT "):])
+
+
+def mib(n: float) -> str:
+    return f"{n / MiB:.0f} MiB"
+
+
+@linux_only
+@pytest.mark.slow
+def test_commit_and_checkout_memory_of_a_1gb_state(tmp_path: Path) -> None:
+    res = child("tvcs-commit2", tmp_path)
+    s = res["logical_bytes"]
+    assert s > 0.9e9
+    first, second = res["first"], res["second"]
+    assert first["extra_peak"] <= LIMIT, f"first commit: {mib(first['extra_peak'])} extra"
+    # the second commit from before the first: a cache the first left behind counts too
+    assert second["extra_since_state"] <= LIMIT, (
+        f"second commit: {mib(second['extra_since_state'])} extra since the state was built"
+    )
+    assert second["extra_peak"] <= LIMIT
+    assert second["rewritten_objects"] > 0  # the delta path ran: parents re-encoded
+    assert second["stored_bytes"] < 0.05 * s  # a ~1 % update stores a few percent
+    co = child("tvcs-checkout", tmp_path)
+    out = co["checkout"]
+    assert co["bitwise_equal"] is True
+    beyond = out["extra_peak"] - co["logical_bytes"]
+    assert beyond <= LIMIT, f"checkout: {mib(beyond)} beyond the returned state"
+
+
+@linux_only
+@pytest.mark.slow
+def test_second_commit_changing_everything_stays_bounded(tmp_path: Path) -> None:
+    """Every chunk changes: every parent chunk is read back and re-encoded as a delta, and
+    the queued re-encodings are applied in batches, never all held at once."""
+    res = child("tvcs-commit2", tmp_path, update="all")
+    second = res["second"]
+    assert second["rewritten_objects"] >= 200  # 1 GB of 4 MiB chunks: nearly all
+    assert second["extra_since_state"] <= LIMIT, mib(second["extra_since_state"])
+
+
+# -- the same deltas, wherever the base comes from ---------------------------------------------
+def _states() -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(512, 256, generator=g) * 0.02  # 128 chunks of 4 KiB
+    e = torch.randn(300, 100, generator=g).to(torch.bfloat16)
+    b = torch.randn(64, generator=g)
+    s1 = {"w": w, "e": e, "b": b, "step": 1}
+    w2 = w.clone()
+    w2[:100].mul_(1 + 1e-3)  # a few chunks change slightly
+    e2 = (e.float() * 1.01).to(torch.bfloat16)  # every chunk of e changes by about an ulp
+    s2 = {"w": w2, "e": e2, "b": b + 1e-3, "step": 2}
+    w3 = w2.clone()
+    w3[200:].add_(1e-5)
+    s3 = {"w": w3, "e": e2, "b": b, "step": 3}
+    return [s1, s2, s3]
+
+
+def _run(path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> tuple[tv.Repo, list[str]]:
+    repo = tv.Repo.init(path, chunk_size=4096, pack_threshold=1024)
+    with monkeypatch.context() as m:
+        if how == "store":
+            repo.base_cache.budget = 0
+        elif how == "batched":
+            repo.base_cache.budget = 0
+            m.setattr(writer_mod, "REWRITE_BATCH_BYTES", 1)  # apply each one as it comes
+        else:
+            repo.base_cache.budget = 1 << 30
+        ids = []
+        for s in _states():
+            if how == "owned":
+                s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+            ids.append(repo.commit(s, f"step {s['step']}", owned=how == "owned").id)
+    return repo, ids
+
+
+def _chunk_objects(repo: tv.Repo, ids: list[str]) -> dict[str, tuple[int, int, Any]]:
+    """Every tensor object of the commits: id -> (stored size, codec, delta base)."""
+    out = {}
+    for cid in ids:
+        m = repo.get_manifest(repo.get_commit(cid).manifest)
+        for e in m.tensors:
+            for oid in e.object_ids():
+                h = repo.objects.header(oid)
+                assert h.kind in (envelope.KIND_CHUNK, envelope.KIND_PACK)
+                size = repo.store.size(object_name(oid))
+                out[oid] = (size, h.codec, h.params.get("base"))
+    return out
+
+
+@pytest.mark.parametrize("how", ["store", "owned", "batched"])
+def test_deltas_do_not_depend_on_where_the_base_comes_from(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, ref_ids = _run(tmp_path / "cache", "cache", monkeypatch)
+    other, other_ids = _run(tmp_path / how, how, monkeypatch)
+    try:
+        # the in-memory path was taken by the reference, the store by the others
+        assert ref.base_cache.nbytes > 0
+        if how in ("store", "batched"):
+            assert other.base_cache.nbytes == 0
+        want = _chunk_objects(ref, ref_ids)
+        got = _chunk_objects(other, other_ids)
+        assert got == want
+        assert sum(1 for _, codec, _ in want.values() if codec == 3) >= 40  # deltas written
+        manifests = [ref.get_commit(c).manifest for c in ref_ids]
+        assert manifests == [other.get_commit(c).manifest for c in other_ids]
+        for rc, oc, s in zip(ref_ids, other_ids, _states(), strict=True):
+            a, b = ref.checkout(rc), other.checkout(oc)
+            for k in ("w", "e", "b"):
+                assert torch.equal(a[k].view(torch.uint8), s[k].view(torch.uint8))
+                assert torch.equal(b[k].view(torch.uint8), s[k].view(torch.uint8))
+        assert tv.fsck(other).ok
+    finally:
+        ref.close()
+        other.close()
+
+
+def test_cache_keeps_whole_tensors_within_its_budget(tmp_path: Path) -> None:
+    repo = tv.Repo.init(tmp_path, chunk_size=4096, pack_threshold=1024)
+    try:
+        repo.base_cache.budget = 3 * 16384  # room for three of the eight 16 KiB tensors
+        state = {f"t{i}": torch.randn(4096) for i in range(8)}
+        repo.commit(state, "first")
+        assert repo.base_cache.nbytes == 3 * 16384  # three whole tensors, no partial one
+        repo.commit(state, "again")  # unchanged: the copies are carried over, not made again
+        assert repo.base_cache.nbytes == 3 * 16384
+        # an owned view pins its whole storage: a slice of a large buffer is not kept
+        big = torch.randn(8 * 4096)
+        repo.commit({"v": big[:4096]}, "view", owned=True)
+        assert repo.base_cache.nbytes == 0
+    finally:
+        repo.close()
+
+
+def test_a_commit_failing_after_a_batch_of_rewrites_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-encodings applied mid-commit, then the commit fails: the parent still checks out
+    bit for bit, fsck and gc are clean, and the commit goes through when retried."""
+    repo = tv.Repo.init(tmp_path, chunk_size=4096, pack_threshold=1024)
+    try:
+        repo.base_cache.budget = 0
+        s1, s2, _ = _states()
+        c1 = repo.commit(s1, "one")
+        monkeypatch.setattr(writer_mod, "REWRITE_BATCH_BYTES", 1)
+        real_write = repo.objects.write
+        calls = {"n": 0}
+
+        def failing_write(*args: Any, **kwargs: Any) -> int:
+            calls["n"] += 1
+            if calls["n"] == 20:
+                raise OSError(28, "No space left on device")
+            return real_write(*args, **kwargs)
+
+        monkeypatch.setattr(repo.objects, "write", failing_write)
+        with pytest.raises(OSError):
+            repo.commit(s2, "two")
+        monkeypatch.setattr(repo.objects, "write", real_write)
+        rewritten = [
+            oid for e in repo.get_manifest(c1.manifest).tensors for oid in e.object_ids()
+            if repo.objects.header(oid).codec == 3
+        ]
+        assert rewritten  # some parent chunks became deltas before the failure
+        assert repo.resolve("HEAD") == c1.id
+        for k in ("w", "e", "b"):
+            assert torch.equal(repo.checkout()[k].view(torch.uint8), s1[k].view(torch.uint8))
+        assert tv.fsck(repo).ok
+        tv.gc(repo, prune="now", reflog_expire="now")
+        assert tv.fsck(repo).ok
+        got = repo.checkout()
+        assert all(torch.equal(got[k].view(torch.uint8), s1[k].view(torch.uint8)) for k in "web")
+        c2 = repo.commit(s2, "two")
+        assert torch.equal(repo.checkout(c2.id)["w"], s2["w"])
+        assert torch.equal(repo.checkout(c1.id)["w"], s1["w"])
+    finally:
+        repo.close()
