@@ -12,10 +12,10 @@ state/writer.py), so it is one read, one zstd pass and one hash check, no chain.
 step that changes a few tensors reads back a few chunks; one that changes everything reads
 back a checkout's worth of bytes, in a commit that encodes every changed chunk twice anyway.
 
-Measured side by side (docs/performance.md, "Scale"): with every chunk changed, reading back
-costs about what copying into the cache had cost the commit before (a 0.26 GB state: second
-commit 0.9–1.6 s read back against 0.8–1.4 s from memory; the first commit 0.5–0.7 s against
-0.5–1.0 s with the copy), so the cache buys little time and costs S of memory. Chosen:
+Measured side by side (bench/scale.py; docs/performance.md, "Scale"), 1 GB fp32 with every
+chunk changed: second commit 3.58 s reading every base back, 4.93 s with every chunk copied
+into the cache (and 0.6 s more on the first commit, for the copy), 83 MiB against 1015 MiB of
+extra memory. The cache buys no time worth a second copy of the state. Chosen:
 
 - the budget defaults to DEFAULT_BUDGET (256 MiB, at most RAM/16): states up to about that
   size (MiniLM + AdamW, W3/W4) keep every delta base in memory as before; larger ones keep
@@ -31,6 +31,8 @@ commit 0.9–1.6 s read back against 0.8–1.4 s from memory; the first commit 0
 - for an owned snapshot the new view replaces an unchanged chunk's old array (the snapshot is
   alive anyway); carrying the old array over would pin the previous snapshot's tensor too.
   For a copied (live) state the old array is carried over: it is a private copy already.
+- copies live in their own anonymous mappings (``offheap``), so a released generation goes
+  back to the system instead of pinning malloc arenas the chunk jobs churn through.
 
 The cache only ever saves time: every lookup that misses falls back to the store, and the
 bytes a delta is computed against are the same either way (the parent's chunk, by id), so the
