@@ -38,6 +38,7 @@ from .format import envelope, values
 from .format.commit import Commit
 from .format.config import RepoConfig
 from .format.manifest import FileEntry, Manifest
+from .format.stats import TensorStats
 from .format.values import KeyPath, path_str
 from .loading import LoadReport, apply_rename, load_state
 from .refs import HEAD, HEADS, TAGS, RefStore, check_ref_name, default_author
@@ -65,6 +66,7 @@ class TensorInfo:
     shape: list[int]
     nbytes: int
     objects: list[str]
+    stats: TensorStats | None = None  # recorded at commit time (None in older commits)
 
 
 def _globs_regex(globs: Sequence[str]) -> re.Pattern[str]:
@@ -586,14 +588,17 @@ class Repo:
         return {} if out is values.ABSENT else out
 
     def tensors(self, rev: str = HEAD) -> list[TensorInfo]:
-        """Every tensor leaf of ``rev``: key path, dtype, shape, bytes and objects."""
+        """Every tensor leaf of ``rev``: key path, dtype, shape, bytes, objects and the
+        statistics recorded at commit time (``stats``; None when the commit has none)."""
         manifest = self.get_manifest(self.get_commit(self.resolve(rev)).manifest)
         out = []
         for path, node in values.walk_leaves(manifest.tree):
             if isinstance(node, list) and node and node[0] in ("tensor", "ndarray"):
                 e = manifest.tensors[int(node[1])]
                 out.append(
-                    TensorInfo(path, path_str(path), e.dtype, e.shape, e.nbytes, e.object_ids())
+                    TensorInfo(
+                        path, path_str(path), e.dtype, e.shape, e.nbytes, e.object_ids(), e.stats
+                    )
                 )
         return out
 

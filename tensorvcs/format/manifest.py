@@ -12,7 +12,8 @@ A manifest is canonical JSON (format/jsonenc.py)::
 Tensor entry: ``dtype`` (torch name without "torch."), ``shape``, ``nbytes``, and either
 ``chunks`` (a list of ``[object id, length]`` covering the bytes in order) or a packed location
 ``pack``/``offset`` plus ``id`` (the id of the tensor's own bytes). Optional: ``param`` (was an
-nn.Parameter), ``requires_grad``.
+nn.Parameter), ``requires_grad``, ``stats`` (format/stats.py: element count, NaN/Inf counts,
+min/max/mean/norm and the norm of the change against the parent; absent in older manifests).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..state.tensors import DTYPES
 from . import jsonenc, values
 from .config import MAX_CHUNK_SIZE
 from .ids import is_object_id
+from .stats import TensorStats
 
 MANIFEST_VERSION = 1
 DCP_SECTION_VERSION = 1
@@ -130,6 +132,7 @@ class TensorEntry:
     id: str | None = None  # content id of a packed tensor's bytes
     param: bool = False
     requires_grad: bool = False
+    stats: TensorStats | None = None  # recorded at commit time; None in older manifests
 
     def object_ids(self) -> list[str]:
         if self.pack is not None:
@@ -151,6 +154,8 @@ class TensorEntry:
             d["param"] = True
         if self.requires_grad:
             d["requires_grad"] = True
+        if self.stats is not None:
+            d["stats"] = self.stats.to_json()
         return d
 
     @classmethod
@@ -166,6 +171,14 @@ class TensorEntry:
             param=bool(d.get("param", False)),
             requires_grad=bool(d.get("requires_grad", False)),
         )
+        if "stats" in d:
+            e.stats = TensorStats.from_json(d["stats"], where, oid)
+            if e.stats.numel != _numel(e.shape):
+                raise CorruptObjectError(
+                    f"{where}: malformed stats: numel {e.stats.numel} of a "
+                    f"{e.dtype}{e.shape} tensor",
+                    oid,
+                )
         if "pack" in d:
             e.pack, e.offset, e.id = d["pack"], d["offset"], d["id"]
         else:
