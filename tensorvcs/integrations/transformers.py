@@ -39,7 +39,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 try:
@@ -53,6 +52,7 @@ except ImportError as e:  # pragma: no cover - transformers missing
 from ..errors import UnsupportedValueError, UsageError
 from ..format import values
 from ..format.commit import Commit
+from ..io.torch_file import rng_safe_globals
 from ..manager import DEFAULT_TAG, CheckpointManager
 from ..repo import Repo
 from ..retention import Policy
@@ -64,14 +64,6 @@ FILES_KEY = "files"
 MARKER = "tensorvcs.transformers"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 NEVER_UNPICKLE = ("training_args.bin",)  # a pickled TrainingArguments: kept as bytes
-
-
-def _np_safe_globals() -> Any:
-    """numpy types torch.load(weights_only=True) must accept for RNG states (as the
-    Trainer itself allows)."""
-    np_core = getattr(np, "_core", None) or np.core
-    allow = [np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-    return torch.serialization.safe_globals(allow)
 
 
 def _encodable(value: Any) -> bool:
@@ -93,7 +85,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         return {"format": "safetensors", "tensors": tensors, "metadata": meta}
     if name.endswith(TORCH_SUFFIXES) and name not in NEVER_UNPICKLE:
         try:
-            with _np_safe_globals():
+            with rng_safe_globals():
                 value = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # not a weights-only torch file: keep its bytes
             value = None

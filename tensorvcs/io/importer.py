@@ -43,6 +43,11 @@ if TYPE_CHECKING:
     from ..repo import Repo
 
 REPO_DIR = ".tvcs"
+# torch files that pickle a settings object rather than a checkpoint (the Hugging Face
+# Trainer's TrainingArguments): when torch.load(weights_only=True) refuses one, it is stored
+# as opaque bytes (never unpickled; checkout writes it back byte for byte) instead of
+# failing the commit of its folder
+KEPT_AS_BYTES = frozenset({"training_args.bin"})
 
 
 class ProgressSink:
@@ -296,7 +301,18 @@ def commit_files(
                     say(f"{inp.rel}: stored as opaque bytes ({layout.problem})")
                     kind = "blob:safetensors"
             elif kind in (torch_file.TORCH_ZIP, torch_file.TORCH_LEGACY):
-                obj = torch_file.load(inp.path, kind, unsafe_pickle=unsafe_pickle, name=inp.rel)
+                try:
+                    obj = torch_file.load(inp.path, kind, unsafe_pickle=unsafe_pickle, name=inp.rel)
+                except UnsupportedValueError:
+                    if inp.path.name not in KEPT_AS_BYTES:
+                        raise
+                    obj = None
+                    say(
+                        f"{inp.rel}: a pickle of settings, not a checkpoint: stored as opaque "
+                        "bytes, never unpickled"
+                    )
+                    kind = "blob:pickle"
+            if kind in (torch_file.TORCH_ZIP, torch_file.TORCH_LEGACY):
                 state[inp.rel] = obj
                 extra = {"blake3": digests[inp.rel]}
                 if unsafe_pickle:

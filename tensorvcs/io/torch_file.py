@@ -8,6 +8,11 @@ Loading never runs code from the file unless the caller opted in (``--unsafe-pic
 - TorchScript archives (a zip with ``constants.pkl``) are never loaded (``torch.load`` would
   hand them to ``torch.jit.load``, which runs their code): the CLI stores them as opaque bytes.
 - A file that is neither a torch zip nor a legacy torch pickle is opaque bytes, too.
+
+The restricted unpickler is given exactly one allow-list beyond torch's own:
+``rng_globals()``, the four numpy names a pickled ``numpy.random.get_state()`` needs (the
+Hugging Face Trainer's ``rng_state.pth`` holds one). They rebuild a plain numeric array and
+its dtype; nothing else from numpy (or anywhere) is accepted.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import warnings
 import zipfile
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import InputFileError, UnsupportedValueError
@@ -33,6 +39,21 @@ TORCH_LEGACY = "torch-legacy"  # torch.save before 1.6 (pickle + tar-free raw st
 TORCHSCRIPT = "torchscript"
 OTHER_ZIP = "zip"
 UNKNOWN = "raw"
+
+
+def rng_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` must accept, beyond torch's defaults, to read a
+    pickled numpy RNG state (``np.random.get_state()``: a ``uint32`` key array): numpy's
+    array reconstructor, ``ndarray``, ``dtype`` and the ``uint32`` dtype class. No other
+    global: a file that needs one is still refused."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def rng_safe_globals() -> Any:
+    """A context manager under which ``torch.load(weights_only=True)`` also accepts
+    ``rng_globals()`` (numpy RNG states, as the Hugging Face Trainer writes them)."""
+    return torch.serialization.safe_globals(rng_globals())
 
 
 def sniff(path: str | os.PathLike[str], name: str = "") -> str:
@@ -79,7 +100,7 @@ def load(
     mmap = kind == TORCH_ZIP
     shown = name or os.fspath(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), rng_safe_globals():
             warnings.simplefilter("ignore")
             return torch.load(
                 os.fspath(path),
