@@ -9,7 +9,8 @@ Guarantees (docs/remotes.md has the full list):
   Other protocols fall back to check-then-write (racy; documented as weaker).
 - ``lock(name)`` is a lock *object* ``locks/<name>`` created with ``put_if_absent`` and holding
   an owner token and an expiry; the holder refreshes it while held; a waiter may break a lock
-  whose expiry has passed (its holder died). Shared locks are taken exclusively.
+  whose expiry has passed (its holder died). A shared lock is one such object per holder,
+  under ``locks/<name>.shared/``; an exclusive taker waits until none of them is alive.
 - ``append`` is read-modify-write (reflogs are only appended under the refs lock).
 """
 
@@ -22,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
 
 from ..errors import LockTimeoutError
@@ -192,28 +193,37 @@ class FsspecStore(Store):
             self.put(name, [old, data])
 
     # -- locks -------------------------------------------------------------------------------
+    # Exclusive: the object ``locks/<name>``. Shared: one object per holder under
+    # ``locks/<name>.shared/``. A shared taker backs off while the exclusive object exists, and
+    # checks it again after writing its own; an exclusive taker creates its object, then waits
+    # until no live shared object is left. With a store that is strongly consistent for reads
+    # and listings after writes (S3 is), one of the two always sees the other: if the shared
+    # taker's second check missed the exclusive object, its own object was written before that
+    # object was created, hence before the exclusive taker listed the shared ones.
+    def lock(
+        self, name: str, *, shared: bool = False, timeout: float = 60.0
+    ) -> AbstractContextManager[None]:
+        check_name(name)
+        return self._lock_shared(name, timeout) if shared else self._lock_exclusive(name, timeout)
+
+    def _timeout(self, what: str, timeout: float) -> LockTimeoutError:
+        return LockTimeoutError(
+            f"could not take lock {self.url}/{what} within {timeout:g}s "
+            "(another tensorvcs process holds it; it expires "
+            f"{self.lock_ttl:g}s after its holder stops refreshing it)"
+        )
+
+    @staticmethod
+    def _token() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+
     @contextmanager
-    def lock(self, name: str, *, shared: bool = False, timeout: float = 60.0) -> Iterator[None]:
-        lock_name = f"{LOCK_DIR}/{check_name(name)}"
-        token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            if self.put_if_absent(lock_name, [self._lock_body(token)]):
-                break
-            self._break_if_expired(lock_name)
-            if time.monotonic() >= deadline:
-                raise LockTimeoutError(
-                    f"could not take lock {self.url}/{lock_name} within {timeout:g}s "
-                    "(another tensorvcs process holds it; it expires "
-                    f"{self.lock_ttl:g}s after its holder stops refreshing it)"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+    def _holding(self, lock_name: str, token: str, shared: bool) -> Iterator[None]:
+        """Keep ``lock_name`` (whose body names ``token``) alive while the caller runs."""
         stop = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat,
-            args=(lock_name, token, stop),
+            args=(lock_name, token, stop, shared),
             daemon=True,
             name="tvcs-lock-heartbeat",
         )
@@ -223,8 +233,67 @@ class FsspecStore(Store):
         finally:
             stop.set()
             beat.join()
-            if self._lock_owner(lock_name) == token:
+            if shared:
+                self.delete(lock_name)  # named by our own token: nobody else writes it
+            elif self._lock_owner(lock_name) == token:
                 self.delete(lock_name)
+
+    @contextmanager
+    def _lock_exclusive(self, name: str, timeout: float) -> Iterator[None]:
+        lock_name = f"{LOCK_DIR}/{name}"
+        token = self._token()
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while not self.put_if_absent(lock_name, [self._lock_body(token)]):
+            self._break_if_expired(lock_name)
+            if time.monotonic() >= deadline:
+                raise self._timeout(lock_name, timeout)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        with self._holding(lock_name, token, False):
+            delay = 0.005
+            while self._live_shared(name):  # new shared takers now back off: wait for the rest
+                if time.monotonic() >= deadline:
+                    raise self._timeout(f"{lock_name} (shared holders remain)", timeout)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            yield
+
+    @contextmanager
+    def _lock_shared(self, name: str, timeout: float) -> Iterator[None]:
+        excl = f"{LOCK_DIR}/{name}"
+        lock_name = f"{LOCK_DIR}/{name}.shared/{secrets.token_hex(12)}"
+        token = self._token()
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            if not self._exclusive_held(excl):
+                self.put(lock_name, [self._lock_body(token)])
+                if not self._exclusive_held(excl):
+                    break
+                self.delete(lock_name)  # an exclusive taker came in between: let it go first
+            if time.monotonic() >= deadline:
+                raise self._timeout(f"{excl} (shared)", timeout)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        with self._holding(lock_name, token, True):
+            yield
+
+    def _exclusive_held(self, lock_name: str) -> bool:
+        """True while ``lock_name`` exists (breaking it first if its holder died)."""
+        if not self.exists(lock_name):
+            return False
+        self._break_if_expired(lock_name)
+        return self.exists(lock_name)
+
+    def _live_shared(self, name: str) -> bool:
+        """True while a shared holder of ``name`` is alive (expired ones are removed)."""
+        prefix = f"{LOCK_DIR}/{name}.shared/"
+        alive = False
+        for held in list(self.list(prefix.rstrip("/"))):
+            if held.startswith(prefix) and not self._break_if_expired(held):
+                alive = True
+        return alive
 
     def _lock_body(self, token: str) -> bytes:
         return json.dumps({"owner": token, "expires": time.time() + self.lock_ttl}).encode()
@@ -242,17 +311,24 @@ class FsspecStore(Store):
         doc = self._read_lock(lock_name)
         return None if doc is None else doc.get("owner")
 
-    def _break_if_expired(self, lock_name: str) -> None:
+    def _break_if_expired(self, lock_name: str) -> bool:
+        """Delete ``lock_name`` if its expiry has passed (its holder died, or wrote garbage);
+        True if it is gone."""
         doc = self._read_lock(lock_name)
         if doc is None:
-            return
+            return True
         expires = doc.get("expires")
         if not isinstance(expires, (int, float)) or expires < time.time():
-            self.delete(lock_name)  # the holder died (or wrote garbage): take it over
+            self.delete(lock_name)
+            return True
+        return False
 
-    def _heartbeat(self, lock_name: str, token: str, stop: threading.Event) -> None:
+    def _heartbeat(self, lock_name: str, token: str, stop: threading.Event, shared: bool) -> None:
         while not stop.wait(self.lock_ttl / 3):
-            if self._lock_owner(lock_name) != token:
+            if shared:
+                if not self.exists(lock_name):
+                    return  # expired and removed by an exclusive taker: do not bring it back
+            elif self._lock_owner(lock_name) != token:
                 return  # broken by someone else: do not clobber theirs
             self.put(lock_name, [self._lock_body(token)])
 
