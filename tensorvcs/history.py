@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING
 from .errors import UsageError
 from .format import envelope
 from .refs import HEAD, HEADS, TAGS, RefChange
+from .revisions import Revision
 
 if TYPE_CHECKING:
     from .repo import Repo
 
 
-def drop(repo: Repo, revs: Iterable[str], *, branch: str | None = None) -> dict[str, str | None]:
+def drop(
+    repo: Repo, revs: Iterable[Revision], *, branch: str | None = None
+) -> dict[str, str | None]:
     """Remove ``revs`` from ``branch``'s first-parent history; returns {old id: new id or None
     for a dropped commit} for every commit that changed."""
     ref = HEADS + branch if branch is not None else (repo.refs.head_target() or HEAD)

@@ -59,6 +59,7 @@ from .errors import NotFoundError, UsageError
 from .loading import LoadReport, load_state
 from .refs import HEAD, HEADS, check_ref_name
 from .retention import CheckpointInfo, KeepBest, Policy, select
+from .revisions import Revision, rev_label
 from .snapshot import capture_rng, restore_rng, snapshot
 
 if TYPE_CHECKING:
@@ -595,7 +596,7 @@ class CheckpointManager:
         optimizer: Any = None,
         scheduler: Any = None,
         *,
-        ref: str | None = None,
+        ref: Revision | None = None,
         strict: bool = True,
         map_location: str | torch.device | None = None,
         rng: bool = True,
@@ -629,7 +630,7 @@ class CheckpointManager:
         if not isinstance(state, dict):
             raise UsageError(f"commit {oid[:12]} holds a {type(state).__name__}, not a dict")
         own = state.pop(STATE_KEY, None) or {}
-        source = f"{ref or 'latest checkpoint'} ({oid[:12]})"
+        source = f"{'latest checkpoint' if ref is None else rev_label(ref)} ({oid[:12]})"
         targets = {"model": model, "optimizer": optimizer, "scheduler": scheduler, **objects}
         self.load_reports = {}
         for name, obj in targets.items():

@@ -30,6 +30,7 @@ TAGS = "refs/tags/"
 LOGS = "logs/"
 REFS_LOCK = "refs"
 JOURNAL = "refs-txn"  # a ref transaction being applied (RefStore.transaction)
+_FULL_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
 
 
@@ -42,7 +43,9 @@ ANY: Any = _Any()  # "don't compare" for update/delete's expected value
 
 
 def check_ref_name(name: str, what: str = "ref") -> str:
-    """Validate a branch or tag name by git's rules (check-ref-format)."""
+    """Validate a branch or tag name by git's rules (check-ref-format); a branch may not be
+    called HEAD, and neither a branch nor a tag may be 64 hex digits (revisions read those
+    as an object id first)."""
     if (
         not name
         or name.startswith(("/", ".", "-"))
@@ -51,6 +54,14 @@ def check_ref_name(name: str, what: str = "ref") -> str:
         or _BAD_REF.search(name)
     ):
         raise UsageError(f"invalid {what} name {name!r}")
+    if what in ("branch", "tag"):
+        if what == "branch" and name == HEAD:
+            raise UsageError(f"invalid branch name {name!r} (HEAD names the current commit)")
+        if _FULL_HEX.fullmatch(name):
+            raise UsageError(
+                f"invalid {what} name {name!r}: 64 hex digits always name the object id, "
+                f"so a {what} named like that could never be used"
+            )
     return name
 
 

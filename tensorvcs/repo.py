@@ -42,6 +42,7 @@ from .format.stats import TensorStats
 from .format.values import KeyPath, path_str
 from .loading import LoadReport, apply_rename, load_state
 from .refs import HEAD, HEADS, TAGS, RefStore, check_ref_name, default_author
+from .revisions import Revision, rev_label
 from .revisions import resolve as resolve_revision
 from .state.basecache import BaseCache
 from .state.encode import CheckoutHooks, CommitHooks
@@ -343,14 +344,16 @@ class Repo:
         return m
 
     # -- revisions and history -------------------------------------------------------------
-    def resolve(self, rev: str = HEAD) -> str:
-        """The commit id a revision names (``HEAD~2``, ``main^``, a tag, an id prefix...)."""
+    def resolve(self, rev: Revision = HEAD) -> str:
+        """The commit id a revision names: a ``Commit``, or a string as git has it
+        (``HEAD~2``, ``main^2``, ``HEAD@{1}``, a tag, ``heads/x``, an id or id prefix...;
+        tensorvcs/revisions.py). Every method below that takes a revision goes through here."""
         return resolve_revision(rev, self.refs, self.objects, lambda o: self.get_commit(o).parents)
 
-    def show(self, rev: str = HEAD) -> Commit:
+    def show(self, rev: Revision = HEAD) -> Commit:
         return self.get_commit(self.resolve(rev))
 
-    def log(self, rev: str = HEAD, n: int | None = None) -> list[Commit]:
+    def log(self, rev: Revision = HEAD, n: int | None = None) -> list[Commit]:
         """Commits reachable from ``rev``, newest first (by timestamp), at most ``n``."""
         try:
             start = self.resolve(rev)
@@ -380,14 +383,14 @@ class Repo:
         return (target[len(HEADS) :] if target else None), self.refs.read(HEAD)
 
     # -- branches and tags -----------------------------------------------------------------
-    def branch(self, name: str, rev: str = HEAD, *, force: bool = False) -> str:
+    def branch(self, name: str, rev: Revision = HEAD, *, force: bool = False) -> str:
         """Create (or with force, move) branch ``name`` at ``rev``; returns the commit id."""
         oid = self.resolve(rev)
         ref = HEADS + check_ref_name(name, "branch")
         with self.refs.locked():
             if not force and self.refs.exists(ref):
                 raise UsageError(f"branch {name!r} already exists (use force to move it)")
-            self.refs.update(ref, oid, message=f"branch: created from {rev}")
+            self.refs.update(ref, oid, message=f"branch: created from {rev_label(rev)}")
         return oid
 
     def branches(self) -> dict[str, str]:
@@ -398,9 +401,8 @@ class Repo:
             raise UsageError(f"cannot delete branch {name!r}: HEAD is on it")
         return self.refs.delete(HEADS + check_ref_name(name, "branch"))
 
-    def tag(self, name: str, rev: str | Commit = HEAD, *, force: bool = False) -> str:
-        oid = rev.id if isinstance(rev, Commit) else self.resolve(rev)
-        self.get_commit(oid)
+    def tag(self, name: str, rev: Revision = HEAD, *, force: bool = False) -> str:
+        oid = self.resolve(rev)
         ref = TAGS + check_ref_name(name, "tag")
         with self.refs.locked():
             if not force and self.refs.exists(ref):
@@ -414,12 +416,12 @@ class Repo:
     def delete_tag(self, name: str) -> str:
         return self.refs.delete(TAGS + check_ref_name(name, "tag"))
 
-    def switch(self, target: str, *, detach: bool = False) -> None:
+    def switch(self, target: Revision, *, detach: bool = False) -> None:
         """Point HEAD at branch ``target``, or (detach=True, or not a branch) at a commit."""
-        if not detach and self.refs.exists(HEADS + target):
+        if not detach and isinstance(target, str) and self.refs.exists(HEADS + target):
             self.refs.set_head(HEADS + target, message=f"switch to {target}")
         else:
-            self.refs.set_head(self.resolve(target), message=f"detach at {target}")
+            self.refs.set_head(self.resolve(target), message=f"detach at {rev_label(target)}")
 
     # -- commit ----------------------------------------------------------------------------
     def commit(
@@ -540,7 +542,7 @@ class Repo:
     # -- checkout --------------------------------------------------------------------------
     def checkout(
         self,
-        rev: str = HEAD,
+        rev: Revision = HEAD,
         *,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
@@ -558,7 +560,8 @@ class Repo:
             match = _select(inc, None)
             if not any(match(p) for p, _ in values.walk_leaves(manifest.tree)):
                 raise SelectionError(
-                    f"nothing in commit {oid[:12]} ({rev}) matches {_selection_text(inc, None)}"
+                    f"nothing in commit {oid[:12]} ({rev_label(rev)}) matches "
+                    f"{_selection_text(inc, None)}"
                 )
         return self.materialize(manifest, _select(inc, exc), map_location, allow_pickle)
 
@@ -587,7 +590,7 @@ class Repo:
         out = values.decode(manifest.tree, hooks, root, select)
         return {} if out is values.ABSENT else out
 
-    def tensors(self, rev: str = HEAD) -> list[TensorInfo]:
+    def tensors(self, rev: Revision = HEAD) -> list[TensorInfo]:
         """Every tensor leaf of ``rev``: key path, dtype, shape, bytes, objects and the
         statistics recorded at commit time (``stats``; None when the commit has none)."""
         manifest = self.get_manifest(self.get_commit(self.resolve(rev)).manifest)
@@ -605,7 +608,7 @@ class Repo:
     def load_into(
         self,
         module: torch.nn.Module,
-        rev: str = HEAD,
+        rev: Revision = HEAD,
         *,
         key: str | Sequence[Any] | None = None,
         strict: bool = True,
@@ -625,19 +628,22 @@ class Repo:
             node = _child(node, k)
             if node is None:
                 raise NotFoundError(
-                    f"commit {oid[:12]} ({rev}) has no key path {path_str(key_path)!r}"
+                    f"commit {oid[:12]} ({rev_label(rev)}) has no key path "
+                    f"{path_str(key_path)!r}"
                 )
         sub = Manifest(node, manifest.tensors)
         state = self.materialize(sub, None, map_location, False, key_path)
         if not isinstance(state, Mapping):
-            raise UsageError(f"key path {path_str(key_path)!r} of {rev} is not a state dict")
+            raise UsageError(
+                f"key path {path_str(key_path)!r} of {rev_label(rev)} is not a state dict"
+            )
         state = apply_rename({str(k): v for k, v in state.items()}, rename)
         return load_state(
             module,
             state,
             strict=strict,
             required=required,
-            source=f"{rev} ({oid[:12]}) key {path_str(key_path)!r}",
+            source=f"{rev_label(rev)} ({oid[:12]}) key {path_str(key_path)!r}",
         )
 
 

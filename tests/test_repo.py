@@ -285,7 +285,6 @@ def test_resolve_revisions(repo: tv.Repo) -> None:
         ids[2]: 2,
         ids[2][:4]: 2,
         ids[2][:12]: 2,
-        f" {ids[1]} ": 1,
         f"{ids[3][:8]}~2": 1,
     }
     for rev, i in cases.items():
