@@ -21,10 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .errors import (
     FormatVersionError,
@@ -40,18 +39,20 @@ from .format.config import RepoConfig
 from .format.manifest import FileEntry, Manifest
 from .format.stats import TensorStats
 from .format.values import KeyPath, path_str
-from .loading import LoadReport, apply_rename, load_state
 from .refs import HEAD, HEADS, TAGS, RefStore, check_ref_name, default_author
-from .revisions import Revision, rev_label
 from .revisions import resolve as resolve_revision
 from .state.basecache import BaseCache
-from .state.encode import CheckoutHooks, CommitHooks
-from .state.reader import TensorReader
-from .state.writer import TensorWriter, WriteStats, default_workers
 from .store.base import Store
 from .store.local import LocalStore
 from .store.objects import ObjectStore
 from .store.open import is_url, open_store
+
+if TYPE_CHECKING:  # torch, and the modules that need it, are imported where they are used:
+    # opening a repository and reading its history (`tvcs log`) never loads torch
+    import torch
+
+    from .loading import LoadReport
+    from .state.writer import TensorWriter, WriteStats
 
 DIRNAME = ".tvcs"
 CONFIG = "config.json"
@@ -190,6 +191,8 @@ def normalize_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _metric_value(k: str, v: Any) -> Any:
+    import torch
+
     if isinstance(v, torch.Tensor):
         if v.numel() != 1:
             raise UnsupportedValueError(f"metric {k!r} is a tensor with {v.numel()} elements")
@@ -211,15 +214,31 @@ class Repo:
         self.objects = ObjectStore(store)
         self.refs = RefStore(store)
         self.refs.recover()  # a drop a crash cut short is completed before anything is read
-        self.workers = default_workers()
+        self._workers: int | None = None
         self._pool: ThreadPoolExecutor | None = None
+
         self._pool_lock = threading.Lock()
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._commits: dict[str, Commit] = {}
         self.base_cache = BaseCache(config.settings.get("delta_cache_bytes"))
         self.delta_max_depth = int(config.settings.get("delta_max_depth", DEFAULT_DELTA_MAX_DEPTH))
 
+    @property
+    def workers(self) -> int:
+        """Threads of the pool commits and checkouts run on (state/writer.py default_workers
+        unless set; computed on first use, as the writer module imports torch)."""
+        if self._workers is None:
+            from .state.writer import default_workers
+
+            self._workers = default_workers()
+        return self._workers
+
+    @workers.setter
+    def workers(self, n: int) -> None:
+        self._workers = n
+
     # -- opening ---------------------------------------------------------------------------
+
     @classmethod
     def init(
         cls,
@@ -344,16 +363,14 @@ class Repo:
         return m
 
     # -- revisions and history -------------------------------------------------------------
-    def resolve(self, rev: Revision = HEAD) -> str:
-        """The commit id a revision names: a ``Commit``, or a string as git has it
-        (``HEAD~2``, ``main^2``, ``HEAD@{1}``, a tag, ``heads/x``, an id or id prefix...;
-        tensorvcs/revisions.py). Every method below that takes a revision goes through here."""
+    def resolve(self, rev: str = HEAD) -> str:
+        """The commit id a revision names (``HEAD~2``, ``main^``, a tag, an id prefix...)."""
         return resolve_revision(rev, self.refs, self.objects, lambda o: self.get_commit(o).parents)
 
-    def show(self, rev: Revision = HEAD) -> Commit:
+    def show(self, rev: str = HEAD) -> Commit:
         return self.get_commit(self.resolve(rev))
 
-    def log(self, rev: Revision = HEAD, n: int | None = None) -> list[Commit]:
+    def log(self, rev: str = HEAD, n: int | None = None) -> list[Commit]:
         """Commits reachable from ``rev``, newest first (by timestamp), at most ``n``."""
         try:
             start = self.resolve(rev)
@@ -383,14 +400,14 @@ class Repo:
         return (target[len(HEADS) :] if target else None), self.refs.read(HEAD)
 
     # -- branches and tags -----------------------------------------------------------------
-    def branch(self, name: str, rev: Revision = HEAD, *, force: bool = False) -> str:
+    def branch(self, name: str, rev: str = HEAD, *, force: bool = False) -> str:
         """Create (or with force, move) branch ``name`` at ``rev``; returns the commit id."""
         oid = self.resolve(rev)
         ref = HEADS + check_ref_name(name, "branch")
         with self.refs.locked():
             if not force and self.refs.exists(ref):
                 raise UsageError(f"branch {name!r} already exists (use force to move it)")
-            self.refs.update(ref, oid, message=f"branch: created from {rev_label(rev)}")
+            self.refs.update(ref, oid, message=f"branch: created from {rev}")
         return oid
 
     def branches(self) -> dict[str, str]:
@@ -401,8 +418,9 @@ class Repo:
             raise UsageError(f"cannot delete branch {name!r}: HEAD is on it")
         return self.refs.delete(HEADS + check_ref_name(name, "branch"))
 
-    def tag(self, name: str, rev: Revision = HEAD, *, force: bool = False) -> str:
-        oid = self.resolve(rev)
+    def tag(self, name: str, rev: str | Commit = HEAD, *, force: bool = False) -> str:
+        oid = rev.id if isinstance(rev, Commit) else self.resolve(rev)
+        self.get_commit(oid)
         ref = TAGS + check_ref_name(name, "tag")
         with self.refs.locked():
             if not force and self.refs.exists(ref):
@@ -416,12 +434,12 @@ class Repo:
     def delete_tag(self, name: str) -> str:
         return self.refs.delete(TAGS + check_ref_name(name, "tag"))
 
-    def switch(self, target: Revision, *, detach: bool = False) -> None:
+    def switch(self, target: str, *, detach: bool = False) -> None:
         """Point HEAD at branch ``target``, or (detach=True, or not a branch) at a commit."""
-        if not detach and isinstance(target, str) and self.refs.exists(HEADS + target):
+        if not detach and self.refs.exists(HEADS + target):
             self.refs.set_head(HEADS + target, message=f"switch to {target}")
         else:
-            self.refs.set_head(self.resolve(target), message=f"detach at {rev_label(target)}")
+            self.refs.set_head(self.resolve(target), message=f"detach at {target}")
 
     # -- commit ----------------------------------------------------------------------------
     def commit(
@@ -487,6 +505,8 @@ class Repo:
     ) -> TensorWriter:
         """A TensorWriter on this repo's pool that reuses ``parent``'s packed tensors and
         delta-encodes against its chunks (``cache``: the parent's content, when in memory)."""
+        from .state.writer import TensorWriter
+
         return TensorWriter(
             self.objects,
             self.pool,
@@ -507,6 +527,8 @@ class Repo:
         owned: bool = False,
     ) -> str:
         """Write the objects of ``state`` and then its manifest; returns the manifest id."""
+        from .state.encode import CommitHooks
+
         parent = self.get_manifest(self.get_commit(hint).manifest) if hint else None
         hooks = CommitHooks(allow_pickle, self._put_blob)
         tree = values.encode(state, hooks)
@@ -542,7 +564,7 @@ class Repo:
     # -- checkout --------------------------------------------------------------------------
     def checkout(
         self,
-        rev: Revision = HEAD,
+        rev: str = HEAD,
         *,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
@@ -560,8 +582,7 @@ class Repo:
             match = _select(inc, None)
             if not any(match(p) for p, _ in values.walk_leaves(manifest.tree)):
                 raise SelectionError(
-                    f"nothing in commit {oid[:12]} ({rev_label(rev)}) matches "
-                    f"{_selection_text(inc, None)}"
+                    f"nothing in commit {oid[:12]} ({rev}) matches {_selection_text(inc, None)}"
                 )
         return self.materialize(manifest, _select(inc, exc), map_location, allow_pickle)
 
@@ -575,6 +596,9 @@ class Repo:
     ) -> Any:
         """The Python value of ``manifest.tree`` (which sits at key path ``root``, named in
         errors): tensors read in parallel and verified; ``select(path)`` filters leaves."""
+        from .state.encode import CheckoutHooks
+        from .state.reader import TensorReader
+
         wanted, paths = manifest.selected_tensors(prefix=root, select=select)
         loaded = TensorReader(self.objects, self.pool).read(wanted, lambda i: path_str(paths[i]))
         if map_location is not None:
@@ -590,7 +614,7 @@ class Repo:
         out = values.decode(manifest.tree, hooks, root, select)
         return {} if out is values.ABSENT else out
 
-    def tensors(self, rev: Revision = HEAD) -> list[TensorInfo]:
+    def tensors(self, rev: str = HEAD) -> list[TensorInfo]:
         """Every tensor leaf of ``rev``: key path, dtype, shape, bytes, objects and the
         statistics recorded at commit time (``stats``; None when the commit has none)."""
         manifest = self.get_manifest(self.get_commit(self.resolve(rev)).manifest)
@@ -608,7 +632,7 @@ class Repo:
     def load_into(
         self,
         module: torch.nn.Module,
-        rev: Revision = HEAD,
+        rev: str = HEAD,
         *,
         key: str | Sequence[Any] | None = None,
         strict: bool = True,
@@ -618,6 +642,8 @@ class Repo:
     ) -> LoadReport:
         """Load the state dict at ``key`` (a key path; "model" or ["model"]) of ``rev`` into
         ``module``. Strict: raise LoadError listing missing/unexpected/mismatched keys."""
+        from .loading import apply_rename, load_state
+
         key_path: tuple[Any, ...] = (
             () if key is None else ((key,) if isinstance(key, str) else tuple(key))
         )
@@ -628,22 +654,19 @@ class Repo:
             node = _child(node, k)
             if node is None:
                 raise NotFoundError(
-                    f"commit {oid[:12]} ({rev_label(rev)}) has no key path "
-                    f"{path_str(key_path)!r}"
+                    f"commit {oid[:12]} ({rev}) has no key path {path_str(key_path)!r}"
                 )
         sub = Manifest(node, manifest.tensors)
         state = self.materialize(sub, None, map_location, False, key_path)
         if not isinstance(state, Mapping):
-            raise UsageError(
-                f"key path {path_str(key_path)!r} of {rev_label(rev)} is not a state dict"
-            )
+            raise UsageError(f"key path {path_str(key_path)!r} of {rev} is not a state dict")
         state = apply_rename({str(k): v for k, v in state.items()}, rename)
         return load_state(
             module,
             state,
             strict=strict,
             required=required,
-            source=f"{rev_label(rev)} ({oid[:12]}) key {path_str(key_path)!r}",
+            source=f"{rev} ({oid[:12]}) key {path_str(key_path)!r}",
         )
 
 

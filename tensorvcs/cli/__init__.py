@@ -26,7 +26,7 @@ import click
 
 from .. import __version__
 from ..errors import TensorVCSError
-from ._util import ENV_REPO, State
+from ._util import ENV_REPO, State, start_pager
 
 EXIT_BUG = 1
 EXIT_NO_SPACE = 13
@@ -37,6 +37,7 @@ _OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)")
 
 
 def _error(message: str) -> None:
+
     lines = str(message).strip().splitlines()
     click.echo(f"tvcs: error: {lines[0] if lines else 'error'}", err=True)
 
@@ -105,8 +106,109 @@ def _report(e: BaseException) -> int:
     return EXIT_BUG
 
 
+# -- the verbs, loaded on first use ---------------------------------------------------------
+# Each verb's module is imported only when that verb runs (or its help is asked): `tvcs
+# --help`, `tvcs --version` and `tvcs log` never import torch. The one-line summaries of
+# `tvcs --help` are kept here, so listing the verbs imports none of them.
+# tests/cli/test_startup.py checks that this table and the modules' COMMANDS agree.
+#   section title -> {verb: (module in tensorvcs.cli, summary)}
+SECTIONS: dict[str, dict[str, tuple[str, str]]] = {
+    "Record and restore checkpoints": {
+        "init": ("setup", "Create a repository (a .tvcs folder)."),
+        "commit": ("commit", "Commit checkpoint files or folders as one commit."),
+        "checkout": ("checkout", "Write back the files a commit recorded."),
+    },
+    "Look at history": {
+        "log": ("history", "Show the commits reachable from a revision."),
+        "show": ("history", "Show one commit: message, metrics, files, tensors."),
+        "ls": ("history", "List the tensors and files of a commit."),
+        "diff": ("diff", "Compare two commits, key by key and tensor by tensor."),
+        "reflog": ("maintenance", "Show where a ref has pointed, newest first."),
+    },
+    "Branches and tags": {
+        "branch": ("refs", "List, create or delete branches."),
+        "tag": ("refs", "List, create or delete tags."),
+        "switch": ("refs", "Point HEAD at a branch (or at a commit)."),
+    },
+    "Remotes": {
+        "remote": ("remote", "Add, list or remove remotes."),
+        "clone": ("remote", "Make a new repository from a remote's history."),
+        "fetch": ("remote", "Get a remote's branches and tags."),
+        "pull": ("remote", "Fetch, then fast-forward a branch."),
+        "push": ("remote", "Send branches or tags to a remote."),
+    },
+    "Distributed checkpoints (torch.distributed.checkpoint)": {
+        "import": ("dcp", "Commit a DCP checkpoint directory, keeping its shards."),
+        "export": ("dcp", "Write a commit as a DCP directory or one .pt/.safetensors."),
+    },
+    "Maintenance": {
+        "du": ("maintenance", "Disk usage of a history, commit by commit."),
+        "gc": ("maintenance", "Delete the objects nothing keeps."),
+        "fsck": ("maintenance", "Verify every object, ref and reflog."),
+        "config": ("setup", "Show or change the repository config."),
+    },
+}
+VERBS: dict[str, tuple[str, str]] = {v: e for sec in SECTIONS.values() for v, e in sec.items()}
+# every module that defines verbs (its COMMANDS list); a verb missing from SECTIONS is still
+# found (all of them are imported then), but `tvcs --help` does not list it
+MODULES = ("setup", "commit", "checkout", "history", "diff", "refs", "maintenance", "dcp", "remote")
+# verbs whose output goes through a pager when stdout is a terminal (as git's log, diff, show)
+PAGED = frozenset({"log", "show", "ls", "diff", "reflog"})
+
+
+def _import(module: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"{__name__}.{module}")
+
+
 class TvcsGroup(click.Group):
-    """A click group whose ``main`` turns every exception into one line and an exit code."""
+    """The ``tvcs`` group: verbs imported on first use, help listed from ``SECTIONS``, and a
+    ``main`` that turns every exception into one line and an exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(VERBS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            if cmd_name in VERBS:
+                self._add_module(VERBS[cmd_name][0])
+            if cmd_name not in self.commands:  # not in the table: look in every module
+                for module in MODULES:
+                    self._add_module(module)
+        return self.commands.get(cmd_name)
+
+    def _add_module(self, module: str) -> None:
+        for cmd in _import(module).COMMANDS:
+            if cmd.name not in self.commands:
+                self.add_command(cmd)
+
+    def load_all(self) -> None:
+        """Import every verb (tests, and the shell completion of verb names)."""
+        for module in MODULES:
+            self._add_module(module)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        import textwrap
+
+        width = max(len(v) for v in VERBS)
+        limit = max(formatter.width - 6 - width, 20)
+        for title, verbs in SECTIONS.items():
+            rows = [  # one column width for all sections
+                (v.ljust(width), textwrap.shorten(summary, limit, placeholder="..."))
+                for v, (_, summary) in verbs.items()
+            ]
+
+            with formatter.section(title):
+                formatter.write_dl(rows)
+        formatter.write_paragraph()
+        formatter.write_text("See 'tvcs VERB --help' for the options of a verb.")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:  # bare `tvcs`: the list of verbs, exit 0
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
 
     def main(
         self,
@@ -166,9 +268,15 @@ class TvcsGroup(click.Group):
     "found from the current directory upwards.",
 )
 @click.option("--debug", is_flag=True, help="Print tracebacks of errors.")
+@click.option(
+    "--no-pager",
+    is_flag=True,
+    help="Do not page long output (log, show, ls, diff, reflog). The pager is $TVCS_PAGER, "
+    "else $PAGER, else 'less -FRX'; only used when stdout is a terminal.",
+)
 @click.version_option(__version__, "--version", prog_name="tvcs", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, repo_path: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, repo_path: str | None, debug: bool, no_pager: bool) -> None:
     """tvcs: a content-addressed, git-like version store for PyTorch checkpoints.
 
     Commit checkpoint files (.pt, .ckpt, .safetensors, Hugging Face folders) and get them back
@@ -178,17 +286,12 @@ def cli(ctx: click.Context, repo_path: str | None, debug: bool) -> None:
     st.repo_path = repo_path
     st.debug = debug
     ctx.call_on_close(st.close)
+    if not no_pager and ctx.invoked_subcommand in PAGED and not ctx.resilient_parsing:
+        stop = start_pager()
+        if stop is not None:
+            ctx.color = True  # styles go through to the pager (less -R), as git's colors do
+            ctx.call_on_close(stop)
 
-
-def _register() -> None:
-    from . import checkout, commit, dcp, diff, history, maintenance, refs, remote, setup
-
-    for mod in (setup, commit, checkout, history, diff, refs, maintenance, dcp, remote):
-        for cmd in mod.COMMANDS:
-            cli.add_command(cmd)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> Any:

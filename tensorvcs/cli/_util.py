@@ -1,26 +1,36 @@
-"""Shared helpers of the CLI: the repository in use, output (sizes, tables, bars, JSON),
-progress bars, and argument parsing."""
+"""Shared helpers of the CLI: the repository in use, output (sizes, tables, bars, JSON), the
+pager, progress bars, and argument parsing.
+
+Nothing here imports torch (or the repository module) at import time: ``tvcs --help`` and
+``tvcs --version`` load only click and this package's errors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import shlex
+import shutil
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import UsageError
-from ..repo import Repo
+
+if TYPE_CHECKING:
+    from ..repo import Repo
 
 ENV_REPO = "TVCS_REPO"
+ENV_PAGER = "TVCS_PAGER"
 
 
 @dataclass
@@ -33,6 +43,8 @@ class State:
 
     def repo(self) -> Repo:
         if self._repo is None:
+            from ..repo import Repo
+
             r = Repo.open(self.repo_path) if self.repo_path else Repo.discover()
             # A CLI process makes one commit: the delta-base cache (which keeps a copy of every
             # chunk for the *next* commit of the same process) would only cost memory.
@@ -180,7 +192,82 @@ def rel_to_root(root: Path, p: str) -> str:
         raise UsageError(f"{p}: outside the repository at {root}") from None
 
 
+# -- pager -----------------------------------------------------------------------------------
+DEFAULT_PAGER = "less"
+DEFAULT_LESS = "FRX"  # quit if one screen (-F), pass colours (-R), keep the screen (-X)
+
+
+def pager_command() -> str | None:
+    """The pager to run (a shell command line), or None for none: ``$TVCS_PAGER``, else
+    ``$PAGER``, else ``less`` (when installed). An empty value or ``cat`` means no pager."""
+    for var in (ENV_PAGER, "PAGER"):
+        if var in os.environ:
+            cmd = os.environ[var].strip()
+            return None if cmd in ("", "cat") else cmd
+    return DEFAULT_PAGER if shutil.which(DEFAULT_PAGER) else None
+
+
+def _stdout_isatty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def start_pager() -> Callable[[], None] | None:
+    """When stdout is a terminal and a pager is configured, send this process's stdout (file
+    descriptor 1) through the pager, as git does; returns the function that ends it (flush,
+    give stdout back, wait until the pager quits), or None when nothing was started.
+
+    ``less`` gets ``LESS=FRX`` unless ``$LESS`` is set: output of one screen is printed as it
+    is, without the pager taking the screen."""
+    if not _stdout_isatty():
+        return None
+    cmd = pager_command()
+    if cmd is None:
+        return None
+    env = dict(os.environ)
+    env.setdefault("LESS", DEFAULT_LESS)
+    env.setdefault("LV", "-c")
+    try:
+        argv = shlex.split(cmd)
+    except ValueError:
+        argv = []
+    shell_syntax = any(c in cmd for c in "|&;<>()$`'\"\\")
+    if not shell_syntax and (not argv or shutil.which(argv[0]) is None):
+        return None  # a plain command that is not installed: print without a pager
+    sys.stdout.flush()
+    try:
+        proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.PIPE, env=env)
+    except OSError:
+        return None
+    assert proc.stdin is not None
+    saved = os.dup(1)
+    os.dup2(proc.stdin.fileno(), 1)
+    proc.stdin.close()
+
+    def stop() -> None:
+        try:
+            sys.stdout.flush()
+        except OSError:  # the pager was quit before the end (q): drop what is left
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
+            with contextlib.suppress(OSError):
+                sys.stdout.flush()
+        os.dup2(saved, 1)  # the pager sees the end of its input
+
+        os.close(saved)
+        try:
+            proc.wait()
+        except KeyboardInterrupt:  # pragma: no cover - ^C while the pager shows
+            proc.wait()
+
+    return stop
+
+
 # -- progress --------------------------------------------------------------------------------
+
 class Progress:
     """A byte progress bar with throughput on stderr, drawn only when stderr is a terminal.
 
@@ -249,8 +336,11 @@ def _stderr_isatty() -> bool:
 def complete_rev(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     """Shell completion for revisions: HEAD, branches and tags."""
     try:
+        from ..repo import Repo
+
         obj = ctx.find_root().params.get("repo_path") or os.environ.get(ENV_REPO)
         r = Repo.open(obj) if obj else Repo.discover()
+
         names = ["HEAD", *r.branches(), *r.tags()]
         r.close()
     except Exception:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -27,10 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import CorruptObjectError, UsageError
-from ..state.tensors import DTYPES
 from . import jsonenc, values
 from .config import MAX_CHUNK_SIZE
 from .ids import is_object_id
@@ -46,8 +45,17 @@ MAX_PATH_CHARS = 4096  # a file entry's path
 MAX_DEVICE_CHARS = 64
 REPO_DIR = ".tvcs"
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_ITEMSIZE = {name: d.itemsize for name, d in DTYPES.items()}
-_GRAD_DTYPES = {name for name, d in DTYPES.items() if d.is_floating_point or d.is_complex}
+
+
+@functools.cache
+def _dtypes() -> tuple[dict[str, int], frozenset[str]]:
+    """({dtype name: item size}, names of the dtypes that can require gradients), from
+    torch's dtype table on first use (importing this module does not load torch)."""
+    from ..state.tensors import DTYPES
+
+    itemsize = {name: d.itemsize for name, d in DTYPES.items()}
+    grad = frozenset(n for n, d in DTYPES.items() if d.is_floating_point or d.is_complex)
+    return itemsize, grad
 
 
 def _is_int(x: Any) -> bool:
@@ -190,7 +198,8 @@ def _tensor_entry_problem(d: Any) -> str | None:
     if not isinstance(d, dict):
         return "not a JSON object"
     dtype = d.get("dtype")
-    if type(dtype) is not str or dtype not in _ITEMSIZE:
+    itemsize, grad_dtypes = _dtypes()
+    if type(dtype) is not str or dtype not in itemsize:
         return f"unknown dtype {dtype!r:.60}"
     problem = _shape_problem(d.get("shape"))
     if problem:
@@ -198,13 +207,13 @@ def _tensor_entry_problem(d: Any) -> str | None:
     nbytes = d.get("nbytes")
     if not _nonneg(nbytes):
         return f"nbytes {nbytes!r:.40} is not an integer in 0..2**63-1"
-    expect = _numel(d["shape"]) * _ITEMSIZE[dtype]
+    expect = _numel(d["shape"]) * itemsize[dtype]
     if nbytes != expect:
         return f"{dtype}{d['shape']} is {expect} bytes, not {nbytes}"
     for flag in ("param", "requires_grad"):
         if flag in d and type(d[flag]) is not bool:
             return f"{flag} is not a boolean"
-    if d.get("requires_grad") and dtype not in _GRAD_DTYPES:
+    if d.get("requires_grad") and dtype not in grad_dtypes:
         return f"a {dtype} tensor cannot require gradients"
     if "pack" in d:
         if "chunks" in d:
@@ -452,6 +461,8 @@ def _np_dtype_problem(name: Any) -> tuple[np.dtype[Any] | None, str | None]:
 
 
 def _leaf_checker(tensors: list[TensorEntry]) -> values.LeafCheck:
+    import torch
+
     n = len(tensors)
 
     def index_problem(i: Any) -> str | None:
@@ -568,7 +579,8 @@ def _dcp_problem(sec: dict[str, Any], tensors: list[TensorEntry]) -> str | None:
         if kind != "tensor":
             return f"{fqn!r}: unknown kind {kind!r:.40}"
         dtype = it.get("dtype")
-        if not isinstance(dtype, str) or dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in _dtypes()[0]:
+
             return f"{fqn!r}: unknown dtype {dtype!r:.40}"
         size: Any = it.get("size")
         problem = _ints_problem(size, "size")
