@@ -123,6 +123,7 @@ SECTIONS: dict[str, dict[str, tuple[str, str]]] = {
         "show": ("history", "Show one commit: message, metrics, files, tensors."),
         "ls": ("history", "List the tensors and files of a commit."),
         "diff": ("diff", "Compare two commits, key by key and tensor by tensor."),
+        "report": ("report", "Write an HTML report of a run: metrics, layers, storage."),
         "reflog": ("maintenance", "Show where a ref has pointed, newest first."),
     },
     "Branches and tags": {
@@ -151,7 +152,10 @@ SECTIONS: dict[str, dict[str, tuple[str, str]]] = {
 VERBS: dict[str, tuple[str, str]] = {v: e for sec in SECTIONS.values() for v, e in sec.items()}
 # every module that defines verbs (its COMMANDS list); a verb missing from SECTIONS is still
 # found (all of them are imported then), but `tvcs --help` does not list it
-MODULES = ("setup", "commit", "checkout", "history", "diff", "refs", "maintenance", "dcp", "remote")
+MODULES = (
+    "setup", "commit", "checkout", "history", "diff", "refs", "maintenance", "dcp", "remote",
+    "report",
+)
 # verbs whose output goes through a pager when stdout is a terminal (as git's log, diff, show)
 PAGED = frozenset({"log", "show", "ls", "diff", "reflog"})
 
