@@ -70,6 +70,8 @@ class FsspecStore(Store):
     def get(self, name: str) -> bytes:
         self.requests += 1
         try:
+            if self.protocol == "s3":  # one GET (s3fs would first HEAD it for its size)
+                return bytes(self.fs.cat_file(self._path(name), max_concurrency=1))
             return bytes(self.fs.cat_file(self._path(name)))
         except (IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(name) from None
@@ -87,25 +89,37 @@ class FsspecStore(Store):
         except (IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(name) from None
 
+    def _info(self, name: str) -> dict[str, Any]:
+        """The file's info; FileNotFoundError if there is no file ``name``."""
+        path = self._path(name)
+        if self.protocol == "s3":
+            # One HEAD. (s3fs's info follows a missing key with a LIST, to tell a "folder";
+            # names here are files, and "does it exist" is asked for every object written.)
+            bucket, key, _ = self.fs.split_path(path)
+            head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+            return {"size": head["ContentLength"], "mtime": head.get("LastModified")}
+        try:
+            info = dict(self.fs.info(path))
+        except NotADirectoryError:
+            raise FileNotFoundError(name) from None
+        if info.get("type") != "file":
+            raise FileNotFoundError(name)
+        return info
+
     def exists(self, name: str) -> bool:
         try:
-            info = self.fs.info(self._path(name))
-        except (FileNotFoundError, NotADirectoryError):
+            self._info(name)
+        except FileNotFoundError:
             return False
-        return info.get("type") == "file"
+        return True
 
     def size(self, name: str) -> int:
-        info = self.fs.info(self._path(name))
-        if info.get("type") != "file":
-            raise FileNotFoundError(name)
-        return int(info["size"])
+        return int(self._info(name)["size"])
 
     def mtime(self, name: str) -> float | None:
-        info = self.fs.info(self._path(name))
-        if info.get("type") != "file":
-            raise FileNotFoundError(name)
+        info = self._info(name)
         for key in ("mtime", "LastModified", "last_modified", "created"):
-            v = info.get(key)
+            v: Any = info.get(key)
             if isinstance(v, int | float):
                 return float(v)
             if hasattr(v, "timestamp"):
