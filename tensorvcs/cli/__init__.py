@@ -115,6 +115,7 @@ def _report(e: BaseException) -> int:
 SECTIONS: dict[str, dict[str, tuple[str, str]]] = {
     "Record and restore checkpoints": {
         "init": ("setup", "Create a repository (a .tvcs folder)."),
+        "status": ("status", "Which checkpoint files are new, modified or deleted."),
         "commit": ("commit", "Commit checkpoint files or folders as one commit."),
         "checkout": ("checkout", "Write back the files a commit recorded."),
     },
@@ -154,7 +155,7 @@ VERBS: dict[str, tuple[str, str]] = {v: e for sec in SECTIONS.values() for v, e 
 # found (all of them are imported then), but `tvcs --help` does not list it
 MODULES = (
     "setup", "commit", "checkout", "history", "diff", "refs", "maintenance", "dcp", "remote",
-    "report",
+    "report", "status",
 )
 # verbs whose output goes through a pager when stdout is a terminal (as git's log, diff, show)
 PAGED = frozenset({"log", "show", "ls", "diff", "reflog"})

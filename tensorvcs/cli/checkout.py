@@ -6,6 +6,7 @@ import fnmatch
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +39,23 @@ SUFFIX = {"pt": ".pt", "safetensors": ".safetensors"}
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
+def _glob_hits(key: str, g: str) -> bool:
+    # a glob also names everything under it, as a path does in git and in Repo.checkout
+    # ("ckpt.pt/optimizer" selects "ckpt.pt/optimizer/state/0/exp_avg")
+    return fnmatch.fnmatchcase(key, g) or fnmatch.fnmatchcase(key, g + "/*")
+
+
 def make_select(include: Sequence[str], exclude: Sequence[str]) -> Callable[[KeyPath], bool] | None:
-    """fnmatch globs on key paths as `tvcs ls` prints them ('*' also matches '/')."""
+    """fnmatch globs on key paths as `tvcs ls` prints them ('*' also matches '/'); a glob
+    also selects every key path below the one it matches."""
     if not include and not exclude:
         return None
 
     def select(path: KeyPath) -> bool:
         key = path_str(path)
-        if include and not any(fnmatch.fnmatchcase(key, g) for g in include):
+        if include and not any(_glob_hits(key, g) for g in include):
             return False
-        return not any(fnmatch.fnmatchcase(key, g) for g in exclude)
+        return not any(_glob_hits(key, g) for g in exclude)
 
     return select
 
@@ -86,6 +94,8 @@ class Job:
     size: int = 0
     how: str = ""  # what shaped the written bytes, for the worktree index
     link: bool = False  # the destination is a symbolic link (replaced, never written through)
+    part: exporter.FolderFile | None = None  # a file of a folder the Python API committed
+    name: str | None = None  # what the job writes, as --json reports it (the recorded path)
 
 
 def _plan(
@@ -97,13 +107,14 @@ def _plan(
     include: Sequence[str],
     exclude: Sequence[str],
     commit_name: str,
+    metadata: dict[str, Any],
 ) -> list[Job]:
     select = make_select(include, exclude)
     if not m.files:
         if not out:
             raise UsageError(
                 f"commit {commit_name} records no files (it was made through the Python API); "
-                "use -o FILE to write its state to a file"
+                "use -o FILE (or -o DIR/) to write its state"
             )
         if paths:
             raise UsageError(f"commit {commit_name} records no files; PATH arguments do not apply")
@@ -111,6 +122,8 @@ def _plan(
             raise SelectionError(
                 f"nothing in commit {commit_name} matches {_globs_text(include, ())}"
             )
+        if out.endswith(("/", os.sep)) or Path(out).is_dir():
+            return _plan_folder(r, m, metadata, Path(out), fmt, select, commit_name)
         f = fmt or ("safetensors" if out.endswith(".safetensors") else "pt")
         return [Job(None, Path(out), f, False, link=Path(out).is_symlink())]
     chosen: list[FileEntry] = []
@@ -183,6 +196,40 @@ def _plan(
     return jobs
 
 
+def _plan_folder(
+    r: Any,
+    m: Manifest,
+    metadata: dict[str, Any],
+    out: Path,
+    fmt: str | None,
+    select: Callable[[KeyPath], bool] | None,
+    commit_name: str,
+) -> list[Job]:
+    """``-o DIR/`` for a commit made without files: a folder the Python API committed
+    (``commit_dir``, the Hugging Face callback) comes back as its files; any other state as
+    one file in DIR, ``state.pt`` (``state.safetensors`` with --format safetensors; a
+    TVCSCheckpointIO checkpoint keeps the name it was saved as)."""
+    parts = exporter.folder_files(m, metadata)
+    if parts is None:
+        f = fmt or "pt"
+        name = exporter.state_file_name(metadata) + SUFFIX[f]
+        dest = safe_destination(out, name, r.path)
+        return [Job(None, dest, f, False, link=dest.is_symlink())]
+    if fmt is not None:
+        raise UsageError(
+            f"commit {commit_name} is a committed folder: its files are written in their own "
+            "formats (--format does not apply)"
+        )
+    jobs = []
+    for part in parts:
+        if select is not None and not exporter.has_selected_leaf(part.node, part.prefix, select):
+            continue
+        dest = safe_destination(out, check_recorded_path(part.rel), r.path)
+        kind = {"safetensors": "safetensors", "torch": "pt", "bytes": "blob"}[part.format]
+        jobs.append(Job(None, dest, kind, False, link=dest.is_symlink(), part=part, name=part.rel))
+    return jobs
+
+
 def _check_overwrites(r: Any, cid: str, jobs: list[Job], index: WorktreeIndex) -> None:
     """Refuse (OverwriteError) to replace a file whose content no commit holds."""
     known: set[str] | None = None
@@ -245,6 +292,8 @@ def _write(
     progress: Progress,
     fp: Any,
 ) -> str:
+    if job.part is not None:
+        return _write_part(r, m, job.part, select, unsafe_pickle, progress, fp, job.dest.parent)
     fe = job.entry
     if fe is not None and fe.kind == "blob":
         progress.start("writing", fe.size)
@@ -275,6 +324,41 @@ def _write(
     try:
         return exporter.write_pt_file(
             r, m, node, prefix, select, unsafe_pickle, fp, job.dest.parent, progress.update
+        )
+    except UnsupportedValueError as e:
+        raise _pickle_hint(e) from None
+
+
+def _write_part(
+    r: Any,
+    m: Manifest,
+    part: exporter.FolderFile,
+    select: Callable[[KeyPath], bool] | None,
+    unsafe_pickle: bool,
+    progress: Progress,
+    fp: Any,
+    scratch: Path,
+) -> str:
+    """One file of a folder the Python API committed (see ``exporter.folder_files``)."""
+    if part.format == "bytes":
+        data = r.materialize(Manifest(part.node, m.tensors), None, None, False, root=part.prefix)
+        if not isinstance(data, bytes):
+            raise CorruptObjectError(f"{part.rel}: the committed folder holds no bytes for it")
+        return exporter.write_bytes(data, fp)
+    if part.format == "safetensors":
+        items, _ = exporter.tensor_items(m, part.node, part.prefix, select)
+        meta = None
+        if part.metadata is not None:
+            meta = r.materialize(Manifest(part.metadata, m.tensors), root=part.prefix)
+        progress.start("writing", sum(it.entry.nbytes for it in items))
+        return exporter.write_safetensors_converted(
+            r, items, meta if isinstance(meta, dict) else None, fp, progress.update
+        )
+    wanted, _ = m.selected_tensors(part.node, part.prefix, select)
+    progress.start("reading", sum(e.nbytes for e in wanted.values()))
+    try:
+        return exporter.write_pt_file(
+            r, m, part.node, part.prefix, select, unsafe_pickle, fp, scratch, progress.update
         )
     except UnsupportedValueError as e:
         raise _pickle_hint(e) from None
@@ -337,9 +421,10 @@ def checkout(
     """
     r = repo()
     cid = r.resolve(rev)
-    m = r.get_manifest(r.get_commit(cid).manifest)
+    c = r.get_commit(cid)
+    m = r.get_manifest(c.manifest)
     select = make_select(include, exclude)
-    jobs = _plan(r, m, paths, out, fmt, include, exclude, f"{short(cid)} ({rev})")
+    jobs = _plan(r, m, paths, out, fmt, include, exclude, f"{short(cid)} ({rev})", c.metadata)
     for job in jobs:
         job.how = f"{job.fmt}|{include}|{exclude}" if select else job.fmt
     index = WorktreeIndex(r)
@@ -368,8 +453,10 @@ def checkout(
                 progress.finish()
                 tmp.unlink(missing_ok=True)
                 raise
-            job.size = job.dest.stat().st_size
+            st = job.dest.stat()
+            job.size = st.st_size
             index.add(job.digest, job.dest.resolve(), cid, job.how)
+            index.remember(job.dest.resolve(), st, job.digest, time.time_ns())
     finally:
         if any(j.status == "written" and j.digest for j in jobs):
             index.save()
@@ -379,7 +466,7 @@ def checkout(
                 "commit": cid,
                 "files": [
                     {
-                        "path": j.entry.path if j.entry else None,
+                        "path": j.entry.path if j.entry else j.name,
                         "dest": str(j.dest),
                         "format": j.fmt,
                         "status": j.status,

@@ -63,6 +63,76 @@ def has_selected_leaf(node: Any, prefix: KeyPath, select: Select | None) -> bool
     return any(select(p) for p, _ in values.walk_leaves(node, prefix))
 
 
+# -- commits made without files (Python API, callbacks) -------------------------------------
+FOLDER_MARKER = "tensorvcs.transformers"  # metadata of a folder commit_dir / the HF callback made
+LIGHTNING_MARKER = "tensorvcs.lightning"  # metadata of a TVCSCheckpointIO checkpoint
+FOLDER_KEY = "files"
+FOLDER_FORMATS = ("safetensors", "torch", "bytes")
+STATE_FILE = "state"  # the name (before the suffix) of a whole state written into a folder
+
+
+def dict_items(node: Any) -> list[tuple[Any, Any]] | None:
+    """The (key, node) pairs of a dict node, or None when ``node`` is not a dict."""
+    if isinstance(node, list) and len(node) == 2 and node[0] in ("dict", "odict"):
+        items = node[1]
+        if isinstance(items, list) and all(isinstance(kv, list) and len(kv) == 2 for kv in items):
+            return [(kv[0], kv[1]) for kv in items]
+    return None
+
+
+@dataclass
+class FolderFile:
+    rel: str  # the file's path inside the folder
+    format: str  # one of FOLDER_FORMATS
+    node: Any  # the node of its content ("tensors", "value" or "data")
+    prefix: KeyPath  # the key path of ``node`` in the state
+    metadata: Any = None  # the node of a safetensors file's metadata
+
+
+def folder_files(manifest: Manifest, metadata: dict[str, Any]) -> list[FolderFile] | None:
+    """The files of a folder committed through the Python API (``commit_dir``, the Hugging
+    Face callback: commit metadata ``FOLDER_MARKER`` and the state ``{"files": {rel: {"format":
+    ..., ...}}}``, see integrations/transformers.py), or None for any other state."""
+    if FOLDER_MARKER not in metadata:
+        return None
+    top = dict_items(manifest.tree)
+    files = dict(top).get(FOLDER_KEY) if top is not None else None
+    entries = dict_items(files)
+    if entries is None:
+        return None
+    out: list[FolderFile] = []
+    for rel, node in entries:
+        fields = dict_items(node)
+        if not isinstance(rel, str) or fields is None:
+            return None
+        f = dict(fields)
+        fmt = f.get("format")
+        key = {"safetensors": "tensors", "torch": "value", "bytes": "data"}.get(fmt)  # type: ignore[arg-type]
+        if key is None or key not in f:
+            return None
+        out.append(FolderFile(rel, fmt, f[key], (FOLDER_KEY, rel, key), f.get("metadata")))  # type: ignore[arg-type]
+    return out
+
+
+def state_file_name(metadata: dict[str, Any]) -> str:
+    """The file name (without suffix) a commit's whole state gets when it is checked out into a
+    folder: the file name TVCSCheckpointIO saved it as (``last``, ``epoch=0-step=2``), else
+    ``state``."""
+    info = metadata.get(LIGHTNING_MARKER)
+    path = info.get("path") if isinstance(info, dict) else None
+    if isinstance(path, str):
+        stem = Path(path.replace("\\", "/")).stem
+        if stem and stem not in (".", "..") and "/" not in stem and "\0" not in stem:
+            return stem
+    return STATE_FILE
+
+
+def write_bytes(data: bytes, fp: IO[bytes]) -> str:
+    sink = _Sink(fp, None)
+    sink.write(data)
+    return sink.digest()
+
+
 # -- streaming tensor bytes ------------------------------------------------------------------
 class ByteStreamer:
     """The bytes of a run of tensor entries (or blob chunks), in order, read a bounded window

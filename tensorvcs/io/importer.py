@@ -37,7 +37,7 @@ from ..format.manifest import FileEntry
 from . import safetensors_file as stf
 from . import torch_file
 from .mapped import PageDropper
-from .worktree import file_digest
+from .worktree import WorktreeIndex
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -274,9 +274,12 @@ def commit_files(
         if hash_total:
             progress.start("hashing", hash_total)
         digests = {}
+        index = WorktreeIndex(repo)  # digests of files unchanged since they were last hashed
         for inp, kind in plan:
             if kind in parsed:
-                digests[inp.rel] = file_digest(inp.path, progress.update)
+                digests[inp.rel] = index.digest(inp.path, progress.update)
+        if index.changed:
+            index.save()
         if hash_total:
             progress.finish()
         store_total = sum(i.size for i, _ in plan)

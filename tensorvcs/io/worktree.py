@@ -6,6 +6,12 @@ one a commit recorded, or one of a file that checkout itself wrote (a ``.pt`` fi
 with ``torch.save``, so its bytes differ from the committed original while its content is in
 the repository). Those are kept in ``.tvcs/worktree.json`` — a local cache, not part of the
 history; deleting it only makes checkout more cautious.
+
+The same file caches the digests of work-tree files by their ``stat`` (``"stat"``: {absolute
+path: [size, mtime_ns, ctime_ns, inode, digest, hashed_ns]}), so ``tvcs status`` hashes only
+files that changed since it (or commit, or checkout) last read them. As in git, an entry is
+trusted only when the file's mtime is older than the moment it was hashed by more than
+``RACY_NS``: a file written in the same instant it was hashed is hashed again next time.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ BLOCK = 8 << 20
 INDEX = "worktree.json"
 REPO_DIR = ".tvcs"
 MAX_ENTRIES = 10000
+RACY_NS = 2_000_000_000  # an mtime this close to the hashing time is not trusted
 
 
 def file_digest(path: str | os.PathLike[str], progress: object = None) -> str:
@@ -54,12 +61,56 @@ class WorktreeIndex:
         self.path = repo.path / INDEX
         self.tmp = repo.path / "tmp"
         self.entries: dict[str, dict[str, object]] = {}
+        self.stats: dict[str, list[object]] = {}
         try:
             doc = json.loads(self.path.read_text("utf-8"))
             if isinstance(doc, dict) and isinstance(doc.get("written"), dict):
                 self.entries = doc["written"]
+            if isinstance(doc, dict) and isinstance(doc.get("stat"), dict):
+                self.stats = doc["stat"]
         except (OSError, ValueError):
             pass
+        self.changed = False
+
+    # -- digests by stat ----------------------------------------------------------------------
+    @staticmethod
+    def _key(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def cached_digest(self, path: Path, st: os.stat_result) -> str | None:
+        """The digest recorded for ``path`` when its stat is still the one it had then (and
+        that entry is not racy), else None."""
+        e = self.stats.get(os.path.realpath(path))
+        if not isinstance(e, list) or len(e) != 6 or e[:4] != self._key(st):
+            return None
+        digest, hashed = e[4], e[5]
+        if not isinstance(digest, str) or not isinstance(hashed, int):
+            return None
+        return digest if st.st_mtime_ns + RACY_NS < hashed else None
+
+    def remember(self, path: Path, st: os.stat_result, digest: str, hashed_ns: int) -> None:
+        """Record that ``path`` with stat ``st`` had ``digest`` when hashed at ``hashed_ns``
+        (``time.time_ns()`` taken before reading it)."""
+        key = os.path.realpath(path)
+        self.stats.pop(key, None)
+        self.stats[key] = [*self._key(st), digest, hashed_ns]
+        while len(self.stats) > MAX_ENTRIES:
+            del self.stats[next(iter(self.stats))]
+        self.changed = True
+
+    def digest(self, path: Path, progress: object = None) -> str:
+        """The BLAKE3 of the file at ``path`` (absolute), from the cache when its stat says it
+        did not change, else read and remembered."""
+        st = os.stat(path)
+        cached = self.cached_digest(path, st)
+        if cached is not None:
+            return cached
+        hashed = time.time_ns()
+        digest = file_digest(path, progress)
+        after = os.stat(path)
+        if self._key(after) == self._key(st):  # not modified while it was read
+            self.remember(path, after, digest, hashed)
+        return digest
 
     def __contains__(self, digest: str) -> bool:
         return digest in self.entries
@@ -74,6 +125,7 @@ class WorktreeIndex:
             "how": how,
             "time": int(time.time()),
         }
+        self.changed = True
         while len(self.entries) > MAX_ENTRIES:
             del self.entries[next(iter(self.entries))]
 
@@ -95,7 +147,8 @@ class WorktreeIndex:
         tmp = self.tmp / f"worktree-{os.getpid()}.json"
         try:
             self.tmp.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"version": 1, "written": self.entries}), "utf-8")
+            doc = {"version": 1, "written": self.entries, "stat": self.stats}
+            tmp.write_text(json.dumps(doc), "utf-8")
             os.replace(tmp, self.path)
         except OSError:
             with contextlib.suppress(OSError):

@@ -84,7 +84,7 @@ def tiny_bert(transformers: Any) -> Any:
     return transformers.BertForSequenceClassification(config)
 
 
-def hf_trainer(transformers: Any, out: Path, max_steps: int) -> Any:
+def hf_trainer(transformers: Any, out: Path, max_steps: int, callbacks: Any = ()) -> Any:
     args = transformers.TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=4,
@@ -100,15 +100,22 @@ def hf_trainer(transformers: Any, out: Path, max_steps: int) -> Any:
         dataloader_num_workers=0,
     )
     return transformers.Trainer(
-        model=tiny_bert(transformers), args=args, train_dataset=TinyDataset()
+        model=tiny_bert(transformers),
+        args=args,
+        train_dataset=TinyDataset(),
+        callbacks=list(callbacks),
     )
 
 
 def test_hf_trainer_folder_commits_checks_out_and_resumes_bitwise(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    straight = hf_trainer(transformers, tmp_path / "out", max_steps=4)
+    from tensorvcs.integrations.transformers import TVCSTrainerCallback
+
+    cb = TVCSTrainerCallback(tmp_path / "run")  # the Python callback commits into run/
+    straight = hf_trainer(transformers, tmp_path / "out", max_steps=4, callbacks=[cb])
     straight.train()  # writes out/checkpoint-2/ and out/checkpoint-4/
+    cb.close()
     folder = tmp_path / "out" / "checkpoint-2"
     names = sorted(p.name for p in folder.iterdir())
     assert {"rng_state.pth", "training_args.bin", "model.safetensors", "optimizer.pt"} <= set(names)
@@ -132,6 +139,18 @@ def test_hf_trainer_folder_commits_checks_out_and_resumes_bitwise(tmp_path: Path
     resumed.train(resume_from_checkpoint=str(back))
     assert resumed.state.global_step == 4
     assert bitwise_same(weights(resumed.model), weights(straight.model))
+
+    # item 2: a commit the callback made (no files recorded) checks out as the folder
+    res = tvcs(tmp_path, "--repo", "run", "checkout", "step-2", "-o", "from-callback/")
+    assert res.stdout.splitlines()[-1].startswith(f"checked out {len(names)} file(s) from ")
+    from_cb = tmp_path / "from-callback"
+    assert sorted(p.name for p in from_cb.iterdir()) == names
+    for name in names:
+        if not name.endswith((".pt", ".pth")):
+            assert (from_cb / name).read_bytes() == (folder / name).read_bytes(), name
+    again = hf_trainer(transformers, tmp_path / "out3", max_steps=4)
+    again.train(resume_from_checkpoint=str(from_cb))
+    assert bitwise_same(weights(again.model), weights(straight.model))
 
     cls = transformers.BertForSequenceClassification
     assert bitwise_same(
