@@ -24,11 +24,16 @@ def _metric(text: str) -> tuple[str, int | float]:
     except ValueError:
         pass
     try:
-        return k, float(v)
+        x = float(v)
     except ValueError:
         raise click.BadParameter(
             f"metric {k!r}: {v!r} is not a number", param_hint="--metric"
         ) from None
+    if not math.isfinite(x):  # nan/inf would sort and compare as no metric can
+        raise click.BadParameter(
+            f"metric {k!r}: {v!r} is not a finite number", param_hint="--metric"
+        )
+    return k, x
 
 
 @click.command()
@@ -85,18 +90,27 @@ def commit(
         author = str(a) if a else None
     inputs = collect(r.root, paths)
     progress = Progress()
-    res = commit_files(
-        r,
-        inputs,
-        message,
-        step=step,
-        metrics=parsed,
-        branch=branch,
-        author=author,
-        unsafe_pickle=unsafe_pickle,
-        progress=progress,
-        note=None if as_json else note,
-    )
+    try:
+        res = commit_files(
+            r,
+            inputs,
+            message,
+            step=step,
+            metrics=parsed,
+            branch=branch,
+            author=author,
+            unsafe_pickle=unsafe_pickle,
+            progress=progress,
+            note=None if as_json else note,
+        )
+    except KeyboardInterrupt:
+        # objects written before the ref moved are referenced by nothing: say how to free them
+        note(
+            "commit interrupted: no commit was made; the objects it had written are "
+            "unreferenced ('tvcs gc --prune=now' reclaims them, 'tvcs gc' once they are "
+            "two weeks old)"
+        )
+        raise
     c = res.commit
     if tag is not None:
         r.tag(tag, c)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,7 +13,7 @@ from .. import maintenance
 from ..errors import FormatVersionError, UsageError
 from ..format.config import RepoConfig
 from ..repo import CONFIG, Repo
-from ._util import echo_json, human_size, parse_size, repo, state
+from ._util import echo_json, human_size, note, parse_size, repo, state
 
 
 @click.command()
@@ -37,10 +38,30 @@ def init(
     check.chunk_size = cs if cs is not None else check.chunk_size
     check.pack_threshold = pt if pt is not None else check.pack_threshold
     _validate(check)
+    existing = Path(target) / ".tvcs" / "config.json"
+    if existing.is_file():  # as git: a no-op on an existing repository, with a note
+        r = Repo.open(target)
+        try:
+            for name, want in (("chunk_size", cs), ("pack_threshold", pt)):
+                have = getattr(r.config, name)
+                if want is not None and want != have:
+                    raise UsageError(
+                        f"a tensorvcs repository already exists at {r.path} with {name} "
+                        f"{have}, not {want} (change it with 'tvcs config {name} {want}')"
+                    )
+            if as_json:
+                doc = {"path": str(r.path), "branch": r.head()[0], "existed": True}
+                echo_json({**doc, **_config_doc(r.config)})
+            else:
+                note(f"a tensorvcs repository already exists at {r.path}; nothing changed")
+        finally:
+            r.close()
+        return
     r = Repo.init(target, chunk_size=cs, pack_threshold=pt, branch=branch)
     try:
         if as_json:
-            echo_json({"path": str(r.path), "branch": branch, **_config_doc(r.config)})
+            doc = {"path": str(r.path), "branch": branch, "existed": False}
+            echo_json({**doc, **_config_doc(r.config)})
         else:
             click.echo(f"Initialized empty tensorvcs repository in {r.path}")
     finally:

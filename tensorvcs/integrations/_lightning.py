@@ -114,6 +114,7 @@ class IOMixin:
         self.gc_every = gc_every
         self.allow_pickle = allow_pickle
         self._committer = AsyncCommitter(async_commit, "tvcs-lightning-io")
+        self._last: tuple[list[Any], str] | None = None  # (signature, tag) of the last save
         self._drops_since_gc = 0
         self._forget: set[str] = set()  # commits dropped since the last gc
 
@@ -146,6 +147,14 @@ class IOMixin:
         opts = opts or {}
         tag = self.tag_for(path)
         self._committer.wait()
+        sig = _signature(checkpoint)
+        last, self._last = self._last, (sig, tag)
+        prev = self.repo.tags().get(last[1]) if last is not None and last[0] == sig else None
+        if prev is not None:
+            # the same state saved again under another path (ModelCheckpoint's save_last
+            # after a top-k save): tag the commit already made rather than commit it twice
+            self._committer.submit(lambda: self._retag(path, tag, prev))
+            return
         async_ = self._committer.async_commit
         payload = snapshot(checkpoint) if async_ else plain_containers(checkpoint)
         step = checkpoint.get("global_step")
@@ -184,6 +193,15 @@ class IOMixin:
             return c
 
         self._committer.submit(commit)
+
+    def _retag(self, path: Any, tag: str, oid: str) -> str:
+        previous = self.repo.tags().get(tag)
+        self.repo.tag(tag, oid, force=True)
+        if self.pointer_files:
+            self._write_pointer(path, tag)
+        if previous is not None and previous != oid:
+            self._drop(previous)
+        return oid
 
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
@@ -237,6 +255,40 @@ class IOMixin:
     def teardown(self) -> None:
         """Wait for the commit in flight (its error is raised here)."""
         self._committer.close()
+
+
+def _signature(checkpoint: Mapping[str, Any]) -> list[Any]:
+    """What tells two saves of the same training state apart, cheaply: every value outside
+    ``callbacks`` (ModelCheckpoint's own bookkeeping differs between the two saves), each
+    tensor by its storage, offset, shape, dtype and version counter (which every in-place
+    change bumps), nothing of its data read."""
+    out: list[Any] = []
+
+    def walk(v: Any, depth: int) -> None:
+        if isinstance(v, torch.Tensor):
+            out.append(
+                (
+                    v.untyped_storage().data_ptr(),
+                    v.storage_offset(),
+                    tuple(v.shape),
+                    str(v.dtype),
+                    v._version,
+                )
+            )
+        elif depth < 64 and isinstance(v, Mapping):
+            out.append(("{", len(v)))
+            for k, x in v.items():
+                out.append(repr(k))
+                walk(x, depth + 1)
+        elif depth < 64 and isinstance(v, (list, tuple)):
+            out.append(("[", len(v)))
+            for x in v:
+                walk(x, depth + 1)
+        else:
+            out.append(repr(v))
+
+    walk({k: v for k, v in checkpoint.items() if k != "callbacks"}, 0)
+    return out
 
 
 def _monitor_metrics(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
