@@ -40,6 +40,7 @@ from .format.manifest import FileEntry, Manifest
 from .format.stats import TensorStats
 from .format.values import KeyPath, path_str
 from .refs import HEAD, HEADS, TAGS, RefStore, check_ref_name, default_author
+from .revisions import Revision, rev_label
 from .revisions import resolve as resolve_revision
 from .state.basecache import BaseCache
 from .store.base import Store
@@ -76,28 +77,6 @@ def _globs_regex(globs: Sequence[str]) -> re.Pattern[str]:
     does in git ("model" selects "model/..." too)."""
     parts = [fnmatch.translate(g) for g in globs] + [fnmatch.translate(g + "/*") for g in globs]
     return re.compile("|".join(f"(?:{p})" for p in parts) or "(?!)")
-
-
-def _closest_key(tree: Any, key_path: KeyPath) -> str:
-    """"; did you mean 'model'?" for the key path nearest to ``key_path`` (same depth, each
-    key the closest of its siblings), or "" when there is none close enough."""
-    import difflib
-
-    node, found = tree, []
-    for k in key_path:
-        if not (isinstance(node, list) and len(node) == 2 and node[0] in ("dict", "odict")):
-            return ""
-        keys = {str(kv[0]): kv for kv in node[1]}
-        if str(k) in keys:
-            hit = str(k)
-        else:
-            close = difflib.get_close_matches(str(k), list(keys), n=1, cutoff=0.6)
-            if not close:
-                return ""
-            hit = close[0]
-        found.append(keys[hit][0])
-        node = keys[hit][1]
-    return f"; did you mean {path_str(tuple(found))!r}?" if found else ""
 
 
 def _select(include: Sequence[str] | None, exclude: Sequence[str] | None) -> Any:
@@ -385,14 +364,16 @@ class Repo:
         return m
 
     # -- revisions and history -------------------------------------------------------------
-    def resolve(self, rev: str = HEAD) -> str:
-        """The commit id a revision names (``HEAD~2``, ``main^``, a tag, an id prefix...)."""
+    def resolve(self, rev: Revision = HEAD) -> str:
+        """The commit id a revision names: a ``Commit``, or a string as git has it
+        (``HEAD~2``, ``main^2``, ``HEAD@{1}``, a tag, ``heads/x``, an id or id prefix...;
+        tensorvcs/revisions.py). Every method below that takes a revision goes through here."""
         return resolve_revision(rev, self.refs, self.objects, lambda o: self.get_commit(o).parents)
 
-    def show(self, rev: str = HEAD) -> Commit:
+    def show(self, rev: Revision = HEAD) -> Commit:
         return self.get_commit(self.resolve(rev))
 
-    def log(self, rev: str = HEAD, n: int | None = None) -> list[Commit]:
+    def log(self, rev: Revision = HEAD, n: int | None = None) -> list[Commit]:
         """Commits reachable from ``rev``, newest first (by timestamp), at most ``n``."""
         try:
             start = self.resolve(rev)
@@ -422,14 +403,14 @@ class Repo:
         return (target[len(HEADS) :] if target else None), self.refs.read(HEAD)
 
     # -- branches and tags -----------------------------------------------------------------
-    def branch(self, name: str, rev: str = HEAD, *, force: bool = False) -> str:
+    def branch(self, name: str, rev: Revision = HEAD, *, force: bool = False) -> str:
         """Create (or with force, move) branch ``name`` at ``rev``; returns the commit id."""
         oid = self.resolve(rev)
         ref = HEADS + check_ref_name(name, "branch")
         with self.refs.locked():
             if not force and self.refs.exists(ref):
                 raise UsageError(f"branch {name!r} already exists (use force to move it)")
-            self.refs.update(ref, oid, message=f"branch: created from {rev}")
+            self.refs.update(ref, oid, message=f"branch: created from {rev_label(rev)}")
         return oid
 
     def branches(self) -> dict[str, str]:
@@ -440,9 +421,8 @@ class Repo:
             raise UsageError(f"cannot delete branch {name!r}: HEAD is on it")
         return self.refs.delete(HEADS + check_ref_name(name, "branch"))
 
-    def tag(self, name: str, rev: str | Commit = HEAD, *, force: bool = False) -> str:
-        oid = rev.id if isinstance(rev, Commit) else self.resolve(rev)
-        self.get_commit(oid)
+    def tag(self, name: str, rev: Revision = HEAD, *, force: bool = False) -> str:
+        oid = self.resolve(rev)
         ref = TAGS + check_ref_name(name, "tag")
         with self.refs.locked():
             if not force and self.refs.exists(ref):
@@ -456,12 +436,12 @@ class Repo:
     def delete_tag(self, name: str) -> str:
         return self.refs.delete(TAGS + check_ref_name(name, "tag"))
 
-    def switch(self, target: str, *, detach: bool = False) -> None:
+    def switch(self, target: Revision, *, detach: bool = False) -> None:
         """Point HEAD at branch ``target``, or (detach=True, or not a branch) at a commit."""
-        if not detach and self.refs.exists(HEADS + target):
+        if not detach and isinstance(target, str) and self.refs.exists(HEADS + target):
             self.refs.set_head(HEADS + target, message=f"switch to {target}")
         else:
-            self.refs.set_head(self.resolve(target), message=f"detach at {target}")
+            self.refs.set_head(self.resolve(target), message=f"detach at {rev_label(target)}")
 
     # -- commit ----------------------------------------------------------------------------
     def commit(
@@ -586,7 +566,7 @@ class Repo:
     # -- checkout --------------------------------------------------------------------------
     def checkout(
         self,
-        rev: str = HEAD,
+        rev: Revision = HEAD,
         *,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
@@ -604,7 +584,8 @@ class Repo:
             match = _select(inc, None)
             if not any(match(p) for p, _ in values.walk_leaves(manifest.tree)):
                 raise SelectionError(
-                    f"nothing in commit {oid[:12]} ({rev}) matches {_selection_text(inc, None)}"
+                    f"nothing in commit {oid[:12]} ({rev_label(rev)}) matches "
+                    f"{_selection_text(inc, None)}"
                 )
         return self.materialize(manifest, _select(inc, exc), map_location, allow_pickle)
 
@@ -636,7 +617,7 @@ class Repo:
         out = values.decode(manifest.tree, hooks, root, select)
         return {} if out is values.ABSENT else out
 
-    def tensors(self, rev: str = HEAD) -> list[TensorInfo]:
+    def tensors(self, rev: Revision = HEAD) -> list[TensorInfo]:
         """Every tensor leaf of ``rev``: key path, dtype, shape, bytes, objects and the
         statistics recorded at commit time (``stats``; None when the commit has none)."""
         manifest = self.get_manifest(self.get_commit(self.resolve(rev)).manifest)
@@ -654,7 +635,7 @@ class Repo:
     def load_into(
         self,
         module: torch.nn.Module,
-        rev: str = HEAD,
+        rev: Revision = HEAD,
         *,
         key: str | Sequence[Any] | None = None,
         strict: bool = True,
@@ -676,20 +657,22 @@ class Repo:
             node = _child(node, k)
             if node is None:
                 raise NotFoundError(
-                    f"commit {oid[:12]} ({rev}) has no key path {path_str(key_path)!r}"
-                    f"{_closest_key(manifest.tree, key_path)}"
+                    f"commit {oid[:12]} ({rev_label(rev)}) has no key path "
+                    f"{path_str(key_path)!r}"
                 )
         sub = Manifest(node, manifest.tensors)
         state = self.materialize(sub, None, map_location, False, key_path)
         if not isinstance(state, Mapping):
-            raise UsageError(f"key path {path_str(key_path)!r} of {rev} is not a state dict")
+            raise UsageError(
+                f"key path {path_str(key_path)!r} of {rev_label(rev)} is not a state dict"
+            )
         state = apply_rename({str(k): v for k, v in state.items()}, rename)
         return load_state(
             module,
             state,
             strict=strict,
             required=required,
-            source=f"{rev} ({oid[:12]}) key {path_str(key_path)!r}",
+            source=f"{rev_label(rev)} ({oid[:12]}) key {path_str(key_path)!r}",
         )
 
 
