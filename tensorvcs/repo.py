@@ -79,6 +79,28 @@ def _globs_regex(globs: Sequence[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{p})" for p in parts) or "(?!)")
 
 
+def _closest_key(tree: Any, key_path: KeyPath) -> str:
+    """"; did you mean 'model'?" for the key path nearest to ``key_path`` (same depth, each
+    key the closest of its siblings), or "" when there is none close enough."""
+    import difflib
+
+    node, found = tree, []
+    for k in key_path:
+        if not (isinstance(node, list) and len(node) == 2 and node[0] in ("dict", "odict")):
+            return ""
+        keys = {str(kv[0]): kv for kv in node[1]}
+        if str(k) in keys:
+            hit = str(k)
+        else:
+            close = difflib.get_close_matches(str(k), list(keys), n=1, cutoff=0.6)
+            if not close:
+                return ""
+            hit = close[0]
+        found.append(keys[hit][0])
+        node = keys[hit][1]
+    return f"; did you mean {path_str(tuple(found))!r}?" if found else ""
+
+
 def _select(include: Sequence[str] | None, exclude: Sequence[str] | None) -> Any:
     if include is None and exclude is None:
         return None
@@ -658,7 +680,7 @@ class Repo:
             if node is None:
                 raise NotFoundError(
                     f"commit {oid[:12]} ({rev_label(rev)}) has no key path "
-                    f"{path_str(key_path)!r}"
+                    f"{path_str(key_path)!r}{_closest_key(manifest.tree, key_path)}"
                 )
         sub = Manifest(node, manifest.tensors)
         state = self.materialize(sub, None, map_location, False, key_path)
