@@ -140,12 +140,12 @@ def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: in
         if z is None:
             return Encoded(CODEC_RAW, {}, (u8.data,))
         return Encoded(CODEC_ZSTD, {}, (z,))
-    planes = u8.reshape(-1, width).T
+    planes = split_planes(u8, width)
     segments: list[bytes | memoryview] = []
     spec: list[list[Any]] = []
     any_compressed = False
     for i in range(width):
-        plane = np.ascontiguousarray(planes[i])
+        plane = planes[i]
         z = _zstd_if_worth(plane, planes=True)
         if z is None:
             segments.append(plane.data)
@@ -157,6 +157,56 @@ def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: in
     if not any_compressed:
         return Encoded(CODEC_RAW, {}, (u8.data,))
     return Encoded(CODEC_PLANES, {"width": width, "planes": spec}, tuple(segments))
+
+
+# Plane transposition works on blocks of this many elements, so that what a block reads and
+# writes stays in the core's cache (a whole-chunk strided copy runs at a third of the speed).
+PLANE_BLOCK = 1 << 16
+
+
+def split_planes(u8: np.ndarray, width: int) -> np.ndarray:
+    """The byte planes of a run of ``width``-byte elements: row ``i`` holds byte ``i`` of every
+    element. For 2-, 4- and 8-byte elements a plane is a shift and a truncating cast of the
+    integer lanes (contiguous, vectorised: 3-6x numpy's strided byte gather); other widths use
+    a blocked transposed copy."""
+    m = u8.nbytes // width
+    out = np.empty((width, m), dtype=np.uint8)
+    lane = _LANES.get(width)
+    if lane is not None and width > 1:
+        v = u8.view(lane)
+        for b in range(0, m, PLANE_BLOCK):
+            vb = v[b : b + PLANE_BLOCK]
+            np.copyto(out[0, b : b + PLANE_BLOCK], vb, casting="unsafe")
+            for i in range(1, width):
+                np.right_shift(vb, 8 * i, out=out[i, b : b + PLANE_BLOCK], casting="unsafe")
+        return out
+    rows = u8.reshape(m, width)
+    for b in range(0, m, PLANE_BLOCK):
+        np.copyto(out[:, b : b + PLANE_BLOCK], rows[b : b + PLANE_BLOCK].T)
+    return out
+
+
+def merge_planes(planes: list[np.ndarray], out: np.ndarray) -> None:
+    """Invert ``split_planes``: interleave ``planes`` (each ``out.nbytes / width`` bytes) into
+    ``out``, block by block (a whole-array strided scatter into cold memory is slow)."""
+    width = len(planes)
+    m = out.nbytes // width
+    if width == 2:  # two lanes: a cast, a shift and an or, contiguous
+        v = out.view(np.uint16)
+        tmp = np.empty(min(m, PLANE_BLOCK), dtype=np.uint16)
+        for b in range(0, m, PLANE_BLOCK):
+            vb = v[b : b + PLANE_BLOCK]
+            t = tmp[: vb.shape[0]]
+            np.copyto(vb, planes[0][b : b + PLANE_BLOCK])
+            np.copyto(t, planes[1][b : b + PLANE_BLOCK])
+            np.left_shift(t, 8, out=t)
+            np.bitwise_or(vb, t, out=vb)
+        return
+    rows = out.reshape(m, width)
+    step = 4 * PLANE_BLOCK
+    for b in range(0, m, step):
+        for i, plane in enumerate(planes):
+            rows[b : b + step, i] = plane[b : b + step]
 
 
 def delta_lane(width: int) -> int:
@@ -294,9 +344,9 @@ def decode_into(
             out[:] = np.frombuffer(_unzstd(payload, n), dtype=np.uint8)
         else:
             width, spec = _plane_spec(params, n)
-            rows = out.reshape(-1, width)
             m = n // width
             pos = 0
+            planes: list[np.ndarray] = []
             for i, (kind, size) in enumerate(spec):
                 seg = payload[pos : pos + size]
                 pos += size
@@ -306,7 +356,8 @@ def decode_into(
                     plane = np.frombuffer(_unzstd(seg, m), dtype=np.uint8)
                 if plane.nbytes != m:
                     raise ValueError(f"plane {i} holds {plane.nbytes} bytes, expected {m}")
-                rows[:, i] = plane
+                planes.append(plane)
+            merge_planes(planes, out)
     except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
         raise CorruptObjectError(f"object {object_id} does not decode: {e}", object_id) from e
 
