@@ -1,0 +1,79 @@
+"""Per-object cost of the local store (issue 11, goal 6): is one file per 4 MiB chunk slower
+than fewer, larger files?
+
+Writes the same bytes (default 1 GiB of random data) as one file fsynced once, as 4 MiB files
+each fsynced in turn, and as 4 MiB files written and fsynced by 8 threads (what a commit's
+pool does), in a folder on the disk under test; medians of ``--reps`` runs.
+
+    .venv/bin/python bench/object_cost.py [--dir /work/tmp] [--mib 1024] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+PIECE = 4 << 20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", default=None, help="folder on the disk under test")
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="tvcs-objcost-", dir=a.dir)
+    buf = os.urandom(PIECE)
+    n = a.mib * (1 << 20) // PIECE
+
+    def put(i: int) -> None:
+        with open(os.path.join(work, f"o{i}"), "wb") as f:
+            f.write(buf)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def one_file() -> None:
+        with open(os.path.join(work, "big"), "wb") as f:
+            for _ in range(n):
+                f.write(buf)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def sequential() -> None:
+        for i in range(n):
+            put(i)
+
+    def threads() -> None:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, range(n)))
+
+    cases: list[tuple[str, Callable[[], None]]] = [
+        ("one file, one fsync", one_file),
+        (f"{n} files of 4 MiB, fsync each, 1 thread", sequential),
+        (f"{n} files of 4 MiB, fsync each, 8 threads", threads),
+    ]
+    try:
+        print(f"| {a.mib} MiB written as | median | GiB/s |\n|---|---|---|")
+        for name, fn in cases:
+            times = []
+            for _ in range(a.reps):
+                for f in os.listdir(work):
+                    os.unlink(os.path.join(work, f))
+                os.sync()
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            med = statistics.median(times)
+            print(f"| {name} | {med:.2f} s | {a.mib / 1024 / med:.2f} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
