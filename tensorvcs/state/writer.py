@@ -25,6 +25,11 @@
   work. A commit that fails after a batch leaves some parent chunks as deltas on new chunks
   no manifest names yet — the state a crash after the re-encodings always could leave: the
   content under each id is unchanged, and gc keeps the delta bases of what it keeps.
+- ``defer_deltas`` (a commit in the background of a training loop, issue 11 goal 4): the
+  re-encodings are not done but listed in ``stats.deferred``, to be done later by
+  ``rewrite_deferred`` (``Repo.apply_deferred_deltas``); the new chunks get the same version
+  numbers either way. Nothing written depends on them: the parent chunks simply stay whole
+  (more bytes) until then, and content under every id is the same in both states.
 - Chunk jobs run on a thread pool: BLAKE3 and zstd release the GIL, so hashing, encoding and
   file writes of different chunks overlap. CUDA tensors are copied to the host one chunk at a
   time inside the jobs, so host memory stays around ``workers × chunk_size``.
@@ -35,7 +40,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -52,6 +57,7 @@ from .tensors import byte_view, dtype_name
 
 Location = tuple[str, int]  # (pack id, offset)
 Rewrite = tuple[str, int, codecs.Encoded, int]  # (parent id, length, delta, old stored size)
+Deferred = tuple[str, str, int]  # (parent chunk id, new chunk id, element width), left for later
 # queued delta re-encodings (their encoded bytes) applied together, mid-commit
 REWRITE_BATCH_BYTES = 16 << 20
 
@@ -70,6 +76,8 @@ class WriteStats:
     new_stored_bytes: int = 0
     reused_objects: int = 0
     rewritten_objects: int = 0  # parent chunks re-encoded as deltas against new ones
+    # with defer_deltas: the re-encodings left for later (TensorWriter.rewrite_deferred)
+    deferred: list[Deferred] = field(default_factory=list)
 
 
 class TensorWriter:
@@ -94,6 +102,9 @@ class TensorWriter:
         self.cache = cache
         self.max_depth = max_depth
         self.owned = owned  # the tensors will not change after this write: cache them uncopied
+        # leave the parent chunks' re-encodings for later (stats.deferred), e.g. for a commit
+        # in the background of a training loop: what is written is complete without them
+        self.defer_deltas = False
         # reverse deltas: a new chunk is stored whole and the parent's chunk is rewritten as a
         # delta against it, so the newest version (the one resumed from) is never a chain
         self._rewrites: list[Rewrite] = []
@@ -142,6 +153,40 @@ class TensorWriter:
         if delta.size < old - h.payload_offset:
             return seq + 1, (parent, content.nbytes, _compact(delta), old)
         return seq + 1, None
+
+    def _defer_rewrite(self, parent: str, oid: str, width: int) -> int:
+        """The new chunk ``oid``'s version number, as ``_plan_rewrite`` gives it, without the
+        re-encoding; that is recorded in ``stats.deferred`` when it would be planned."""
+        try:
+            h = self.objects.header(parent)
+        except (ObjectNotFoundError, CorruptObjectError):
+            return 0
+        seq = int(h.params.get("seq", 0))
+        if h.codec != codecs.CODEC_DELTA and seq % (self.max_depth + 1) != self.max_depth:
+            with self._rewrites_lock:
+                self.stats.deferred.append((parent, oid, width))
+        return seq + 1
+
+    def rewrite_deferred(self, items: list[Deferred]) -> int:
+        """Do re-encodings an earlier write deferred: each parent chunk becomes a delta
+        against its new chunk when that is smaller, exactly as the write would have made it
+        (the new chunk read back from the store). Items whose chunks are gone (gc) or whose
+        parent is a delta already are skipped. Returns the parent chunks re-encoded. The
+        caller holds off gc (the repository's gc lock, shared) while this runs."""
+        for parent, oid, width in items:
+            if not (self.objects.has(parent) and self.objects.has(oid)):
+                continue
+            try:
+                content = np.empty(self.objects.header(oid).length, dtype=np.uint8)
+                self.objects.read_into(oid, content)
+            except (ObjectNotFoundError, CorruptObjectError):
+                continue
+            _, rewrite = self._plan_rewrite(parent, content, oid, width)
+            del content
+            if rewrite is not None:
+                self._queue_rewrite(rewrite)
+        self._apply_rewrites()
+        return self.stats.rewritten_objects
 
     def _queue_rewrite(self, item: Rewrite) -> None:
         """Queue a re-encoding whose new chunk is written; past REWRITE_BATCH_BYTES queued,
@@ -214,7 +259,9 @@ class TensorWriter:
         written = 0
         if not self.objects.has(oid):
             seq, rewrite = 0, None
-            if base_id and base_id != oid:
+            if base_id and base_id != oid and self.defer_deltas:
+                seq = self._defer_rewrite(base_id, oid, width)
+            elif base_id and base_id != oid:
                 seq, rewrite = self._plan_rewrite(base_id, arr, oid, width)
             enc = codecs.encode_elements(arr, width)
             enc = codecs.Encoded(enc.codec, {**enc.params, "seq": seq}, enc.pieces)
