@@ -43,6 +43,9 @@ tag of the step you expect to be the last one.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 import time
 import warnings
@@ -71,17 +74,44 @@ __all__ = ["MARKER", "STATE_KEY", "AsyncCommitter", "CheckpointManager", "SavedC
 MARKER = "tensorvcs.manager"  # commit metadata key of checkpoints a manager wrote
 STATE_KEY = "_tvcs"  # the manager's own entry in a committed state
 DEFAULT_TAG = "step-{step}"
+# background work (docs/integrations.md, "Background work"): its threads and their niceness
+DEFAULT_BACKGROUND_THREADS = 1
+DEFAULT_BACKGROUND_NICE = 10
+MAX_NICE = 19
 IDLE_CALLS_WARNING = 1000  # maybe_save calls with watched optimizers that never step: warn
+
+
+def thread_niceness() -> int:
+    """The calling thread's niceness (Linux schedules threads one by one; 0 elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def lower_thread_priority(niceness: int | None) -> None:
+    """Raise the calling thread's niceness to ``niceness`` (at most 19; a thread inherits the
+    niceness of the thread that starts it, so this is a level, not an increment). Linux only:
+    elsewhere, where it is lower already, or where the system refuses, it does nothing."""
+    if niceness is None or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):  # not permitted here: run at the usual priority
+        if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+            os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, niceness))
 
 
 class AsyncCommitter:
     """Runs jobs one at a time in a background thread (or inline when ``async_commit`` is
     false). ``submit`` waits for the previous job first; a job's exception is raised by the
-    next ``submit``, ``check`` (only if already finished), ``wait`` or ``close``."""
+    next ``submit``, ``check`` (only if already finished), ``wait`` or ``close``.
+    ``niceness``: the background thread's (``lower_thread_priority``; None: as started)."""
 
-    def __init__(self, async_commit: bool = True, name: str = "tvcs-commit") -> None:
+    def __init__(
+        self, async_commit: bool = True, name: str = "tvcs-commit", niceness: int | None = None
+    ) -> None:
         self.async_commit = async_commit
         self.name = name
+        self.niceness = niceness
         self._executor: ThreadPoolExecutor | None = None
         self._future: Future[Any] | None = None
         self.last_result: Any = None
@@ -113,7 +143,12 @@ class AsyncCommitter:
             self.last_result = fut.result()
             return fut
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+            self._executor = ThreadPoolExecutor(
+                1,
+                thread_name_prefix=self.name,
+                initializer=lower_thread_priority,
+                initargs=(self.niceness,),
+            )
         self._future = self._executor.submit(fn)
         return self._future
 
@@ -181,6 +216,15 @@ class CheckpointManager:
         save_rng: also store the global RNG states (restored by ``restore``).
         allow_pickle: store (and restore) values that are not tensors/containers/scalars as
             opaque pickles.
+        background_threads: threads that hash, compress and write a background commit (its
+            own pool, besides the thread that runs the commit). None: the repository's pool
+            (``Repo.workers``, twice the cores). Few threads leave the cores to training.
+        background_nice: niceness added to the background threads (Linux, per thread; at
+            most 19), so that the scheduler prefers the training loop's threads. 0: none.
+        defer_deltas: background commits leave the re-encoding of the parent checkpoint's
+            chunks as deltas (a size optimisation, docs/format.md "reverse deltas") for later:
+            ``compact()``, which ``close()`` runs. Until then older checkpoints are stored
+            whole; what any checkout or ``restore`` returns is the same either way.
     """
 
     def __init__(
@@ -197,6 +241,9 @@ class CheckpointManager:
         message: str = "checkpoint at step {step}",
         save_rng: bool = True,
         allow_pickle: bool = False,
+        background_threads: int | None = DEFAULT_BACKGROUND_THREADS,
+        background_nice: int = DEFAULT_BACKGROUND_NICE,
+        defer_deltas: bool = True,
     ) -> None:
         if every_n_steps is not None and every_n_steps <= 0:
             raise UsageError(f"every_n_steps must be positive, not {every_n_steps}")
@@ -207,6 +254,16 @@ class CheckpointManager:
                 raise UsageError(f"keep= takes retention policies (tv.KeepLast(3), ...), not {p!r}")
         if branch is not None:
             check_ref_name(branch, "branch")
+        if background_threads is not None and (
+            type(background_threads) is not int or background_threads < 1
+        ):
+            raise UsageError(
+                f"background_threads must be a positive int or None, not {background_threads!r}"
+            )
+        if type(background_nice) is not int or not 0 <= background_nice <= MAX_NICE:
+            raise UsageError(
+                f"background_nice must be an int from 0 to {MAX_NICE}, not {background_nice!r}"
+            )
         if tag_format == DEFAULT_TAG and branch is not None:
             tag_format = f"{branch}/{DEFAULT_TAG}"  # runs on different branches: no clash
         if tag_format is not None:
@@ -221,10 +278,19 @@ class CheckpointManager:
         self.message = message
         self.save_rng = save_rng
         self.allow_pickle = allow_pickle
+        self.background_threads = background_threads
+        self.background_nice = background_nice
+        self.defer_deltas = defer_deltas
+        self._pool: ThreadPoolExecutor | None = None  # background_threads threads
+        self._deferred: list[tuple[str, str, int]] = []  # re-encodings left for compact()
         self.saved: list[SavedCheckpoint] = []
         self.load_reports: dict[str, LoadReport] = {}
         self.restored_from: str | None = None
-        self._committer = AsyncCommitter(async_commit, "tvcs-checkpoint")
+        # the background threads' niceness: this thread's (the loop's), plus background_nice
+        self._niceness = min(MAX_NICE, thread_niceness() + background_nice)
+        self._committer = AsyncCommitter(
+            async_commit, "tvcs-checkpoint", self._niceness if background_nice else None
+        )
         self._hooks: list[Any] = []
         self._counts: dict[int, int] = {}
         self._offset = 0
@@ -420,8 +486,12 @@ class CheckpointManager:
             branch=self.branch,
             allow_pickle=self.allow_pickle,
             owned=True,  # a snapshot (or a state the caller promised not to modify)
+            pool=self._background_pool(),
+            defer_deltas=self._background() and self.defer_deltas,
         )
         stats = getattr(self.repo, "last_write_stats", None)
+        with self._lock:
+            self._deferred.extend(getattr(stats, "deferred", None) or [])
         # repo.commit has returned: the commit and the branch are durable. Only now are the
         # tags written, so a tag never names a checkpoint that a crash left incomplete.
         for name in ([tag] if tag else []) + tags:
@@ -441,16 +511,55 @@ class CheckpointManager:
         rec.seconds = time.perf_counter() - t0
         return c
 
+    def _background(self) -> bool:
+        return self._committer.async_commit
+
+    def _background_pool(self) -> ThreadPoolExecutor | None:
+        """The background commit's own pool (None: the repository's)."""
+        if self.background_threads is None or not self._background():
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.background_threads,
+                thread_name_prefix="tvcs-background",
+                initializer=lower_thread_priority,
+                initargs=(self._niceness if self.background_nice else None,),
+            )
+        return self._pool
+
+    @property
+    def deferred(self) -> int:
+        """Delta re-encodings background commits left for ``compact()``."""
+        with self._lock:
+            return len(self._deferred)
+
+    def compact(self) -> int:
+        """Do the work background commits deferred (``defer_deltas``): re-encode the older
+        checkpoints' chunks as deltas against the newer ones, now, in this thread, on the
+        repository's pool. Call it when the loop pauses (evaluation, the end of an epoch);
+        ``close()`` calls it. Checkpoints that retention dropped meanwhile cost nothing.
+        Returns the chunks re-encoded. Nothing reads differently before or after: resuming
+        never depends on it (after a crash the chunks simply stay whole)."""
+        self._committer.wait()
+        with self._lock:
+            items, self._deferred = self._deferred, []
+        return self.repo.apply_deferred_deltas(items) if items else 0
+
     def wait(self) -> Commit | None:
         """Wait for the commit in flight; return the last commit (raise its error)."""
         return self._committer.wait()
 
     def close(self) -> None:
-        """Wait for the commit in flight, remove the step hooks, stop the thread."""
+        """Wait for the commit in flight, do the deferred work (``compact``), remove the step
+        hooks, stop the threads."""
         try:
             self._committer.close()
+            self.compact()
         finally:
             self.unwatch()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     def __enter__(self) -> CheckpointManager:
         return self

@@ -479,12 +479,18 @@ class Repo:
         allow_pickle: bool = False,
         files: list[FileEntry] | None = None,
         owned: bool = False,
+        pool: ThreadPoolExecutor | None = None,
+        defer_deltas: bool = False,
     ) -> Commit:
         """Store ``state`` (any nesting of dicts, lists, tensors and plain values) as a commit
         on ``branch`` (default: HEAD's branch, or HEAD itself when detached).
 
         ``owned=True`` promises that the state's CPU tensors will not be modified after this
-        call (a snapshot made for it): the delta-base cache then keeps them without a copy."""
+        call (a snapshot made for it): the delta-base cache then keeps them without a copy.
+        ``pool``: the threads that hash, encode and write (default: the repository's).
+        ``defer_deltas=True`` leaves the re-encoding of the parent's chunks as deltas for
+        later: they are listed in ``last_write_stats.deferred`` for
+        ``apply_deferred_deltas`` (the commit is complete without them)."""
         if step is not None and (type(step) is not int):
             raise UsageError(f"step must be an int, not {type(step).__name__}")
         metrics = normalize_metrics(metrics)
@@ -493,7 +499,8 @@ class Repo:
         with self.store.lock(GC_LOCK, shared=True, timeout=3600):
             try:
                 mid = self._write_state(
-                    state, self.branch_head(branch), allow_pickle, files or [], owned
+                    state, self.branch_head(branch), allow_pickle, files or [], owned,
+                    pool, defer_deltas,
                 )
                 c = Commit(
                     manifest=mid,
@@ -511,6 +518,17 @@ class Repo:
             self.base_cache.promote()
             return c
 
+    def apply_deferred_deltas(
+        self, items: Sequence[tuple[str, str, int]], pool: ThreadPoolExecutor | None = None
+    ) -> int:
+        """Do the delta re-encodings commits with ``defer_deltas=True`` left
+        (``last_write_stats.deferred``): each parent chunk becomes a delta against its newer
+        chunk where that is smaller, as the commit would have made it. What any checkout
+        returns is the same before and after; items whose chunks gc removed are skipped.
+        Returns the number of chunks re-encoded."""
+        with self.store.lock(GC_LOCK, shared=True, timeout=3600):
+            return self.tensor_writer(None, None, pool).rewrite_deferred(list(items))
+
     def commit_ref(self, branch: str | None = None) -> str:
         """The ref a commit on ``branch`` moves: the branch, HEAD's branch, or HEAD itself."""
         if branch is not None:
@@ -525,15 +543,19 @@ class Repo:
         return head
 
     def tensor_writer(
-        self, parent: Manifest | None, cache: BaseCache | None = None
+        self,
+        parent: Manifest | None,
+        cache: BaseCache | None = None,
+        pool: ThreadPoolExecutor | None = None,
     ) -> TensorWriter:
-        """A TensorWriter on this repo's pool that reuses ``parent``'s packed tensors and
-        delta-encodes against its chunks (``cache``: the parent's content, when in memory)."""
+        """A TensorWriter on ``pool`` (default: this repo's) that reuses ``parent``'s packed
+        tensors and delta-encodes against its chunks (``cache``: the parent's content, when
+        in memory)."""
         from .state.writer import TensorWriter
 
         return TensorWriter(
             self.objects,
-            self.pool,
+            pool or self.pool,
             self.config.chunk_size,
             self.config.pack_threshold,
             known_small=parent.packed_locations() if parent else {},
@@ -549,6 +571,8 @@ class Repo:
         allow_pickle: bool,
         files: list[FileEntry],
         owned: bool = False,
+        pool: ThreadPoolExecutor | None = None,
+        defer_deltas: bool = False,
     ) -> str:
         """Write the objects of ``state`` and then its manifest; returns the manifest id."""
         from .state.encode import CommitHooks
@@ -556,8 +580,9 @@ class Repo:
         parent = self.get_manifest(self.get_commit(hint).manifest) if hint else None
         hooks = CommitHooks(allow_pickle, self._put_blob)
         tree = values.encode(state, hooks)
-        writer = self.tensor_writer(parent, self.base_cache)
+        writer = self.tensor_writer(parent, self.base_cache, pool)
         writer.owned = owned
+        writer.defer_deltas = defer_deltas
         manifest = Manifest(tree, writer.write(hooks.pending), files)
         self.last_write_stats: WriteStats = writer.stats
         self.store.sync()  # objects durable before the manifest that names them
