@@ -53,6 +53,7 @@ from ..format.values import path_str
 from ..store.objects import ObjectStore
 from .basecache import BaseCache, offheap
 from .encode import PendingTensor
+from .stats import ChunkHook, StatsRecorder, TensorHook
 from .tensors import byte_view, dtype_name
 
 Location = tuple[str, int]  # (pack id, offset)
@@ -81,6 +82,8 @@ class WriteStats:
 
 
 class TensorWriter:
+    record_stats = True  # record each tensor's statistics in its entry (state/stats.py)
+
     def __init__(
         self,
         objects: ObjectStore,
@@ -130,7 +133,7 @@ class TensorWriter:
         return content
 
     def _plan_rewrite(
-        self, parent: str, content: np.ndarray, oid: str, width: int
+        self, parent: str, content: np.ndarray, oid: str, width: int, seen: ChunkHook | None = None
     ) -> tuple[int, Rewrite | None]:
         """The new chunk ``oid``'s version number, and the re-encoding of the parent's chunk
         as a delta against it if that is smaller (to be queued once ``oid`` is written).
@@ -147,6 +150,8 @@ class TensorWriter:
         old_content = self._content(parent, content.nbytes)
         if old_content is None:
             return 0, None
+        if seen is not None:  # the statistics' change norm, from the bytes in hand
+            seen.base_seen(content, old_content)
         delta = codecs.encode_delta(old_content, content, width, oid, 1)
         del old_content
         old = self.objects.stored_size(parent)
@@ -249,6 +254,7 @@ class TensorWriter:
         width: int,
         base_id: str | None,
         cached: bool,
+        hook: ChunkHook | None = None,
     ) -> tuple[str, int]:
         piece = src[offset : offset + length]
         on_host = piece.device.type == "cpu"
@@ -256,19 +262,23 @@ class TensorWriter:
             piece = piece.cpu()  # one chunk at a time: a fresh host copy nobody else holds
         arr = piece.numpy()
         oid = object_id(arr.data)
+        if hook is not None:
+            hook.values(arr)
         written = 0
         if not self.objects.has(oid):
             seq, rewrite = 0, None
             if base_id and base_id != oid and self.defer_deltas:
                 seq = self._defer_rewrite(base_id, oid, width)
             elif base_id and base_id != oid:
-                seq, rewrite = self._plan_rewrite(base_id, arr, oid, width)
+                seq, rewrite = self._plan_rewrite(base_id, arr, oid, width, hook)
             enc = codecs.encode_elements(arr, width)
             enc = codecs.Encoded(enc.codec, {**enc.params, "seq": seq}, enc.pieces)
             written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc)
             del enc
             if rewrite is not None:  # queued only now that the chunk it depends on is written
                 self._queue_rewrite(rewrite)
+        if hook is not None and hook.base is not None:
+            hook.finish(oid, arr, lambda: self._content(hook.base or "", length))
         if cached and self.cache is not None:
             self.cache.keep(oid, arr, copy=on_host and not self.owned)
         return oid, written
@@ -290,6 +300,8 @@ class TensorWriter:
         open_members: dict[int, list[tuple[int, int]]] = {}  # width -> [(entry index, offset)]
         pack_jobs: list[tuple[Future[tuple[str, int]], list[tuple[int, int]]]] = []
         placed_here: dict[str, tuple[int, int]] = {}  # small id -> (entry idx, offset) pending
+        rec = StatsRecorder(self.objects, self.parent) if self.record_stats else None
+        hooks: dict[int, TensorHook | None] = {}  # entry index -> a chunked tensor's statistics
 
         def flush(width: int) -> None:
             if open_parts.get(width):
@@ -311,6 +323,8 @@ class TensorWriter:
             self.stats.logical_bytes += n
             if n == 0:
                 entry.chunks = []
+                if rec is not None:
+                    entry.stats = rec.small(path_str(p.path), t, np.empty(0, np.uint8), None)
                 continue
             src = byte_view(t)
             if n > self.pack_threshold:
@@ -319,10 +333,12 @@ class TensorWriter:
                 cached = self.cache is not None and self.cache.reserve(
                     self._held_bytes(t, src)
                 )
+                th = hooks[i] = rec.tensor(path_str(p.path), t) if rec is not None else None
                 futs = [
                     self.pool.submit(
                         self._write_chunk, src, off, min(cs, n - off), p.width,
                         _base_id(bases, k, min(cs, n - off)), cached,
+                        th.chunk(k, min(cs, n - off)) if th is not None else None,
                     )
                     for k, off in enumerate(range(0, n, cs))
                 ]
@@ -331,6 +347,8 @@ class TensorWriter:
             arr = src.cpu().numpy() if src.device.type != "cpu" else src.numpy()
             sid = object_id(arr.data)
             entry.id = sid
+            if rec is not None:
+                entry.stats = rec.small(path_str(p.path), t, arr, sid)
             if sid in self.known_small:
                 entry.pack, entry.offset = self.known_small[sid]
                 continue
@@ -353,6 +371,9 @@ class TensorWriter:
                 oid, written = f.result()
                 e.chunks.append((oid, min(self.chunk_size, e.nbytes - k * self.chunk_size)))
                 self._count(written)
+            th = hooks.get(i)
+            if th is not None:
+                e.stats = th.result()
         for fut, members in pack_jobs:
             pack_id, written = fut.result()
             self._count(written)

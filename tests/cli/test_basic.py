@@ -53,8 +53,10 @@ def test_init(tmp_path: Path, tvcs: Tvcs, monkeypatch: pytest.MonkeyPatch) -> No
     assert r.config.chunk_size == 1 << 20
     assert r.head() == ("trunk", None)
     r.close()
-    err = tvcs("init", "sub", code=2).stderr
-    assert err.startswith("tvcs: error: a tensorvcs repository already exists")
+    # as git init: an existing repository is left as it is, with a note (issue 12, item 10)
+    err = tvcs("init", "sub").stderr
+    assert err.startswith("tvcs: note: a tensorvcs repository already exists")
+    assert err.rstrip().endswith("nothing changed")
     assert "chunk_size" in tvcs("init", "bad", "--chunk-size", "1000", code=2).stderr
     doc = tvcs.json("init", "other")
     assert doc["branch"] == "main" and doc["chunk_size"] == 4 << 20

@@ -1,0 +1,116 @@
+"""What recording tensor statistics (issue 13 item 1) costs a commit: side by side, on and off.
+
+    python bench/stats_overhead.py [--mib 512] [--reps 5] [--dtype fp32|bf16|fp16]
+    python bench/stats_overhead.py --minilm 6 [--reps 3]   # a real MiniLM fine-tune series
+
+A synthetic state of ``--mib`` MiB (one large tensor per 16 MiB plus many small ones, as a
+model and its optimizer moments would be) is committed into a fresh repository (the first
+commit), then changed everywhere a little, as a training step does, and committed again
+(the second commit: every chunk changes, so the delta path and the change norm both run).
+The two modes (TensorWriter.record_stats on and off) alternate within each repetition, so
+whatever else the machine does affects both alike; the medians and the overhead are printed
+and written to <out>/stats_overhead.json.
+
+With ``--minilm N``, the state is instead N snapshots of a full MiniLM fine-tune (model,
+AdamW moments, step, RNG; bench/minilm.py): "first" is the first commit, "second" the other
+N-1 commits together (each against its parent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import tensorvcs as tv  # noqa: E402
+from bench import common as c  # noqa: E402
+from tensorvcs.state.writer import TensorWriter  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def make_state(mib: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    item = torch.empty(0, dtype=dtype).element_size()
+    state: dict[str, torch.Tensor] = {}
+    big = 16 * c.MiB // item
+    for i in range(max(1, mib // 16)):
+        state[f"model/layer{i}/weight"] = torch.randn(big, generator=g).to(dtype)
+        for j in range(4):  # biases, norms: packed
+            state[f"model/layer{i}/small{j}"] = torch.randn(1024, generator=g).to(dtype)
+    return state
+
+
+def step(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {k: v + (1e-3 * torch.randn(v.shape, generator=g)).to(v.dtype) for k, v in state.items()}
+
+
+def one(mode: bool, states: list[Any]) -> tuple[float, float]:
+    """(seconds of the first commit, of all the others) with statistics on or off."""
+    TensorWriter.record_stats = mode
+    with tempfile.TemporaryDirectory(prefix="tvcs-stats-") as d:
+        repo = tv.Repo.init(d)
+        t0 = time.perf_counter()
+        repo.commit(states[0], message="first")
+        t1 = time.perf_counter()
+        for s in states[1:]:
+            repo.commit(s, message="next")
+        t2 = time.perf_counter()
+        repo.close()
+    return t1 - t0, t2 - t1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--mib", type=int, default=512)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--minilm", type=int, default=0, help="N MiniLM fine-tune snapshots")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    a = ap.parse_args()
+    if a.minilm:
+        from bench import minilm
+
+        states: list[Any] = minilm.finetune_series(a.minilm)[0].states
+        label = f"MiniLM fine-tune ({a.minilm} snapshots)"
+    else:
+        s0 = make_state(a.mib, DTYPES[a.dtype])
+        states = [s0, step(s0)]
+        label = f"{a.mib} MiB {a.dtype}"
+    times: dict[str, dict[str, list[float]]] = {
+        m: {"first": [], "second": []} for m in ("on", "off")
+    }
+    for r in range(a.reps + 1):  # repetition 0 warms up and is not counted
+        order = (True, False) if r % 2 else (False, True)
+        for mode in order:
+            first, second = one(mode, states)
+            if r:
+                times["on" if mode else "off"]["first"].append(first)
+                times["on" if mode else "off"]["second"].append(second)
+    TensorWriter.record_stats = True
+    out: dict[str, Any] = {"state": label, "reps": a.reps, "times": times}
+    for kind in ("first", "second"):
+        on, off = c.median(times["on"][kind]), c.median(times["off"][kind])
+        out[f"{kind}_overhead"] = on / off - 1
+        what = "first commit" if kind == "first" else "later commits"
+        print(f"{what}, {label}: stats on {on:.3f} s, off {off:.3f} s "
+              f"(median of {a.reps}): overhead {100 * (on / off - 1):+.1f}%")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    name = "stats_overhead_minilm.json" if a.minilm else "stats_overhead.json"
+    (Path(a.out) / name).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
