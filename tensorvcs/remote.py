@@ -391,11 +391,13 @@ def is_ancestor(repo: Repo, ancestor: str, commit: str) -> bool:
     return False
 
 
-def _count_only(repo: Repo, tip: str, other: str) -> int:
-    """Commits reachable from ``tip`` and not from ``other``."""
+def count_only(repo: Repo, tip: str, other: str | None) -> int:
+    """Commits reachable from ``tip`` and not from ``other`` (None: no commit): how far a
+    branch is ahead of (or behind) another."""
 
-    def reach(start: str) -> set[str]:
-        out, stack = set(), [start]
+    def reach(start: str | None) -> set[str]:
+        out: set[str] = set()
+        stack = [start] if start is not None else []
         while stack:
             c = stack.pop()
             if c not in out:
@@ -556,7 +558,7 @@ def pull(
         result.up_to_date.append(ref)
         return result
     if ours is not None and not is_ancestor(repo, ours, theirs):
-        a, b = _count_only(repo, ours, theirs), _count_only(repo, theirs, ours)
+        a, b = count_only(repo, ours, theirs), count_only(repo, theirs, ours)
         raise DivergedError(
             f"cannot fast-forward {branch}: it and {remote}/{branch} have diverged ({a} and {b} "
             f"commits of their own); tensorvcs does not merge checkpoints: keep one side "

@@ -61,22 +61,6 @@ def work_files(root: Path) -> dict[str, Path]:
     return out
 
 
-def _count_only(r: Any, tip: str, other: str | None) -> int:
-    """Commits reachable from ``tip`` and not from ``other`` (None: no commit)."""
-
-    def reach(start: str | None) -> set[str]:
-        seen: set[str] = set()
-        stack = [start] if start is not None else []
-        while stack:
-            c = stack.pop()
-            if c not in seen:
-                seen.add(c)
-                stack.extend(r.get_commit(c).parents)
-        return seen
-
-    return len(reach(tip) - reach(other))
-
-
 def upstream(r: Any, branch: str | None) -> tuple[str | None, str | None]:
     """(``<remote>/<branch>``, its commit) of the remote-tracking ref of ``branch``: the one of
     the remote ``origin`` if it has one, else of the first remote (by name) that has one."""
@@ -179,8 +163,10 @@ def status(as_json: bool) -> None:
     up, theirs = upstream(r, branch)
     ahead = behind = None
     if up is not None and theirs is not None:
-        ahead = _count_only(r, head, theirs) if head is not None else 0
-        behind = _count_only(r, theirs, head)
+        from ..remote import count_only
+
+        ahead = count_only(r, head, theirs) if head is not None else 0
+        behind = count_only(r, theirs, head)
     files, recorded = file_statuses(r, head)
     if as_json:
         echo_json(
