@@ -36,8 +36,8 @@ from .errors import (
 from .format import envelope, values
 from .format.commit import Commit
 from .format.config import RepoConfig
-from .format.manifest import FileEntry, Manifest
-from .format.stats import TensorStats
+from .format.manifest import FileEntry, Manifest, TensorEntry
+from .format.stats import TensorStats, with_change
 from .format.values import KeyPath, path_str
 from .refs import HEAD, HEADS, TAGS, RefStore, check_ref_name, default_author
 from .revisions import Revision, rev_label
@@ -510,6 +510,7 @@ class Repo:
                     step=step,
                     metrics=metrics,
                     metadata=dict(metadata or {}),
+                    changes=dict(self.last_write_stats.changes),
                 )
                 self.record(c, branch)
             except BaseException:
@@ -667,15 +668,22 @@ class Repo:
     def tensors(self, rev: Revision = HEAD) -> list[TensorInfo]:
         """Every tensor leaf of ``rev``: key path, dtype, shape, bytes, objects and the
         statistics recorded at commit time (``stats``; None when the commit has none)."""
-        manifest = self.get_manifest(self.get_commit(self.resolve(rev)).manifest)
+        commit = self.get_commit(self.resolve(rev))
+        manifest = self.get_manifest(commit.manifest)
+        parent: dict[str, TensorEntry] = {}
+        if commit.parents and any(e.stats is not None for e in manifest.tensors):
+            pm = self.get_manifest(self.get_commit(commit.parents[0]).manifest)
+            parent = pm.tensors_by_key()
         out = []
         for path, node in values.walk_leaves(manifest.tree):
             if isinstance(node, list) and node and node[0] in ("tensor", "ndarray"):
                 e = manifest.tensors[int(node[1])]
+                k = path_str(path)
+                p = parent.get(k)
+                same = p is not None and p.content_key() == e.content_key()
+                stats = with_change(e.stats, commit.changes.get(k), same)
                 out.append(
-                    TensorInfo(
-                        path, path_str(path), e.dtype, e.shape, e.nbytes, e.object_ids(), e.stats
-                    )
+                    TensorInfo(path, k, e.dtype, e.shape, e.nbytes, e.object_ids(), stats)
                 )
         return out
 

@@ -597,3 +597,39 @@ def test_commit_notices_a_moved_branch(repo: tv.Repo) -> None:
     c3 = repo.commit(STATE, "after reset")
     assert c3.parents == [c1.id]
     assert repo.resolve("main") == c3.id
+
+
+def test_tensor_changes_live_in_the_commit_not_the_manifest(tmp_path: Path) -> None:
+    from tensorvcs.errors import CorruptObjectError
+    from tensorvcs.format.commit import Commit
+
+    repo = tv.Repo.init(tmp_path)
+    g = torch.Generator().manual_seed(3)
+    a = {"w": torch.randn(300, 700, generator=g), "b": torch.randn(7, generator=g)}
+    c1 = repo.commit(a, "one")
+    b = {"w": a["w"].clone(), "b": a["b"] + 0.5}
+    b["w"][5, :3] += 1.0
+    c2 = repo.commit(b, "two")
+    c3 = repo.commit(a, "three: the first state again")
+    assert c1.changes == {}
+    assert set(c2.changes) == {"w", "b"}
+    want = float((b["w"].double() - a["w"].double()).norm())
+    assert c2.changes["w"] == pytest.approx(want, rel=1e-12)
+    want_b = float((b["b"].double() - a["b"].double()).norm())
+    assert c2.changes["b"] == pytest.approx(want_b, rel=1e-12)
+    assert c3.manifest == c1.manifest  # same state, same manifest, whatever its parent
+    stored = repo.get_commit(c2.id)
+    assert stored.changes == c2.changes
+    info = {t.key: t.stats for t in repo.tensors(c2.id)}
+    assert info["w"] is not None and info["w"].delta_norm == c2.changes["w"]
+    first = {t.key: t.stats for t in repo.tensors(c1.id)}
+    assert first["w"] is not None and first["w"].delta_norm is None  # no parent
+    again = repo.commit(a, "four: unchanged")
+    assert again.changes == {}
+    assert {t.key: t.stats.delta_norm for t in repo.tensors(again.id) if t.stats} == {
+        "w": 0.0, "b": 0.0
+    }
+    doc = stored.to_bytes().replace(b'"changes":{', b'"changes":{"x":"big",')
+    with pytest.raises(CorruptObjectError, match="bad 'changes' field"):
+        Commit.from_bytes(doc, "0" * 64)
+    repo.close()

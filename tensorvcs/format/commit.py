@@ -73,24 +73,28 @@ class Commit:
     step: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # ‖tensor − the first parent's tensor‖ (L2) per key path, for tensors whose parent has the
+    # same dtype and shape and that changed; encoded only when not empty
+    changes: dict[str, float] = field(default_factory=dict)
     id: str = ""  # filled in once stored; not part of the encoding
 
     def to_bytes(self) -> bytes:
         hooks = values.Hooks()
-        return jsonenc.dumps(
-            {
-                "type": "commit",
-                "version": COMMIT_VERSION,
-                "manifest": self.manifest,
-                "parents": list(self.parents),
-                "message": self.message,
-                "author": self.author,
-                "timestamp": self.timestamp,
-                "step": self.step,
-                "metrics": values.encode(dict(self.metrics), hooks, ("<metrics>",)),
-                "metadata": values.encode(dict(self.metadata), hooks, ("<metadata>",)),
-            }
-        )
+        doc: dict[str, Any] = {
+            "type": "commit",
+            "version": COMMIT_VERSION,
+            "manifest": self.manifest,
+            "parents": list(self.parents),
+            "message": self.message,
+            "author": self.author,
+            "timestamp": self.timestamp,
+            "step": self.step,
+            "metrics": values.encode(dict(self.metrics), hooks, ("<metrics>",)),
+            "metadata": values.encode(dict(self.metadata), hooks, ("<metadata>",)),
+        }
+        if self.changes:
+            doc["changes"] = {k: float(v) for k, v in sorted(self.changes.items())}
+        return jsonenc.dumps(doc)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, oid: str) -> Commit:
@@ -113,6 +117,12 @@ class Commit:
             metadata = values.decode(doc["metadata"], hooks)
         except CorruptObjectError as e:
             raise CorruptObjectError(f"commit {oid} is malformed: {e}", oid, e.key_path) from None
+        changes = doc.get("changes", {})
+        if not isinstance(changes, dict) or not all(
+            isinstance(k, str) and type(v) in (int, float) and 0 <= v < float("inf")
+            for k, v in changes.items()
+        ):
+            raise CorruptObjectError(f"commit {oid} is malformed: bad 'changes' field", oid)
         return cls(
             manifest=doc["manifest"],
             parents=list(doc["parents"]),
@@ -122,6 +132,7 @@ class Commit:
             step=doc["step"],
             metrics=metrics,
             metadata=metadata,
+            changes={k: float(v) for k, v in changes.items()},
             id=oid,
         )
 

@@ -26,6 +26,7 @@ Only this module's keys are allowed; numbers must be JSON numbers of the right k
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -113,3 +114,20 @@ def stats_problem(d: Any) -> str | None:
     if "min" in d and "max" in d and d["min"] > d["max"]:
         return f"min {d['min']!r:.40} exceeds max {d['max']!r:.40}"
     return None
+
+
+
+def with_change(
+    stats: TensorStats | None, change: float | None, same_as_parent: bool
+) -> TensorStats | None:
+    """``stats`` (from a manifest: statistics of the content alone) with ``delta_norm`` from
+    its commit: ``change`` is the commit's ``changes`` entry for the key path (only changed
+    tensors are named); an unnamed tensor equal to its first parent's has changed by 0; any
+    other unnamed one has no known change (no parent tensor of that dtype and shape)."""
+    if stats is None:
+        return None
+    if change is not None:
+        return dataclasses.replace(stats, delta_norm=change)
+    if same_as_parent:
+        return dataclasses.replace(stats, delta_norm=0.0)
+    return stats

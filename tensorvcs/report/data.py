@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from ..errors import TensorVCSError, UsageError
+from ..format.commit import Commit
 from ..format.manifest import Manifest, TensorEntry
-from ..format.stats import TensorStats, relative
+from ..format.stats import TensorStats, relative, with_change
 from ..format.values import KeyPath, path_str, walk_leaves
 from ..repo import Repo
 from ..state.reader import TensorReader
@@ -392,9 +393,15 @@ def gather(repo: Repo, rev_range: str = "HEAD", title: str | None = None) -> Rep
                 parent = (parent_id, known)
             computed = measurer.stats(c.id, m, parent)
             measured += 1
+        before = _parent_entries(repo, c, manifests)
         for path, e in leaves:
             key = path_str(path)
-            s = e.stats if e.stats is not None else computed.get(key)
+            if e.stats is not None:  # the content's statistics, the change from the commit
+                prev = before.get(key)
+                same = prev is not None and prev.content_key() == e.content_key()
+                s = with_change(e.stats, c.changes.get(key), same)
+            else:
+                s = computed.get(key)
             g = group_of(path, e.dtype)
             infos_tensors.append(Tensor(key, e.dtype, e.shape, e.nbytes, g, s, e.stats is not None))
             if g == WEIGHTS:
@@ -450,6 +457,18 @@ def gather(repo: Repo, rev_range: str = "HEAD", title: str | None = None) -> Rep
         measured_bytes=measurer.bytes_read if measurer else 0,
         missing_objects=size.missing,
     )
+
+
+def _parent_entries(
+    repo: Repo, c: Commit, manifests: dict[str, Manifest]
+) -> dict[str, TensorEntry]:
+    """{key path: entry} of ``c``'s first parent (empty for a root commit)."""
+    if not c.parents:
+        return {}
+    m = manifests.get(c.parents[0])
+    if m is None:
+        m = manifests[c.parents[0]] = repo.get_manifest(repo.get_commit(c.parents[0]).manifest)
+    return m.tensors_by_key()
 
 
 def _change(s: TensorStats | None) -> float | None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -79,6 +79,9 @@ class WriteStats:
     rewritten_objects: int = 0  # parent chunks re-encoded as deltas against new ones
     # with defer_deltas: the re-encodings left for later (TensorWriter.rewrite_deferred)
     deferred: list[Deferred] = field(default_factory=list)
+    # ‖new − parent‖ per key path: a property of the commit, not of the state, so it goes
+    # into the commit ("changes"), never the manifest (same state, same manifest)
+    changes: dict[str, float] = field(default_factory=dict)
 
 
 class TensorWriter:
@@ -384,6 +387,11 @@ class TensorWriter:
             if e.id is not None and e.pack is None:
                 e.pack, e.offset = self.known_small[e.id]
         self._apply_rewrites()
+        for p, e in zip(pending, entries, strict=True):
+            if e.stats is not None and e.stats.delta_norm is not None:
+                if e.stats.delta_norm > 0:  # unchanged tensors are not named (see with_change)
+                    self.stats.changes[path_str(p.path)] = e.stats.delta_norm
+                e.stats = replace(e.stats, delta_norm=None)
         self.stats.tensors = len(entries)
         return entries
 
