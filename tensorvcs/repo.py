@@ -17,7 +17,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -481,6 +481,8 @@ class Repo:
         owned: bool = False,
         pool: ThreadPoolExecutor | None = None,
         defer_deltas: bool = False,
+        on_bytes: Callable[[int], None] | None = None,
+        on_phase: Callable[[str, int], None] | None = None,
     ) -> Commit:
         """Store ``state`` (any nesting of dicts, lists, tensors and plain values) as a commit
         on ``branch`` (default: HEAD's branch, or HEAD itself when detached).
@@ -490,7 +492,9 @@ class Repo:
         ``pool``: the threads that hash, encode and write (default: the repository's).
         ``defer_deltas=True`` leaves the re-encoding of the parent's chunks as deltas for
         later: they are listed in ``last_write_stats.deferred`` for
-        ``apply_deferred_deltas`` (the commit is complete without them)."""
+        ``apply_deferred_deltas`` (the commit is complete without them).
+        ``on_bytes(n)`` / ``on_phase(name, total)``: progress, called from the pool's threads
+        as chunks are stored and when a phase ('encoding', 'syncing') begins (TensorWriter)."""
         if step is not None and (type(step) is not int):
             raise UsageError(f"step must be an int, not {type(step).__name__}")
         metrics = normalize_metrics(metrics)
@@ -500,7 +504,7 @@ class Repo:
             try:
                 mid = self._write_state(
                     state, self.branch_head(branch), allow_pickle, files or [], owned,
-                    pool, defer_deltas,
+                    pool, defer_deltas, on_bytes, on_phase,
                 )
                 c = Commit(
                     manifest=mid,
@@ -574,6 +578,8 @@ class Repo:
         owned: bool = False,
         pool: ThreadPoolExecutor | None = None,
         defer_deltas: bool = False,
+        on_bytes: Callable[[int], None] | None = None,
+        on_phase: Callable[[str, int], None] | None = None,
     ) -> str:
         """Write the objects of ``state`` and then its manifest; returns the manifest id."""
         from .state.encode import CommitHooks
@@ -584,6 +590,7 @@ class Repo:
         writer = self.tensor_writer(parent, self.base_cache, pool)
         writer.owned = owned
         writer.defer_deltas = defer_deltas
+        writer.on_bytes, writer.on_phase = on_bytes, on_phase
         manifest = Manifest(tree, writer.write(hooks.pending), files)
         self.last_write_stats: WriteStats = writer.stats
         self.store.sync()  # objects durable before the manifest that names them

@@ -1,5 +1,5 @@
 """Shared helpers of the CLI: the repository in use, output (sizes, tables, bars, JSON), the
-pager, progress bars, and argument parsing.
+pager, and argument parsing (progress bars: cli/progress.py).
 
 Nothing here imports torch (or the repository module) at import time: ``tvcs --help`` and
 ``tvcs --version`` load only click and this package's errors."""
@@ -15,10 +15,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,15 +72,29 @@ def repo() -> Repo:
 
 
 # -- formatting ------------------------------------------------------------------------------
+# Sizes are printed in IEC binary multiples (KiB = 1024 B ...) everywhere; parse_size takes both
+# conventions, spelled as they are defined: SI (kB or KB = 1000 B, MB, GB, TB, PB) and IEC
+# (KiB = 1024 B, MiB, GiB, TiB, PiB). A bare prefix (4M, 64k) means 10^6 to some tools and 2^20
+# to others, so it is refused with the two spellings, never guessed.
+IEC_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+SIZE_UNITS: dict[str, int] = {"": 1, "B": 1, "kB": 10**3, "KB": 10**3}
+for _i, _p in enumerate("KMGTP", 1):
+    SIZE_UNITS[f"{_p}iB"] = 1 << (10 * _i)
+    SIZE_UNITS[f"{_p}i"] = 1 << (10 * _i)
+    if _p != "K":
+        SIZE_UNITS[f"{_p}B"] = 10 ** (3 * _i)
+
+
 def human_size(n: float | int | None) -> str:
+    """``n`` bytes in IEC units: '512 B', '1.5 KiB', '3.0 GiB' (one decimal)."""
     if n is None:
         return "-"
     n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    for unit in IEC_UNITS:
+        if abs(n) < 1024 or unit == IEC_UNITS[-1]:
             return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} PiB"  # pragma: no cover
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def ratio(a: float, b: float) -> str:
@@ -90,20 +103,41 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+
+
+def _spellings(num: str, prefix: str) -> str:
+    p = prefix.upper()
+    si, iec = ("kB" if p == "K" else f"{p}B"), f"{p}iB"
+    value = float(num)
+    a, b = value * SIZE_UNITS[si], value * SIZE_UNITS[iec]
+    return f"{num}{si} ({a:,.0f} bytes) or {num}{iec} ({b:,.0f} bytes)"
 
 
 def parse_size(text: str) -> int:
-    """'4194304', '4MiB', '4M', '64k' -> bytes (binary units)."""
+    """A size in bytes: plain bytes ('4194304'), SI ('4MB' = 4,000,000; 'kB'/'KB' = 1000) or
+    IEC ('4MiB' = 4,194,304; 'Mi' alone too). A fraction is rounded to the nearest byte
+    ('1.5KiB' = 1536). Refused, with a one-line reason: a bare prefix ('4M', '64k': ambiguous),
+    other spellings ('4mb', '4Kib', 'lots')."""
     m = _SIZE.match(text)
     if not m:
-        raise click.BadParameter(f"not a size: {text!r} (e.g. 4194304, 4MiB, 64KiB)")
-    unit = (m.group(2) or "").lower().rstrip("b").rstrip("i")
-    value = float(m.group(1)) * _UNITS[unit]
-    if value != int(value):
-        raise click.BadParameter(f"not a whole number of bytes: {text!r}")
-    return int(value)
+        raise click.BadParameter(f"not a size: {text!r} (e.g. 4194304, 4MiB, 4MB, 64KiB)")
+    num, unit = m.group(1), m.group(2)
+    if unit in SIZE_UNITS:
+        value = Fraction(num) * SIZE_UNITS[unit]  # exact: 295149PB is 295149 * 10**15
+        if SIZE_UNITS[unit] == 1 and value.denominator != 1:
+            raise click.BadParameter(f"not a whole number of bytes: {text!r}")
+        return round(value)
+    if unit and unit.upper() in "KMGTP" and len(unit) == 1:
+        raise click.BadParameter(
+            f"ambiguous size {text.strip()!r}: write {_spellings(num, unit)}"
+        )
+    key = unit.lower()
+    if len(key) in (2, 3) and key[0] in "kmgtp" and key[1:] in ("b", "ib", "i"):
+        raise click.BadParameter(
+            f"size {text.strip()!r}: unknown unit {unit!r}; write {_spellings(num, key[0])}"
+        )
+    raise click.BadParameter(f"not a size: {text!r} (units: B, kB, MB, GB, KiB, MiB, GiB, ...)")
 
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
@@ -264,72 +298,6 @@ def start_pager() -> Callable[[], None] | None:
             proc.wait()
 
     return stop
-
-
-# -- progress --------------------------------------------------------------------------------
-
-class Progress:
-    """A byte progress bar with throughput on stderr, drawn only when stderr is a terminal.
-
-    ``update`` may be called from several threads."""
-
-    def __init__(self, enabled: bool | None = None, min_interval: float = 0.1) -> None:
-        if enabled is None:
-            enabled = _stderr_isatty()
-        self.enabled = enabled
-        self.min_interval = min_interval
-        self._lock = threading.Lock()
-        self.label = ""
-        self.total = 0
-        self.done = 0
-        self._t0 = 0.0
-        self._last = 0.0
-        self._active = False
-
-    def start(self, label: str, total: int) -> None:
-        with self._lock:
-            self.label, self.total, self.done = label, max(0, int(total)), 0
-            self._t0 = self._last = time.monotonic()
-            self._active = True
-
-    def update(self, n: int) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            if not self._active:
-                return
-            self.done += n
-            now = time.monotonic()
-            if now - self._last >= self.min_interval:
-                self._last = now
-                self._draw(now)
-
-    def _draw(self, now: float, final: bool = False) -> None:
-        done = min(self.done, self.total) if self.total else self.done
-        if final and self.total:
-            done = self.total
-        elapsed = max(now - self._t0, 1e-9)
-        rate = done / elapsed
-        frac = done / self.total if self.total else 0.0
-        line = (
-            f"{self.label:<9} {bar(frac, 24)} {frac * 100:5.1f}%  "
-            f"{human_size(done)} / {human_size(self.total)}  {human_size(rate)}/s"
-        )
-        sys.stderr.write("\r" + line + "\x1b[K" + ("\n" if final else ""))
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        with self._lock:
-            if self._active and self.enabled and time.monotonic() - self._t0 > self.min_interval:
-                self._draw(time.monotonic(), final=True)
-            self._active = False
-
-
-def _stderr_isatty() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 # -- completion ------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from ..io.worktree import (
     file_digest,
     safe_destination,
 )
-from ._util import Progress, complete_rev, echo_json, human_size, note, rel_to_root, repo, short
+from ._util import complete_rev, echo_json, human_size, note, rel_to_root, repo, short
+from .progress import SYNCING, CountingFile, Progress
 
 SUFFIX = {"pt": ".pt", "safetensors": ".safetensors"}
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -320,13 +321,31 @@ def _write(
             r, items, meta if isinstance(meta, dict) else {"format": "pt"}, fp, progress.update
         )
     wanted, _ = m.selected_tensors(node, prefix, select)
-    progress.start("reading", sum(e.nbytes for e in wanted.values()))
+    total = sum(e.nbytes for e in wanted.values())
+    progress.start("reading", total)
     try:
         return exporter.write_pt_file(
-            r, m, node, prefix, select, unsafe_pickle, fp, job.dest.parent, progress.update
+            r, m, node, prefix, select, unsafe_pickle, _saving(fp, progress, total),
+            job.dest.parent, progress.update,
         )
     except UnsupportedValueError as e:
         raise _pickle_hint(e) from None
+
+
+def _saving(fp: Any, progress: Progress, total: int) -> Any:
+    """``fp`` for torch.save once the tensors are read: its first write begins the 'writing'
+    phase (about ``total`` bytes: the file's tensors and a little pickle around them)."""
+    if not progress.enabled:
+        return fp
+
+    def wrote(n: int) -> None:
+        if progress.label != "writing":
+            if progress.label == "reading":  # torch.save starts once every tensor is read
+                progress.update(max(0, progress.total - progress.done))
+            progress.start("writing", total)
+        progress.update(n)
+
+    return CountingFile(fp, wrote)
 
 
 def _write_part(
@@ -355,10 +374,12 @@ def _write_part(
             r, items, meta if isinstance(meta, dict) else None, fp, progress.update
         )
     wanted, _ = m.selected_tensors(part.node, part.prefix, select)
-    progress.start("reading", sum(e.nbytes for e in wanted.values()))
+    total = sum(e.nbytes for e in wanted.values())
+    progress.start("reading", total)
     try:
         return exporter.write_pt_file(
-            r, m, part.node, part.prefix, select, unsafe_pickle, fp, scratch, progress.update
+            r, m, part.node, part.prefix, select, unsafe_pickle, _saving(fp, progress, total),
+            scratch, progress.update,
         )
     except UnsupportedValueError as e:
         raise _pickle_hint(e) from None
@@ -430,7 +451,7 @@ def checkout(
     index = WorktreeIndex(r)
     if not force:
         _check_overwrites(r, cid, jobs, index)
-    progress = Progress()
+    progress = Progress(enabled=False if as_json else None)  # bars on a terminal only
     try:
         for job in jobs:
             if job.status == "unchanged":
@@ -442,7 +463,7 @@ def checkout(
             try:
                 with open(fd, "wb") as fp:
                     job.digest = _write(r, m, job, select, unsafe_pickle, progress, fp)
-                progress.finish()
+                progress.phase(SYNCING)  # the check, the rename and the index: no bar at 100%
                 if job.expected is not None and job.digest != job.expected:
                     raise CorruptObjectError(
                         f"{job.dest}: the written bytes do not match the committed file "
@@ -457,6 +478,7 @@ def checkout(
             job.size = st.st_size
             index.add(job.digest, job.dest.resolve(), cid, job.how)
             index.remember(job.dest.resolve(), st, job.digest, time.time_ns())
+            progress.finish()
     finally:
         if any(j.status == "written" and j.digest for j in jobs):
             index.save()

@@ -9,7 +9,8 @@ import click
 from ..errors import UsageError
 from ..io.importer import collect, commit_files
 from ..refs import TAGS, check_ref_name
-from ._util import Progress, echo_json, human_size, note, repo, short
+from ._util import echo_json, human_size, note, repo, short
+from .progress import Progress
 
 
 def _metric(text: str) -> tuple[str, int | float]:
@@ -89,7 +90,7 @@ def commit(
         a = r.config.settings.get("author")
         author = str(a) if a else None
     inputs = collect(r.root, paths)
-    progress = Progress()
+    progress = Progress(enabled=False if as_json else None)  # bars on a terminal only
     try:
         res = commit_files(
             r,

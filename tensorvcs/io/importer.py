@@ -61,14 +61,22 @@ class ProgressSink:
     def update(self, n: int) -> None:
         pass
 
+    def phase(self, name: str, total: int = 0) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
 
 class ProgressLike(Protocol):
+    """Phases of byte work: ``start`` begins one; ``phase`` begins one or, named as the one
+    running, adds ``total`` bytes to it; ``update`` (from any thread) counts bytes done."""
+
     def start(self, label: str, total: int) -> None: ...
 
     def update(self, n: int) -> None: ...
+
+    def phase(self, name: str, total: int = 0) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -277,13 +285,20 @@ def commit_files(
         index = WorktreeIndex(repo)  # digests of files unchanged since they were last hashed
         for inp, kind in plan:
             if kind in parsed:
-                digests[inp.rel] = index.digest(inp.path, progress.update)
+                read = [0]
+
+                def count(n: int, read: list[int] = read) -> None:
+                    read[0] += n
+                    progress.update(n)
+
+                digests[inp.rel] = index.digest(inp.path, count)
+                if read[0] < inp.size:  # a digest cached from an earlier hash: nothing read
+                    progress.update(inp.size - read[0])
         if index.changed:
             index.save()
-        if hash_total:
-            progress.finish()
-        store_total = sum(i.size for i, _ in plan)
-        progress.start("storing", store_total)
+        # then 'encoding': opaque files and headers here, the tensors' bytes in the writer
+        # (which adds them to the phase and then starts 'syncing')
+        progress.phase("encoding", 0)
         for inp, kind in plan:
             fe: FileEntry | None = None
             if kind == "safetensors":
@@ -299,6 +314,7 @@ def commit_files(
                     chunks = [(hid, len(layout.header))]
                     fe = FileEntry(inp.rel, "state", "safetensors", inp.size, chunks, extra)
                     mapped.append(inp.path)
+                    progress.phase("encoding", len(layout.header))
                     progress.update(len(layout.header))
                 else:
                     say(f"{inp.rel}: stored as opaque bytes ({layout.problem})")
@@ -333,14 +349,15 @@ def commit_files(
                     say(f"{inp.rel}: not a torch checkpoint: stored as opaque bytes")
                 if fmt == "blob":
                     fmt = "raw"
+                progress.phase("encoding", inp.size)
                 chunks, digest, new = _store_blob(repo, inp.path, progress)
                 blob_new += new
                 fe = FileEntry(inp.rel, "blob", fmt, inp.size, chunks, {"blake3": digest})
             entries.append(fe)
             logical += inp.size
         try:
-            track = progress.update if getattr(progress, "enabled", True) else None
-            with PageDropper(mapped, on_bytes=track):
+            shown = getattr(progress, "enabled", True)
+            with PageDropper(mapped):
                 c = repo.commit(
                     state,
                     message,
@@ -350,6 +367,8 @@ def commit_files(
                     author=author,
                     allow_pickle=unsafe_pickle,
                     files=entries,
+                    on_bytes=progress.update if shown else None,
+                    on_phase=progress.phase if shown else None,
                 )
         except UnsupportedValueError as e:
             raise _pickle_hint(e, inputs) from None

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -120,6 +121,12 @@ class TensorWriter:
         # which took the folders of this batch's chunks, is still fsyncing them
         self._apply_lock = threading.Lock()
         self.stats = WriteStats()
+        # progress (the CLI's bars): on_phase(name, total bytes) when a phase begins —
+        # 'encoding' with the tensors' bytes, then 'syncing' (total 0) before the final
+        # rewrites and fsyncs; on_bytes(n) from the pool as each chunk or pack is stored (and
+        # at once for a tensor stored before); called from several threads
+        self.on_bytes: Callable[[int], None] | None = None
+        self.on_phase: Callable[[str, int], None] | None = None
 
     def _content(self, oid: str, length: int) -> np.ndarray | None:
         """The content of the parent's chunk ``oid``: from the cache, else the store."""
@@ -284,15 +291,20 @@ class TensorWriter:
             hook.finish(oid, arr, lambda: self._content(hook.base or "", length))
         if cached and self.cache is not None:
             self.cache.keep(oid, arr, copy=on_host and not self.owned)
+        if self.on_bytes is not None:
+            self.on_bytes(length)
         return oid, written
 
     def _write_pack(self, parts: list[np.ndarray], width: int) -> tuple[str, int]:
         content = np.concatenate(parts) if len(parts) > 1 else parts[0]
         oid = object_id(content.data)
-        if self.objects.has(oid):
-            return oid, 0
-        enc = codecs.encode_elements(content, width)
-        return oid, self.objects.write(oid, envelope.KIND_PACK, content.nbytes, enc)
+        written = 0
+        if not self.objects.has(oid):
+            enc = codecs.encode_elements(content, width)
+            written = self.objects.write(oid, envelope.KIND_PACK, content.nbytes, enc)
+        if self.on_bytes is not None:
+            self.on_bytes(content.nbytes)
+        return oid, written
 
     def write(self, pending: list[PendingTensor]) -> list[TensorEntry]:
         entries: list[TensorEntry] = []
@@ -305,6 +317,10 @@ class TensorWriter:
         placed_here: dict[str, tuple[int, int]] = {}  # small id -> (entry idx, offset) pending
         rec = StatsRecorder(self.objects, self.parent) if self.record_stats else None
         hooks: dict[int, TensorHook | None] = {}  # entry index -> a chunked tensor's statistics
+        on_bytes = self.on_bytes
+        if self.on_phase is not None:
+            total = sum(p.tensor.numel() * p.tensor.element_size() for p in pending)
+            self.on_phase("encoding", total)
 
         def flush(width: int) -> None:
             if open_parts.get(width):
@@ -354,8 +370,12 @@ class TensorWriter:
                 entry.stats = rec.small(path_str(p.path), t, arr, sid)
             if sid in self.known_small:
                 entry.pack, entry.offset = self.known_small[sid]
+                if on_bytes is not None:
+                    on_bytes(n)
                 continue
             if sid in placed_here:
+                if on_bytes is not None:
+                    on_bytes(n)
                 continue  # resolved to the same place once its pack is written
             w = p.width if p.width > 0 and n % p.width == 0 else 1
             if open_size.get(w, 0) + n > self.chunk_size:
@@ -386,6 +406,8 @@ class TensorWriter:
         for e in entries:  # small tensors that repeated one packed earlier in this commit
             if e.id is not None and e.pack is None:
                 e.pack, e.offset = self.known_small[e.id]
+        if self.on_phase is not None:
+            self.on_phase("syncing", 0)
         self._apply_rewrites()
         for p, e in zip(pending, entries, strict=True):
             if e.stats is not None and e.stats.delta_norm is not None:
