@@ -199,8 +199,16 @@ def json_safe(v: Any) -> Any:
     return repr(v)
 
 
+# while progress bars show (cli/progress.py), notes are printed above them through this
+NOTE_SINK: list[Callable[[str], None]] = []
+
+
 def note(text: str) -> None:
-    click.echo(f"tvcs: note: {text}", err=True)
+    line = f"tvcs: note: {text}"
+    if NOTE_SINK:
+        NOTE_SINK[-1](line)
+    else:
+        click.echo(line, err=True)
 
 
 def fmt_value(v: Any) -> str:

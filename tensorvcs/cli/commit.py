@@ -105,6 +105,7 @@ def commit(
             note=None if as_json else note,
         )
     except KeyboardInterrupt:
+        progress.finish()
         # objects written before the ref moved are referenced by nothing: say how to free them
         note(
             "commit interrupted: no commit was made; the objects it had written are "
@@ -112,6 +113,8 @@ def commit(
             "two weeks old)"
         )
         raise
+    finally:
+        progress.finish()  # an error or ^C while hashing: the terminal's cursor comes back
     c = res.commit
     if tag is not None:
         r.tag(tag, c)

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
 
+from . import _util
 from ._util import human_size
 
 if TYPE_CHECKING:
@@ -119,11 +120,20 @@ class Progress:
             console = Console(
                 file=self._file or sys.stderr, force_terminal=True, width=self._width
             )
+            # what is written to sys.stderr while the bars show goes above them (notes: through
+            # _util.NOTE_SINK); stdout is left alone (rich would send it to stderr)
             self._rich = RichProgress(
-                *_columns(), console=console, refresh_per_second=10, speed_estimate_period=5.0
+                *_columns(), console=console, refresh_per_second=10, speed_estimate_period=5.0,
+                redirect_stdout=False, redirect_stderr=True,
             )
             self._rich.start()
+            _util.NOTE_SINK.append(self._print)
         return self._rich
+
+    def _print(self, line: str) -> None:
+        """A line above the bars (a note: click.echo would write through them)."""
+        if self._rich is not None:
+            self._rich.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def _close_task(self) -> None:
         """Leave the running phase's line complete: done / total, bar full when it has one."""
@@ -187,6 +197,8 @@ class Progress:
             if self._rich is not None:
                 self._rich.stop()  # the last render stays: every phase's final line
                 self._rich = None
+                if self._print in _util.NOTE_SINK:
+                    _util.NOTE_SINK.remove(self._print)
             self.label = ""
 
 

@@ -35,10 +35,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def in_terminal(args: list[str], cwd: Path) -> tuple[int, str, list[str]]:
+def in_terminal(args: list[str], cwd: Path, raw: list[str] | None = None
+                ) -> tuple[int, str, list[str]]:
     """Run the tvcs script with stderr on a pseudo-terminal (stdout a pipe): exit code,
     stdout, and the lines drawn on the terminal (escape sequences removed; a line redrawn
-    in place counts once per drawing)."""
+    in place counts once per drawing). ``raw`` receives what the terminal got, as it came."""
     master, slave = pty.openpty()
     p = subprocess.Popen(
         [str(TVCS), *args], cwd=cwd, env=_env(), stdin=subprocess.DEVNULL,
@@ -62,9 +63,16 @@ def in_terminal(args: list[str], cwd: Path) -> tuple[int, str, list[str]]:
     out, _ = p.communicate(timeout=300)
     reader.join(timeout=60)
     os.close(master)
-    text = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+    got = b"".join(chunks).decode("utf-8", "replace")
+    if raw is not None:
+        raw.append(got)
+    text = ANSI.sub("", got)
     lines = [ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip()]
     return p.returncode, out.decode(), lines
+
+
+class Opaque:
+    """A class weights_only refuses to unpickle."""
 
 
 def first_seen(lines: list[str]) -> list[str]:
@@ -134,6 +142,29 @@ def test_pipes_and_json_get_no_bars(big: tuple[Path, dict[str, torch.Tensor], in
     assert code == 0
     assert lines == []
     assert json.loads(out)["files"][0]["dest"].endswith("o.pt")
+
+
+def test_notes_and_errors_while_bars_show(big: tuple[Path, dict[str, torch.Tensor], int]
+                                          ) -> None:
+    """A note printed while the bars run is a whole line of its own; an error ends the bars
+    and gives the cursor back (rich hides it while drawing)."""
+    root, _, _ = big
+    (root / "junk.bin").write_bytes(os.urandom(100_000))
+    code, out, lines = in_terminal(["commit", "big.pt", "junk.bin", "-m", "two"], root)
+    assert code == 0, lines
+    assert "tvcs: note: junk.bin: not a torch checkpoint: stored as opaque bytes" in lines
+    assert first_seen(lines) == ["hashing", "encoding", "syncing"]
+    total = human_size(sum(t.numel() * t.element_size() for t in big[1].values()) + 100_000)
+    assert f"100.0% {total} / {total}" in last_line(lines, "encoding")
+
+    torch.save({"w": torch.zeros(1 << 20), "x": Opaque()}, root / "unsafe.pt")
+    raw: list[str] = []
+    code, out, lines = in_terminal(["commit", "unsafe.pt", "-m", "no"], root, raw)
+    assert code == 7 and out == ""
+    errors = [ln for ln in lines if ln.startswith("tvcs: error:")]
+    assert len(errors) == 1 and "unsafe.pt" in errors[0] and "--unsafe-pickle" in errors[0]
+    assert raw[0].rfind("\x1b[?25h") > raw[0].rfind("\x1b[?25l") >= 0  # cursor shown again
+    assert not any("Traceback" in ln for ln in lines)
 
 
 def test_progress_phases_grow_and_end_complete() -> None:
