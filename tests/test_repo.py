@@ -614,9 +614,9 @@ def test_tensor_changes_live_in_the_commit_not_the_manifest(tmp_path: Path) -> N
     assert c1.changes == {}
     assert set(c2.changes) == {"w", "b"}
     want = float((b["w"].double() - a["w"].double()).norm())
-    assert c2.changes["w"] == pytest.approx(want, rel=1e-12)
+    assert c2.changes["w"] == pytest.approx(want, rel=1e-6)  # float32 sums (docs/format.md)
     want_b = float((b["b"].double() - a["b"].double()).norm())
-    assert c2.changes["b"] == pytest.approx(want_b, rel=1e-12)
+    assert c2.changes["b"] == pytest.approx(want_b, rel=1e-6)
     assert c3.manifest == c1.manifest  # same state, same manifest, whatever its parent
     stored = repo.get_commit(c2.id)
     assert stored.changes == c2.changes

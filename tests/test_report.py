@@ -86,7 +86,7 @@ def _same(a: list[float | None], b: list[float | None]) -> bool:
         elif math.isnan(x) or math.isnan(y):
             if not (math.isnan(x) and math.isnan(y)):
                 return False
-        elif not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-15):
+        elif not math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-15):  # docs/format.md: about 1e-6
             return False
     return True
 

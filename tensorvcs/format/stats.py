@@ -12,14 +12,18 @@ answer without reading tensor bytes. Older manifests have none; readers treat a 
   (for complex dtypes an element counts when either part is). Integer and bool dtypes have
   ``nan`` = ``inf`` = 0.
 - ``min``, ``max``, ``mean``, ``norm``: over the finite elements only (so one NaN does not hide
-  the magnitude of the rest); absent when there are none. ``norm`` is the L2 norm, computed
-  with float64 accumulation. Integer dtypes record ``min``/``max`` as exact integers; bool as
-  0/1 (``mean`` is then the fraction of true elements). Complex dtypes record ``norm`` (of the
-  absolute values) but no ``min``/``max``/``mean``. A value that overflows float64 (a ``norm``
-  of float64 values near 1e308) is absent.
+  the magnitude of the rest); absent when there are none (writers leave the key out; readers
+  also accept ``null`` for it). An empty tensor has ``norm`` 0.0 (an empty sum). ``norm`` is
+  the L2 norm; ``mean`` and ``norm`` add float32 partial sums of at most 1024 elements in
+  float64 (float64 tensors: float64 throughout), about 1e-6 relative. Integer dtypes record
+  ``min``/``max`` as exact integers; bool as 0/1 (``mean`` is then the fraction of true
+  elements). Complex dtypes record ``norm`` (of the absolute values) but no
+  ``min``/``max``/``mean``. A value that overflows float64 (a ``norm`` of float64 values near
+  1e308) is absent.
 - ``delta_norm``: the L2 norm of (this tensor − the parent commit's tensor at the same key
-  path), present only when the parent had one with the same dtype and shape and both were
-  entirely finite; 0.0 for an unchanged tensor.
+  path; floating elements subtracted in float32, float64 for float64), present only when the
+  parent had one with the same dtype and shape and both were entirely finite; 0.0 for an
+  unchanged tensor.
 
 Only this module's keys are allowed; numbers must be JSON numbers of the right kind.
 """
@@ -76,7 +80,7 @@ class TensorStats:
         problem = stats_problem(d)
         if problem:
             raise CorruptObjectError(f"{where}: malformed stats: {problem}", oid)
-        return cls(**{k: d[k] for k in d})
+        return cls(**{k: d[k] for k in d if d[k] is not None})
 
 
 def relative(delta: float | None, base: float | None) -> float | None:
@@ -104,14 +108,14 @@ def stats_problem(d: Any) -> str | None:
     if d.get("nan", 0) + d.get("inf", 0) > d["numel"]:
         return "more NaN and Inf elements than elements"
     for k in _VALUES:
-        if k not in d:
+        if d.get(k) is None:  # absent, or null: not recorded
             continue
         v = d[k]
         if type(v) not in (int, float) or not math.isfinite(v):
             return f"{k} {v!r:.40} is not a finite number"
         if k in ("norm", "delta_norm") and v < 0:
             return f"{k} {v!r:.40} is negative"
-    if "min" in d and "max" in d and d["min"] > d["max"]:
+    if d.get("min") is not None and d.get("max") is not None and d["min"] > d["max"]:
         return f"min {d['min']!r:.40} exceeds max {d['max']!r:.40}"
     return None
 

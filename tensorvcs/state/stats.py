@@ -4,7 +4,8 @@ The writer measures each chunk while it hashes it and merges the pieces per tens
 (StatsAccumulator): counts add up, min/max are exact, sums and sums of squares accumulate in
 float64 (a float64 copy of one chunk at a time), mean = sum / finite elements, norm =
 sqrt(sum of squares). The difference norm against the parent's tensor adds up the same way
-from the pairs of chunks the delta path already holds; an unchanged chunk adds 0.
+from the pairs of chunks the delta path already holds (the difference taken in float32, where
+nearby values subtract exactly; see _delta_sumsq); an unchanged chunk adds 0.
 
 Fast path: when a piece's float64 sum and sum of squares are both finite it holds no NaN or
 Inf (either would make them non-finite), so the counting and masking passes are skipped.
@@ -61,6 +62,7 @@ def _values(u8: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 _BLOCK = 1024  # elements summed in the element precision before float64 takes over
+_UNDERFLOW = 1e-14  # a float32 block norm below this is redone in float64 (see _sums)
 _NATIVE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -73,20 +75,45 @@ def _sums(x: torch.Tensor) -> tuple[float, float]:
     """(sum, sum of squares) of the floating elements ``x``: blocks of _BLOCK elements are
     reduced in float32 (float64 for float64: torch's cascade sum and norm kernels, one pass
     each), the blocks' results combined in float64; a tail shorter than a block in float64."""
+    return _total(x), _sumsq(x)
+
+
+def _split(x: torch.Tensor) -> tuple[torch.dtype, torch.Tensor | None, torch.Tensor | None]:
+    """(the block accumulator dtype, the whole blocks as rows, the float64 tail)."""
     acc = _F64 if x.dtype == _F64 else torch.float32
     n = x.numel()
     m = n - n % _BLOCK
-    total = sumsq = 0.0
-    if m:
-        rows = x[:m].view(-1, _BLOCK)
+    rows = x[:m].view(-1, _BLOCK) if m else None
+    tail = x[m:].to(_F64) if m < n else None
+    return acc, rows, tail
+
+
+def _total(x: torch.Tensor) -> float:
+    acc, rows, tail = _split(x)
+    total = 0.0
+    if rows is not None:
         total = float(rows.sum(dim=1, dtype=acc).sum(dtype=_F64))
-        norms = torch.linalg.vector_norm(rows, dim=1, dtype=acc).to(_F64)
-        sumsq = float(torch.dot(norms, norms))
-    if m < n:
-        tail = x[m:].to(_F64)
+    if tail is not None:
         total += float(tail.sum())
+    return total
+
+
+def _sumsq(x: torch.Tensor) -> float:
+    """The sum of squares, as _sums. A block whose float32 norm is under _UNDERFLOW (its
+    squares may have underflowed: elements under ~1e-19, as in Adam's second moments) is
+    reduced again in float64, so tiny values keep a norm accurate to float32 rounding."""
+    acc, rows, tail = _split(x)
+    sumsq = 0.0
+    if rows is not None:
+        norms = torch.linalg.vector_norm(rows, dim=1, dtype=acc).to(_F64)
+        if acc is not _F64:
+            low = (norms < _UNDERFLOW).nonzero().squeeze(1)
+            if low.numel():
+                norms[low] = torch.linalg.vector_norm(rows[low].to(_F64), dim=1)
+        sumsq = float(torch.dot(norms, norms))
+    if tail is not None:
         sumsq += float(torch.dot(tail, tail))
-    return total, sumsq
+    return sumsq
 
 
 def _part(u8: torch.Tensor, dtype: torch.dtype) -> _Part:
@@ -113,8 +140,9 @@ def _part(u8: torch.Tensor, dtype: torch.dtype) -> _Part:
             arr = u8.numpy().view(np.dtype(f"<u{dtype.itemsize}"))
             p.lo, p.hi = int(arr.min()), int(arr.max())
         return p
-    if math.isfinite(total) and math.isfinite(sumsq):
-        return p  # complex, all finite
+    if kind == "complex" and math.isfinite(total) and math.isfinite(sumsq):
+        return p  # complex, all finite (a float piece gets here when its float32 block sums
+        # overflowed: it still needs min/max, below)
     # non-finite elements (or sums that overflow): count and mask, in float64
     if kind == "complex":
         pairs = xd.view(-1, 2)
@@ -138,15 +166,20 @@ def _part(u8: torch.Tensor, dtype: torch.dtype) -> _Part:
 
 
 def _delta_sumsq(new: torch.Tensor, old: torch.Tensor, dtype: torch.dtype) -> float | None:
-    """The sum of squares of (new − old) elementwise, the difference taken in float64 (a
-    float32 difference of two nearby weights rounds away digits the relative change needs);
-    None when not finite."""
+    """The sum of squares of (new − old) elementwise; None when not finite. Floating
+    elements are subtracted in float32 (float64 for float64), where the difference of two
+    nearby values is exact (Sterbenz) and any other is rounded to 6e-8 of itself, then summed
+    as _sumsq; one that overflows float32 is taken again in float64. Integers: in float64."""
     a = _values(new, dtype).reshape(-1)
     b = _values(old, dtype).reshape(-1)
     if _kind(dtype) == "float":
         a, b = _float_values(a), _float_values(b)
-    dd = a.to(_F64).sub_(b.to(_F64))
-    s = _sums(dd)[1]
+        if a.dtype != _F64:
+            a, b = a.float(), b.float()
+        s = _sumsq(a - b)
+        if math.isfinite(s) or a.dtype == _F64:
+            return s if math.isfinite(s) else None
+    s = _sumsq(a.to(_F64).sub_(b.to(_F64)))
     return s if math.isfinite(s) else None
 
 
