@@ -80,15 +80,20 @@ def sniff(path: str | os.PathLike[str], name: str = "") -> str:
 def _refusal(path: str, err: Exception) -> UnsupportedValueError:
     text = str(err)
     m = re.search(r"Unsupported global: GLOBAL ([\w.<>]+)", text)
+    hint = ""
     if m:
         why = f"it needs {m.group(1)}"
+        if m.group(1).startswith("torch.nn.modules."):
+            hint = "; it holds a whole nn.Module: save module.state_dict() instead"
+        elif m.group(1).startswith("torch.optim."):
+            hint = "; it holds an optimizer object: save optimizer.state_dict() instead"
     else:
         m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
         why = m.group(1).strip() if m else text.splitlines()[0] if text else type(err).__name__
     return UnsupportedValueError(
         f"{path}: refusing to load a pickle that torch.load(weights_only=True) rejects ({why}); "
         "nothing was executed. Pass --unsafe-pickle only if you trust this file "
-        "(it runs code from the file)"
+        f"(it runs code from the file){hint}"
     )
 
 

@@ -89,6 +89,9 @@ class CommitHooks(Hooks):
 
     def encode_opaque(self, value: Any, path: KeyPath) -> Node | None:
         if not self.allow_pickle:
+            hint = state_dict_hint(value, path)
+            if hint:
+                raise UnsupportedValueError(hint, path_str(path))
             return None
         try:
             data = pickle.dumps(value, protocol=4)
@@ -100,6 +103,27 @@ class CommitHooks(Hooks):
             ) from e
         t = type(value)
         return ["pickle", self.put_blob(data), f"{t.__module__}.{t.__qualname__}"]
+
+
+def state_dict_hint(value: Any, path: KeyPath) -> str | None:
+    """The error for a live object whose state is its ``state_dict()`` (a module, an
+    optimizer, a scheduler...), committed itself by mistake; None for anything else."""
+    t = type(value)
+    name = f"{t.__module__}.{t.__qualname__}"
+    if isinstance(value, torch.nn.Module):
+        what, var = f"an nn.Module ({name})", "module"
+    elif isinstance(value, torch.optim.Optimizer):
+        what, var = f"an optimizer ({name})", "optimizer"
+    elif callable(getattr(value, "state_dict", None)) and not isinstance(value, type):
+        what, var = f"a {name}", "its"
+    else:
+        return None
+    call = "its state_dict()" if var == "its" else f"{var}.state_dict()"
+    back = "load_state_dict" if var == "its" else f"{var}.load_state_dict"
+    return (
+        f"cannot store {what} at key path {path_str(path)!r}: commit {call} instead "
+        f"(its tensors and settings; load it back with {back})"
+    )
 
 
 class CheckoutHooks(Hooks):
