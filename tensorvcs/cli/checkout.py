@@ -457,6 +457,7 @@ def checkout(
             if job.status == "unchanged":
                 continue
             job.dest.parent.mkdir(parents=True, exist_ok=True)
+            progress.subject = _shown(job.dest)  # which file each line is about
             tmp = job.dest.parent / f".{job.dest.name}.tvcs-{secrets.token_hex(6)}.tmp"
             # a new file (O_EXCL: never an existing file or a link planted at the name)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o666)

@@ -34,8 +34,9 @@ def stderr_isatty() -> bool:
         return False
 
 
-def _columns() -> list[Any]:
+def _columns(width: int) -> list[Any]:
     from rich.progress import BarColumn, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.table import Column
     from rich.text import Text
 
     class Percent(ProgressColumn):
@@ -70,14 +71,35 @@ def _columns() -> list[Any]:
                 return Text(f"{secs or 0.0:.1f} s")
             return Text("eta ") + self.remaining.render(task)
 
-    return [
-        TextColumn("{task.description:<9}"),
-        BarColumn(bar_width=24),
-        Percent(),
-        Bytes(),
-        Rate(),
-        Time(),
+    class Subject(ProgressColumn):
+        """The file a line is about; a long path keeps its end (the file name)."""
+
+        room = 0
+
+        def render(self, task: Any) -> Text:
+            subject = str(task.fields.get("subject", ""))
+            if len(subject) > self.room:
+                subject = "…" + subject[-(self.room - 1) :]
+            return Text(subject)
+
+    def fixed() -> Column:  # never wrapped
+        return Column(no_wrap=True)
+
+    # about 80 cells without the subject: a narrower terminal gets a shorter bar, and the
+    # subject (a file name) only the room left, cut with an ellipsis
+    columns = [
+        TextColumn("{task.description:<9}", table_column=fixed()),
+        BarColumn(bar_width=24 if width >= 90 else 10),
+        Percent(table_column=fixed()),
+        Bytes(table_column=fixed()),
+        Rate(table_column=fixed()),
+        Time(table_column=fixed()),
     ]
+    if width >= 100:
+        subject = Subject(table_column=Column(no_wrap=True, overflow="crop"))
+        subject.room = width - 86
+        columns.append(subject)
+    return columns
 
 
 class Progress:
@@ -109,6 +131,7 @@ class Progress:
         self.total = 0
         self.done = 0
         self.phases: list[str] = []  # every phase started, in order
+        self.subject = ""  # shown at the end of the phases started from now on (a file name)
         self._last = 0.0
 
     # -- the display ---------------------------------------------------------------------
@@ -123,8 +146,8 @@ class Progress:
             # what is written to sys.stderr while the bars show goes above them (notes: through
             # _util.NOTE_SINK); stdout is left alone (rich would send it to stderr)
             self._rich = RichProgress(
-                *_columns(), console=console, refresh_per_second=10, speed_estimate_period=5.0,
-                redirect_stdout=False, redirect_stderr=True,
+                *_columns(console.width), console=console, refresh_per_second=10,
+                speed_estimate_period=5.0, redirect_stdout=False, redirect_stderr=True,
             )
             self._rich.start()
             _util.NOTE_SINK.append(self._print)
@@ -154,7 +177,9 @@ class Progress:
             self.label, self.total, self.done = label, max(0, int(total)), 0
             self.phases.append(label)
             rich = self._display()
-            self._task = rich.add_task(label, total=self.total or None, counted=bool(self.total))
+            self._task = rich.add_task(
+                label, total=self.total or None, counted=bool(self.total), subject=self.subject
+            )
             self._last = time.monotonic()
             rich.refresh()  # a short phase shows too
 

@@ -127,6 +127,7 @@ def test_commit_and_checkout_in_a_terminal(big: tuple[Path, dict[str, torch.Tens
     assert f"100.0% {human_size(tensor_bytes)} / {human_size(tensor_bytes)}" in reading
     written = human_size((root / "out.pt").stat().st_size)
     assert f"100.0% {written} / {written}" in last_line(lines, "writing")
+    assert all(last_line(lines, p).endswith(" out.pt") for p in ("reading", "writing"))
     assert_same(torch.load(root / "out.pt", weights_only=True), state)
 
 
@@ -185,6 +186,26 @@ def test_progress_phases_grow_and_end_complete() -> None:
     assert final[0].startswith("hashing") and "100.0% 3.0 MiB / 3.0 MiB" in final[0]
     assert final[1].startswith("encoding") and "100.0% 2.0 MiB / 2.0 MiB" in final[1]
     assert final[2].startswith("syncing") and "done" in final[2]
+
+    # a narrow terminal: shorter bars, no file name, never a wrapped line
+    narrow = io.StringIO()
+    p = Progress(enabled=True, min_interval=0.0, file=narrow, width=60)
+    p.subject = "some/folder/with/a/long/name/model.safetensors"
+    p.start("writing", 5 << 30)
+    p.update(5 << 30)
+    p.finish()
+    final = [ln for ln in re.split(r"[\r\n]+", ANSI.sub("", narrow.getvalue())) if ln.strip()]
+    assert final[-1].startswith("writing") and "100.0% 5.0 GiB / 5.0 GiB" in final[-1]
+    assert all(len(ln) <= 60 and "model" not in ln for ln in final)
+    wide = io.StringIO()
+    p = Progress(enabled=True, min_interval=0.0, file=wide, width=110)
+    p.subject = "some/folder/with/a/long/name/model.safetensors"
+    p.start("writing", 10)
+    p.update(10)
+    p.finish()
+    last = [ln for ln in re.split(r"[\r\n]+", ANSI.sub("", wide.getvalue())) if ln.strip()][-1]
+    assert "100.0% 10 B / 10 B" in last and len(last.rstrip()) <= 110
+    assert last.rstrip().endswith(" …/name/model.safetensors")  # the end of the path is kept
 
     quiet = io.StringIO()
     q = Progress(enabled=False, file=quiet)
