@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,30 @@ from .pointer import write_pointer
 IO_MARKER = "tensorvcs.lightning"  # commit metadata key of checkpoints TVCSCheckpointIO wrote
 POINTER_KIND = "tensorvcs-checkpoint-pointer"
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\@{]")
+
+
+# The background committers of this process's TVCSCheckpointIO and TVCSCheckpoint objects, by
+# repository: before one of them commits, it lets the others' commits in flight finish, so
+# commits reach a branch in the order they were saved. (A TVCSCheckpoint's synchronous commit
+# at step 6 would otherwise land before TVCSCheckpointIO's asynchronous one of step 4, which
+# then gets step 6 as its parent.)
+_WRITERS: dict[str, weakref.WeakSet[AsyncCommitter]] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _register(repo: Repo, committer: AsyncCommitter) -> None:
+    with _WRITERS_LOCK:
+        _WRITERS.setdefault(str(repo.path), weakref.WeakSet()).add(committer)
+
+
+def _after_others(repo: Repo, me: AsyncCommitter) -> None:
+    """Wait until the commits in flight of the other writers on ``repo`` are done (their
+    errors stay theirs to raise)."""
+    with _WRITERS_LOCK:
+        others = [c for c in _WRITERS.get(str(repo.path), ()) if c is not me]
+    pending = [f for c in others if (f := c._future) is not None]
+    if pending:
+        wait_futures(pending)
 
 
 def _repo(repo: Repo | str | os.PathLike[str]) -> Repo:
@@ -100,7 +127,7 @@ class IOMixin:
         branch: str | None = None,
         tag_prefix: str = "ckpt/",
         pointer_files: bool = True,
-        async_commit: bool = False,
+        async_commit: bool = True,
         gc_every: int | None = 1,
         allow_pickle: bool = False,
     ) -> None:
@@ -114,6 +141,7 @@ class IOMixin:
         self.gc_every = gc_every
         self.allow_pickle = allow_pickle
         self._committer = AsyncCommitter(async_commit, "tvcs-lightning-io")
+        _register(self.repo, self._committer)
         self._last: tuple[list[Any], str] | None = None  # (signature, tag) of the last save
         self._drops_since_gc = 0
         self._forget: set[str] = set()  # commits dropped since the last gc
@@ -147,6 +175,7 @@ class IOMixin:
         opts = opts or {}
         tag = self.tag_for(path)
         self._committer.wait()
+        _after_others(self.repo, self._committer)
         sig = _signature(checkpoint)
         last, self._last = self._last, (sig, tag)
         prev = self.repo.tags().get(last[1]) if last is not None and last[0] == sig else None
@@ -350,6 +379,7 @@ class CallbackMixin:
             allow_pickle=allow_pickle,
         )
         self._restored_step: int | None = None
+        _register(self.repo, self.manager._committer)
 
     @property
     def state_key(self) -> str:
@@ -445,6 +475,7 @@ class CallbackMixin:
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
         if trainer.is_global_zero:
             metrics = _scalar_metrics(trainer.callback_metrics)
+            _after_others(self.repo, self.manager._committer)
             self.manager.save(checkpoint, step=step, metrics=metrics)
         else:
             self.manager._last_save_step = step

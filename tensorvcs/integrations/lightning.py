@@ -66,7 +66,9 @@ class TVCSCheckpointIO(IOMixin, CheckpointIO):
         branch: the branch to commit to (default: HEAD's branch).
         tag_prefix: the prefix of the tags checkpoint paths map to.
         pointer_files: write a small JSON pointer file at each checkpoint path.
-        async_commit: commit in a background thread (the loop waits for a CPU copy).
+        async_commit: commit in a background thread (the default, as for TVCSCheckpoint and
+            the other integrations; the loop waits for a CPU copy). The next save,
+            load_checkpoint, remove_checkpoint and teardown wait for it.
         gc_every: gc after this many removed checkpoints (None: never).
         allow_pickle: store values that are not tensors/containers/scalars as pickles.
     """

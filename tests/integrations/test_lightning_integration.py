@@ -221,6 +221,34 @@ def test_checkpoint_io_reads_plain_torch_files_and_refuses_unknown_paths(tmp_pat
     assert repo.tags() == {} and repo.log() == []
 
 
+def test_checkpoint_io_commits_in_the_background_by_default_in_save_order(tmp_path: Path) -> None:
+    """TVCSCheckpointIO's default is asynchronous, as TVCSCheckpoint's and the transformers
+    callback's; writers on one repository wait for each other's commit in flight, so a small
+    save made while a big one is still being written lands after it (without that, the small
+    one became the big one's parent)."""
+    import inspect
+
+    from tensorvcs.integrations.transformers import TVCSTrainerCallback
+
+    repo = tv.Repo.init(tmp_path)
+    big_io, small_io = TVCSCheckpointIO(repo), TVCSCheckpointIO(repo)
+    defaults = [
+        inspect.signature(k.__init__).parameters["async_commit"].default
+        for k in (TVCSCheckpointIO, TVCSCheckpoint, TVCSTrainerCallback, tv.CheckpointManager)
+    ]
+    assert defaults == [True, True, True, True]
+    g = torch.Generator().manual_seed(0)
+    big = {"global_step": 1, "state_dict": {"w": torch.randn(8 << 20, generator=g)}}
+    big_io.save_checkpoint(big, tmp_path / "big.ckpt")  # returns after the CPU copy
+    assert big_io._committer.busy
+    small_io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.ones(2)}},
+                             tmp_path / "small.ckpt")
+    small_io.teardown()
+    big_io.teardown()
+    assert [c.step for c in repo.log()] == [2, 1]
+    assert repo.show("ckpt/big").step == 1 and repo.show("ckpt/small").step == 2
+
+
 # -- issue 3: weights-only checkpoints ------------------------------------------------------------
 def test_weights_only_commit_and_resume_without_key_error(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
