@@ -147,7 +147,7 @@ def test_storage_matches_du_and_reused_bytes_are_the_unchanged_tensors(run: tv.R
     du = json.loads(res.stdout)["commits"]
     before = 0
     for c, row in zip(data.commits, du, strict=True):
-        assert c.id == row["commit"]
+        assert c.id == row["id"]
         # the groups add up to what du counts as the commit's new stored bytes (packs split
         # between groups by integer shares: at most one byte lost per group and object)
         assert 0 <= row["stored_bytes"] - sum(c.new_bytes.values()) <= 3 * 40

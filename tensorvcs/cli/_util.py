@@ -172,13 +172,43 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str], right: Sequence
     return "\n".join(out)
 
 
-def echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default))
+JSON_SCHEMA_VERSION = 1
+
+
+def echo_json(obj: dict[str, Any]) -> None:
+    """Print one ``--json`` document: an object that starts with ``"schema": 1`` (the versioned
+    shape docs/cli.md describes; tensorvcs/cli/schemas.py has each command's schema). NaN and
+    infinities print as null."""
+    doc = {"schema": JSON_SCHEMA_VERSION, **_finite(obj)}
+    click.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=_json_default))
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def ref_json(r: Any) -> dict[str, list[dict[str, Any]]]:
+    """{commit id: [{"name": "main", "kind": "branch", "head": true}, ...]}: the refs that
+    point at each commit as ``--json`` prints them (kind: branch, tag or head, the last for a
+    detached HEAD)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    current, head = r.head()
+    if head is not None and current is None:
+        out.setdefault(head, []).append({"name": "HEAD", "kind": "head", "head": True})
+    for name, oid in r.branches().items():
+        out.setdefault(oid, []).append({"name": name, "kind": "branch", "head": name == current})
+    for name, oid in r.tags().items():
+        out.setdefault(oid, []).append({"name": name, "kind": "tag", "head": False})
+    return out
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, float):
-        return str(o)
     if isinstance(o, (set, frozenset, tuple)):
         return list(o)
     if isinstance(o, bytes):
@@ -187,9 +217,9 @@ def _json_default(o: Any) -> Any:
 
 
 def json_safe(v: Any) -> Any:
-    """Metrics and metadata as JSON values (NaN/inf become strings)."""
+    """Metrics and metadata as JSON values (NaN/inf become null)."""
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
+        return None
     if isinstance(v, dict):
         return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):

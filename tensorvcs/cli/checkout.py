@@ -486,7 +486,7 @@ def checkout(
     if as_json:
         echo_json(
             {
-                "commit": cid,
+                "id": cid,
                 "files": [
                     {
                         "path": j.entry.path if j.entry else j.name,

@@ -123,15 +123,12 @@ def commit(
     if as_json:
         echo_json(
             {
-                "commit": c.id,
+                "id": c.id,
                 "branch": where if (branch or target) else None,
                 "tag": tag,
                 "parents": c.parents,
                 "step": c.step,
-                "metrics": {
-                    k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
-                    for k, v in c.metrics.items()
-                },
+                "metrics": c.metrics,
                 "files": [
                     {"path": f.path, "kind": f.kind, "format": f.format, "size": f.size}
                     for f in res.files

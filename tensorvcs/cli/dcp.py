@@ -51,7 +51,7 @@ def import_dcp(
     if as_json:
         echo_json(
             {
-                "commit": c.id,
+                "id": c.id,
                 "branch": where,
                 "tag": tag,
                 "items": stats.tensors,
@@ -112,7 +112,7 @@ def export_dcp(rev: str, out: str, fmt: str | None, unsafe_pickle: bool, as_json
         else:
             dcp.export_torch_save(r, cid, out, weights_only=not unsafe_pickle)
     if as_json:
-        echo_json({"commit": cid, "format": fmt, "path": str(Path(out).resolve())})
+        echo_json({"id": cid, "format": fmt, "path": str(Path(out).resolve())})
         return
     click.echo(f"wrote {out} ({fmt}) from {short(cid)}")
 

@@ -132,8 +132,8 @@ def _num(x: float) -> str:
     return f"{x:.3g}" if x == 0 or 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
 
 
-def _json_num(x: float) -> float | str:
-    return x if math.isfinite(x) else str(x)
+def _json_num(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 @click.command()

@@ -17,6 +17,7 @@ from ._util import (
     fmt_metrics,
     human_size,
     json_safe,
+    ref_json,
     repo,
     short,
     table,
@@ -40,7 +41,7 @@ def decorations(r: Any) -> dict[str, list[str]]:
     return out
 
 
-def commit_json(c: Commit, refs: list[str] | None = None) -> dict[str, Any]:
+def commit_json(c: Commit, refs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "id": c.id,
         "parents": list(c.parents),
@@ -70,7 +71,8 @@ def log(rev: str, oneline: bool, n: int | None, as_json: bool) -> None:
     commits = r.log(rev, n=n)
     decos = decorations(r)
     if as_json:
-        echo_json([commit_json(c, decos.get(c.id)) for c in commits])
+        refs = ref_json(r)
+        echo_json({"commits": [commit_json(c, refs.get(c.id)) for c in commits]})
         return
     for i, c in enumerate(commits):
         d = decos.get(c.id)
@@ -127,7 +129,7 @@ def show(rev: str, as_json: bool) -> None:
     decos = decorations(r).get(c.id)
     summary = manifest_summary(m)
     if as_json:
-        echo_json({**commit_json(c, decos), **summary})
+        echo_json({**commit_json(c, ref_json(r).get(c.id)), **summary})
         return
     deco = f" ({', '.join(decos)})" if decos else ""
     click.echo(click.style(f"commit {c.id}", fg="yellow") + deco)
@@ -231,10 +233,11 @@ def ls(rev: str, glob: str | None, as_json: bool) -> None:
     r = repo()
     if glob is None and any(ch in rev for ch in "*?["):
         rev, glob = "HEAD", rev
-    m = r.get_manifest(r.get_commit(r.resolve(rev)).manifest)
+    cid = r.resolve(rev)
+    m = r.get_manifest(r.get_commit(cid).manifest)
     rows = tensor_rows(r, m, glob)
     if as_json:
-        echo_json(rows)
+        echo_json({"id": cid, "tensors": rows})
         return
     body = [
         [

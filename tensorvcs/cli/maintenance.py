@@ -84,7 +84,7 @@ def du(rev: str, as_json: bool) -> None:
         st = sum(stored(o) for o in new) + meta
         rows.append(
             {
-                "commit": c.id,
+                "id": c.id,
                 "step": c.step,
                 "message": c.message.splitlines()[0] if c.message else "",
                 "logical_bytes": logical,
@@ -115,7 +115,7 @@ def du(rev: str, as_json: bool) -> None:
         return
     body = [
         [
-            short(x["commit"]),
+            short(x["id"]),
             "-" if x["step"] is None else str(x["step"]),
             human_size(x["logical_bytes"]),
             human_size(x["new_content_bytes"]),

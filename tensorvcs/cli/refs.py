@@ -24,7 +24,8 @@ def branch(name: str | None, rev: str, delete: bool, force: bool, as_json: bool)
         current, _ = r.head()
         items = r.branches()
         if as_json:
-            echo_json({"current": current, "branches": items})
+            branches = [{"name": b, "id": oid, "head": b == current} for b, oid in items.items()]
+            echo_json({"current": current, "branches": branches})
             return
         if current is not None and current not in items:
             click.echo(f"* {current} (no commits yet)")
@@ -36,13 +37,13 @@ def branch(name: str | None, rev: str, delete: bool, force: bool, as_json: bool)
     if delete:
         oid = r.delete_branch(name)
         if as_json:
-            echo_json({"deleted": name, "was": oid})
+            echo_json({"deleted": name, "id": oid})
         else:
             click.echo(f"Deleted branch {name} (was {short(oid)})")
         return
     oid = r.branch(name, rev, force=force)
     if as_json:
-        echo_json({"branch": name, "commit": oid})
+        echo_json({"branch": name, "id": oid})
     else:
         click.echo(f"Branch {name} at {short(oid)}")
 
@@ -61,7 +62,7 @@ def tag(name: str | None, rev: str, delete: bool, force: bool, as_json: bool) ->
             raise UsageError("tag -d: give the tag NAME")
         items = r.tags()
         if as_json:
-            echo_json(items)
+            echo_json({"tags": [{"name": t, "id": oid} for t, oid in items.items()]})
             return
         for t, oid in items.items():
             c = r.get_commit(oid)
@@ -71,13 +72,13 @@ def tag(name: str | None, rev: str, delete: bool, force: bool, as_json: bool) ->
     if delete:
         oid = r.delete_tag(name)
         if as_json:
-            echo_json({"deleted": name, "was": oid})
+            echo_json({"deleted": name, "id": oid})
         else:
             click.echo(f"Deleted tag {name} (was {short(oid)})")
         return
     oid = r.tag(name, rev, force=force)
     if as_json:
-        echo_json({"tag": name, "commit": oid})
+        echo_json({"tag": name, "id": oid})
     else:
         click.echo(f"Tagged {short(oid)} as {name}")
 

@@ -36,9 +36,16 @@ _threads = click.option(
 )
 
 
+def _res_json(res: rm.RemoteResult) -> dict[str, Any]:
+    """The result as --json prints it: each updated ref as {"name", "old", "new"}."""
+    doc = res.to_json()
+    doc["updated"] = [{"name": k, "old": o, "new": n} for k, (o, n) in res.updated.items()]
+    return doc
+
+
 def _report(verb: str, res: rm.RemoteResult, as_json: bool) -> None:
     if as_json:
-        echo_json({"verb": verb, **res.to_json()})
+        echo_json({"verb": verb, **_res_json(res)})
         return
     click.echo(
         f"{verb} {res.remote} ({res.url}): {res.objects_sent} object(s), "
@@ -71,7 +78,7 @@ def remote_list(as_json: bool) -> None:
     """List the remotes."""
     rs = rm.remotes(repo())
     if as_json:
-        echo_json(rs)
+        echo_json({"remotes": [{"name": n, "url": u} for n, u in rs.items()]})
         return
     for name, url in rs.items():
         click.echo(f"{name}\t{url}")
@@ -159,7 +166,7 @@ def clone(
     )
     try:
         if as_json:
-            echo_json({"verb": "clone", "path": str(r.root), **res.to_json()})
+            echo_json({"verb": "clone", "path": str(r.root), **_res_json(res)})
             return
         click.echo(f"cloned {url} into {r.root}")
         _report("fetch", res, False)

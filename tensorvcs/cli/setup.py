@@ -118,7 +118,7 @@ def config(key: str | None, value: str | None, unset: bool, as_json: bool) -> No
         if unset or value is not None:
             raise UsageError("config: give a KEY")
         if as_json:
-            echo_json(flat)
+            echo_json({"config": flat})
         else:
             for k, v in flat.items():
                 click.echo(f"{k} = {_show(k, v)}")
@@ -127,7 +127,7 @@ def config(key: str | None, value: str | None, unset: bool, as_json: bool) -> No
         if key not in flat:
             raise UsageError(f"config: no key {key!r} (keys: {', '.join(flat)})")
         if as_json:
-            echo_json({key: flat[key]})
+            echo_json({"config": {key: flat[key]}})
         else:
             click.echo(_show(key, flat[key]) if not isinstance(flat[key], str) else flat[key])
         return
@@ -161,7 +161,7 @@ def config(key: str | None, value: str | None, unset: bool, as_json: bool) -> No
     with r.refs.locked():
         r.store.put(CONFIG, [c.to_bytes()])
     if as_json:
-        echo_json(_flat(c))
+        echo_json({"config": _flat(c)})
 
 
 def _show(k: str, v: Any) -> str:

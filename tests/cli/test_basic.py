@@ -91,10 +91,10 @@ def test_commit_log_show_ls(work: Path, tvcs: Tvcs) -> None:
     assert "(HEAD -> main)" in one[0] and "step 20" in one[0] and "loss=0.25" in one[0]
     assert "tag: v1" in one[1] and "acc=1" in one[1]
     assert len(tvcs("log", "--oneline", "-n", "1").stdout.splitlines()) == 1
-    j = tvcs.json("log")
+    j = tvcs.json("log")["commits"]
     assert [c["step"] for c in j] == [20, 10] and j[1]["metrics"] == {"loss": 0.5, "acc": 1}
     assert j[1]["message"] == "first\n\nbody" and j[0]["parents"] == [j[1]["id"]]
-    assert tvcs.json("log", "v1")[0]["id"] == j[1]["id"]
+    assert tvcs.json("log", "v1")["commits"][0]["id"] == j[1]["id"]
 
     show = tvcs("show", "HEAD~1").stdout
     assert "notes.txt" in show and "blob" in show and "a.pt" in show and "Step:   10" in show
@@ -104,10 +104,11 @@ def test_commit_log_show_ls(work: Path, tvcs: Tvcs) -> None:
 
     ls = tvcs("ls").stdout
     assert "a.pt/model/w" in ls and "float32" in ls and "[64, 64]" in ls and "16.0 KiB" in ls
-    rows = tvcs.json("ls", "HEAD~1", "*/b")
+    rows = tvcs.json("ls", "HEAD~1", "*/b")["tensors"]
     assert [r["key"] for r in rows] == ["a.pt/model/b"] and rows[0]["nbytes"] == 32
-    assert [r["key"] for r in tvcs.json("ls", "*/b")] == ["a.pt/model/b"]  # GLOB alone: HEAD
-    rows = tvcs.json("ls", "v1")
+    rows = tvcs.json("ls", "*/b")["tensors"]  # GLOB alone: HEAD
+    assert [r["key"] for r in rows] == ["a.pt/model/b"]
+    rows = tvcs.json("ls", "v1")["tensors"]
     assert {r["key"] for r in rows} == {"a.pt/model/w", "a.pt/model/b", "notes.txt"}
     assert all(r["stored"] > 0 for r in rows)
 
@@ -121,11 +122,12 @@ def test_branch_tag_switch(work: Path, tvcs: Tvcs) -> None:
     out = tvcs("commit", "a.pt", "-m", "on exp", "--branch", "exp").stdout
     assert out.startswith("[exp ")
     b = tvcs.json("branch")
-    assert b["current"] == "main" and set(b["branches"]) == {"main", "exp"}
-    assert b["branches"]["main"] != b["branches"]["exp"]
+    heads = {x["name"]: x["id"] for x in b["branches"]}
+    assert b["current"] == "main" and set(heads) == {"main", "exp"}
+    assert heads["main"] != heads["exp"]
     tvcs("branch", "exp", code=2)  # exists
     tvcs("branch", "exp", "main", "-f")
-    assert tvcs.json("branch")["branches"]["exp"] == b["branches"]["main"]
+    assert {"name": "exp", "id": heads["main"], "head": False} in tvcs.json("branch")["branches"]
     tvcs("switch", "exp")
     assert tvcs.json("branch")["current"] == "exp"
     tvcs("branch", "-d", "exp", code=2)  # HEAD is on it
@@ -136,7 +138,7 @@ def test_branch_tag_switch(work: Path, tvcs: Tvcs) -> None:
     tvcs("switch", "nope", code=4)
 
     tvcs("tag", "t1")
-    assert tvcs.json("tag") == {"t1": b["branches"]["main"]}
+    assert tvcs.json("tag") == {"schema": 1, "tags": [{"name": "t1", "id": heads["main"]}]}
     assert "t1" in tvcs("tag").stdout
     tvcs("tag", "t1", code=2)
     tvcs("tag", "bad name", code=2)
@@ -147,12 +149,12 @@ def test_branch_tag_switch(work: Path, tvcs: Tvcs) -> None:
 def test_config(work: Path, tvcs: Tvcs) -> None:
     assert tvcs("config", "chunk_size").stdout.startswith("65536")
     tvcs("config", "chunk_size", "128KiB")
-    assert tvcs.json("config")["chunk_size"] == 128 << 10
+    assert tvcs.json("config")["config"]["chunk_size"] == 128 << 10
     tvcs("config", "settings.author", "Ada <ada@example.org>")
     assert tvcs("config", "settings.author").stdout.strip() == "Ada <ada@example.org>"
     save("a.pt")
     tvcs("commit", "a.pt", "-m", "x")
-    assert tvcs.json("log")[0]["author"] == "Ada <ada@example.org>"
+    assert tvcs.json("log")["commits"][0]["author"] == "Ada <ada@example.org>"
     tvcs("config", "--unset", "settings.author")
     tvcs("config", "settings.author", code=2)
     tvcs("config", "format_version", "2", code=2)
@@ -204,9 +206,9 @@ def test_repo_option_and_env(tmp_path: Path, tvcs: Tvcs, monkeypatch: pytest.Mon
     tvcs("--repo", repo, "init")
     save(str(repo / "a.pt"))
     tvcs("--repo", repo, "commit", repo / "a.pt", "-m", "via --repo")
-    assert tvcs.json("--repo", repo, "log")[0]["message"] == "via --repo"
+    assert tvcs.json("--repo", repo, "log")["commits"][0]["message"] == "via --repo"
     monkeypatch.setenv("TVCS_REPO", str(repo))
-    assert tvcs.json("log")[0]["message"] == "via --repo"
+    assert tvcs.json("log")["commits"][0]["message"] == "via --repo"
     assert tvcs.json("show", "HEAD")["files"][0]["path"] == "a.pt"
     tvcs("commit", "a.pt", "-m", "outside", code=4)  # ./a.pt does not exist here
     (other / "b.pt").write_bytes(b"x")
@@ -215,4 +217,4 @@ def test_repo_option_and_env(tmp_path: Path, tvcs: Tvcs, monkeypatch: pytest.Mon
     sub = repo / "deep" / "er"
     sub.mkdir(parents=True)
     monkeypatch.chdir(sub)  # discovery walks up
-    assert tvcs.json("log")[0]["message"] == "via --repo"
+    assert tvcs.json("log")["commits"][0]["message"] == "via --repo"

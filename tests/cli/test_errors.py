@@ -58,7 +58,7 @@ def test_corrupt_inputs(work: Path, tvcs: Tvcs) -> None:
         "not a valid safetensors header"
         in tvcs("commit", "bad2.safetensors", "-m", "x", code=11).stderr
     )
-    assert tvcs.json("log") == []  # nothing was committed by the failures
+    assert tvcs.json("log")["commits"] == []  # nothing was committed by the failures
 
 
 def test_usage_errors(work: Path, tvcs: Tvcs) -> None:

@@ -55,7 +55,7 @@ def test_safetensors_byte_identical(work: Path, tvcs: Tvcs) -> None:
     )
     sums = {p: sha256(work / p) for p in ("odd.safetensors", "std.safetensors")}
     tvcs("commit", "odd.safetensors", "std.safetensors", "-m", "st")
-    keys = {r["key"]: r for r in tvcs.json("ls")}
+    keys = {r["key"]: r for r in tvcs.json("ls")["tensors"]}
     assert keys["odd.safetensors/z.last"]["dtype"] == "bfloat16"
     assert keys["odd.safetensors/e.empty"]["shape"] == [0, 4]
     assert keys["std.safetensors/w"]["shape"] == [100, 70]
@@ -294,7 +294,7 @@ def test_unsafe_pickle_refused_then_opt_in(work: Path, tvcs: Tvcs) -> None:
     err = tvcs("commit", "evil.pt", "-m", "x", code=7).stderr
     assert err.startswith("tvcs: error: ") and "evil.pt" in err and "--unsafe-pickle" in err
     assert "Custom" in err and err.count("\n") == 1 and "Traceback" not in err
-    assert tvcs.json("log") == []  # nothing committed
+    assert tvcs.json("log")["commits"] == []  # nothing committed
     tvcs("commit", "evil.pt", "-m", "trusted", "--unsafe-pickle")
     (work / "evil.pt").unlink()
     err = tvcs("checkout", "HEAD", code=7).stderr

@@ -37,16 +37,19 @@ def test_cli_push_clone_pull(
     save(a / "ck.pt", 1)
     run("commit", "ck.pt", "-m", "one")
     run("remote", "add", "origin", s3_url, "--endpoint-url", s3_endpoint)
-    assert json.loads(run("remote", "list", "--json").stdout) == {"origin": s3_url}
+    assert json.loads(run("remote", "list", "--json").stdout)["remotes"] == [
+        {"name": "origin", "url": s3_url}
+    ]
     out = json.loads(run("push", "--json").stdout)
     assert out["objects_sent"] > 0 and out["bytes_sent"] > 0
-    assert list(out["updated"]) == ["refs/heads/main"]
+    assert [u["name"] for u in out["updated"]] == ["refs/heads/main"]
 
     monkeypatch.chdir(tmp_path)
     out = json.loads(run("clone", s3_url, "b", "--endpoint-url", s3_endpoint, "--json").stdout)
+    heads = {u["name"]: u["new"] for u in out["updated"]}
     assert (
-        out["updated"]["refs/heads/main"][1]
-        == json.loads(run("--repo", a, "log", "--json").stdout)[0]["id"]
+        heads["refs/heads/main"]
+        == json.loads(run("--repo", a, "log", "--json").stdout)["commits"][0]["id"]
     )
 
     monkeypatch.chdir(a)
@@ -64,9 +67,9 @@ def test_cli_push_clone_pull(
     # the remote itself, opened directly (--repo with a URL; endpoint from the environment)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     log = json.loads(run("--repo", s3_url, "log", "--json").stdout)
-    assert [c["message"] for c in log] == ["two", "one"]
+    assert [c["message"] for c in log["commits"]] == ["two", "one"]
     run("remote", "remove", "origin")
-    assert json.loads(run("remote", "list", "--json").stdout) == {}
+    assert json.loads(run("remote", "list", "--json").stdout) == {"schema": 1, "remotes": []}
 
 
 def test_cli_partial_clone(
