@@ -199,8 +199,8 @@ def tensor_rows(r: Any, m: Manifest, glob: str | None) -> list[dict[str, Any]]:
                     "key": key,
                     "dtype": dtype,
                     "shape": shape,
-                    "nbytes": e.nbytes,
-                    "stored": stored[i],
+                    "logical_bytes": e.nbytes,
+                    "stored_bytes": stored[i],
                     "kind": "tensor",
                 }
             )
@@ -215,8 +215,8 @@ def tensor_rows(r: Any, m: Manifest, glob: str | None) -> list[dict[str, Any]]:
                     "key": f.path,
                     "dtype": f"file ({f.format})",
                     "shape": None,
-                    "nbytes": f.size,
-                    "stored": st,
+                    "logical_bytes": f.size,
+                    "stored_bytes": st,
                     "kind": "file",
                 }
             )
@@ -244,14 +244,14 @@ def ls(rev: str, glob: str | None, as_json: bool) -> None:
             row["key"],
             row["dtype"],
             "-" if row["shape"] is None else str(row["shape"]),
-            human_size(row["nbytes"]),
-            human_size(row["stored"]),
+            human_size(row["logical_bytes"]),
+            human_size(row["stored_bytes"]),
         ]
         for row in rows
     ]
     click.echo(table(body, ["key", "dtype", "shape", "size", "stored"], right=[3, 4]))
-    total = sum(row["nbytes"] for row in rows)
-    stored = sum(row["stored"] for row in rows)
+    total = sum(row["logical_bytes"] for row in rows)
+    stored = sum(row["stored_bytes"] for row in rows)
     click.echo(f"{len(rows)} item(s), {human_size(total)} logical, {human_size(stored)} stored")
 
 

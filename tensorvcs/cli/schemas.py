@@ -162,7 +162,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "id": ID,
             "tensors": arr(
                 obj(
-                    {"key": STR, "kind": STR, "nbytes": COUNT, "stored": COUNT},
+                    {"key": STR, "kind": STR, "logical_bytes": COUNT, "stored_bytes": COUNT},
                     {"dtype": OPT_STR, "shape": {"type": ["array", "null"], "items": COUNT}},
                 )
             ),

@@ -105,12 +105,12 @@ def test_commit_log_show_ls(work: Path, tvcs: Tvcs) -> None:
     ls = tvcs("ls").stdout
     assert "a.pt/model/w" in ls and "float32" in ls and "[64, 64]" in ls and "16.0 KiB" in ls
     rows = tvcs.json("ls", "HEAD~1", "*/b")["tensors"]
-    assert [r["key"] for r in rows] == ["a.pt/model/b"] and rows[0]["nbytes"] == 32
+    assert [r["key"] for r in rows] == ["a.pt/model/b"] and rows[0]["logical_bytes"] == 32
     rows = tvcs.json("ls", "*/b")["tensors"]  # GLOB alone: HEAD
     assert [r["key"] for r in rows] == ["a.pt/model/b"]
     rows = tvcs.json("ls", "v1")["tensors"]
     assert {r["key"] for r in rows} == {"a.pt/model/w", "a.pt/model/b", "notes.txt"}
-    assert all(r["stored"] > 0 for r in rows)
+    assert all(r["stored_bytes"] > 0 for r in rows)
 
 
 def test_branch_tag_switch(work: Path, tvcs: Tvcs) -> None:
