@@ -17,7 +17,10 @@ import click
 import jsonschema
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import tensorvcs as tv
 from tensorvcs.cli import cli
 from tensorvcs.cli.schemas import SCHEMAS
 
@@ -176,3 +179,30 @@ def test_schema_rejects_a_list_document(name: str) -> None:
         jsonschema.validate([], SCHEMAS[name])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"schema": 2}, SCHEMAS[name])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    metrics=st.dictionaries(
+        st.text("abcxyz_", min_size=1, max_size=6),
+        st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**40), 2**40),
+        max_size=4,
+    )
+)
+def test_log_and_show_print_any_metric_as_a_number_or_null(
+    work: Path, tvcs: Tvcs, metrics: dict[str, float]
+) -> None:
+    """Metrics recorded through the Python API (which allows NaN/Inf) come back from log and
+    show --json as the same numbers, non-finite ones as null; the documents stay valid JSON."""
+    with tv.Repo.open(work) as r:
+        cid = r.commit({"x": torch.zeros(2)}, "m", metrics=metrics).id
+    log = tvcs("log", "-n", "1", "--json").stdout
+    doc = json.loads(log, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+    jsonschema.validate(doc, SCHEMAS["log"])
+    want = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+    assert doc["commits"][0]["id"] == cid and doc["commits"][0]["metrics"] == want
+    show = tvcs.json("show", cid)
+    jsonschema.validate(show, SCHEMAS["show"])
+    assert show["metrics"] == want
