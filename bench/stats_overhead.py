@@ -2,14 +2,17 @@
 
     python bench/stats_overhead.py [--mib 512] [--reps 5] [--dtype fp32|bf16|fp16]
     python bench/stats_overhead.py --minilm 6 [--reps 3]   # a real MiniLM fine-tune series
+    python bench/stats_overhead.py --parts                 # CPU per 4 MiB chunk, per dtype
 
 A synthetic state of ``--mib`` MiB (one large tensor per 16 MiB plus many small ones, as a
 model and its optimizer moments would be) is committed into a fresh repository (the first
 commit), then changed everywhere a little, as a training step does, and committed again
 (the second commit: every chunk changes, so the delta path and the change norm both run).
 The two modes (TensorWriter.record_stats on and off) alternate within each repetition, so
-whatever else the machine does affects both alike; the medians and the overhead are printed
-and written to <out>/stats_overhead.json.
+whatever else the machine does affects both alike; the medians (wall time, and the CPU time
+of the process's threads, which other load disturbs less), the overhead and the 1-minute
+load average seen before and after each repetition are printed and written to
+<out>/stats_overhead[_<dtype>_<mib>|_minilm].json.
 
 With ``--minilm N``, the state is instead N snapshots of a full MiniLM fine-tune (model,
 AdamW moments, step, RNG; bench/minilm.py): "first" is the first commit, "second" the other
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -36,6 +40,7 @@ import tensorvcs as tv  # noqa: E402
 from bench import common as c  # noqa: E402
 from tensorvcs.state.writer import TensorWriter  # noqa: E402
 
+TMP = os.environ.get("TVCS_BENCH_TMP")  # where the repositories go (default: the temp folder)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -56,19 +61,43 @@ def step(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v + (1e-3 * torch.randn(v.shape, generator=g)).to(v.dtype) for k, v in state.items()}
 
 
-def one(mode: bool, states: list[Any]) -> tuple[float, float]:
-    """(seconds of the first commit, of all the others) with statistics on or off."""
+def one(mode: bool, states: list[Any]) -> tuple[float, float, float, float]:
+    """(wall seconds of the first commit, of all the others, then the CPU seconds of this
+    process's threads for each) with statistics on or off."""
     TensorWriter.record_stats = mode
-    with tempfile.TemporaryDirectory(prefix="tvcs-stats-") as d:
+    with tempfile.TemporaryDirectory(prefix="tvcs-stats-", dir=TMP) as d:
         repo = tv.Repo.init(d)
-        t0 = time.perf_counter()
+        t0, p0 = time.perf_counter(), time.process_time()
         repo.commit(states[0], message="first")
-        t1 = time.perf_counter()
+        t1, p1 = time.perf_counter(), time.process_time()
         for s in states[1:]:
             repo.commit(s, message="next")
-        t2 = time.perf_counter()
+        t2, p2 = time.perf_counter(), time.process_time()
         repo.close()
-    return t1 - t0, t2 - t1
+    return t1 - t0, t2 - t1, p1 - p0, p2 - p1
+
+
+def parts(reps: int = 20) -> None:
+    """CPU milliseconds (one thread) of the statistics of one 4 MiB chunk: its values, and its
+    change against the parent's chunk (a small update), per dtype."""
+    from tensorvcs.state import stats as st
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    for name, dt in DTYPES.items():
+        n = 4 * c.MiB // torch.empty(0, dtype=dt).element_size()
+        a = torch.randn(n, generator=g).to(dt)
+        b = (a.float() + 1e-3 * torch.randn(n, generator=g)).to(dt)
+        ua, ub = a.view(torch.uint8), b.view(torch.uint8)
+        jobs = (("values", lambda ua=ua, dt=dt: st._part(ua, dt)),
+                ("change", lambda ua=ua, ub=ub, dt=dt: st._delta_sumsq(ub, ua, dt)))
+        for what, fn in jobs:
+            fn()
+            t0 = time.thread_time()
+            for _ in range(reps):
+                fn()
+            ms = (time.thread_time() - t0) / reps * 1000
+            print(f"{name} 4 MiB chunk, {what}: {ms:.2f} ms CPU")
 
 
 def main() -> None:
@@ -79,7 +108,11 @@ def main() -> None:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--minilm", type=int, default=0, help="N MiniLM fine-tune snapshots")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--parts", action="store_true", help="CPU cost per 4 MiB chunk only")
     a = ap.parse_args()
+    if a.parts:
+        parts()
+        return
     if a.minilm:
         from bench import minilm
 
@@ -89,26 +122,29 @@ def main() -> None:
         s0 = make_state(a.mib, DTYPES[a.dtype])
         states = [s0, step(s0)]
         label = f"{a.mib} MiB {a.dtype}"
-    times: dict[str, dict[str, list[float]]] = {
-        m: {"first": [], "second": []} for m in ("on", "off")
-    }
+    kinds = ("first", "second", "first_cpu", "second_cpu")
+    times: dict[str, dict[str, list[float]]] = {m: {k: [] for k in kinds} for m in ("on", "off")}
+    load = [os.getloadavg()[0]]
     for r in range(a.reps + 1):  # repetition 0 warms up and is not counted
         order = (True, False) if r % 2 else (False, True)
         for mode in order:
-            first, second = one(mode, states)
+            got = one(mode, states)
             if r:
-                times["on" if mode else "off"]["first"].append(first)
-                times["on" if mode else "off"]["second"].append(second)
+                for k, v in zip(kinds, got, strict=True):
+                    times["on" if mode else "off"][k].append(v)
+        load.append(os.getloadavg()[0])
     TensorWriter.record_stats = True
-    out: dict[str, Any] = {"state": label, "reps": a.reps, "times": times}
-    for kind in ("first", "second"):
+    out: dict[str, Any] = {"state": label, "reps": a.reps, "times": times, "loadavg": load}
+    for kind in kinds:
         on, off = c.median(times["on"][kind]), c.median(times["off"][kind])
         out[f"{kind}_overhead"] = on / off - 1
-        what = "first commit" if kind == "first" else "later commits"
-        print(f"{what}, {label}: stats on {on:.3f} s, off {off:.3f} s "
+        what = "first commit" if kind.startswith("first") else "later commits"
+        unit = "CPU s" if kind.endswith("cpu") else "s wall"
+        print(f"{what}, {label}: stats on {on:.3f} {unit}, off {off:.3f} {unit} "
               f"(median of {a.reps}): overhead {100 * (on / off - 1):+.1f}%")
+    print(f"load average (1 min) during the run: {min(load):.2f}-{max(load):.2f}")
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    name = "stats_overhead_minilm.json" if a.minilm else "stats_overhead.json"
+    name = "stats_overhead_minilm.json" if a.minilm else f"stats_overhead_{a.dtype}_{a.mib}.json"
     (Path(a.out) / name).write_text(json.dumps(out, indent=1) + "\n")
 
 

@@ -63,11 +63,13 @@ def _values(u8: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 _BLOCK = 1024  # elements summed in the element precision before float64 takes over
 _UNDERFLOW = 1e-14  # a float32 block norm below this is redone in float64 (see _sums)
-_NATIVE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_NATIVE = (torch.float32, torch.float64)
 
 
 def _float_values(x: torch.Tensor) -> torch.Tensor:
-    """Floating elements torch reduces directly (float8 and other narrow kinds widened)."""
+    """Floating elements torch reduces directly: narrower kinds (bfloat16, float16, float8)
+    widened to float32 once (bf16: 5.5 ms CPU per 4 MiB chunk, against 5.8 ms for the bf16
+    kernels accumulating in float32, measured interleaved here)."""
     return x if x.dtype in _NATIVE else x.float()
 
 
