@@ -181,24 +181,30 @@ def resolve(
         raise UsageError(f"malformed revision {rev!r}: leading or trailing whitespace")
     base, steps = split_revision(rev)
     oid = resolve_base(base, refs, objects, rev)
-    walked = base
+    walked = base  # the revision walked so far, as written
+    chain, k = base, 0  # where the current run of first-parent steps began, and its length
     for op, n in steps:
-        if op == "~":
-            for k in range(n):
+        if op == "~" or n == 1:
+            for _ in range(n):
                 ps = parents_of(oid)
                 if not ps:
-                    at = walked if k == 0 else f"{walked}~{k}"
+                    at = chain if k == 0 else f"{chain}~{k}"
                     many = "commit" if k == 0 else "commits"
                     raise RevisionNotFoundError(
                         f"revision {rev}: only {k + 1} {many} in the first-parent history of "
-                        f"{walked} ({at} has no parent)"
+                        f"{chain} ({at} has no parent)"
                     )
                 oid = ps[0]
-            walked += f"~{n}"
+                k += 1
+            walked += f"~{n}" if op == "~" else "^"
         elif n > 0:
             ps = parents_of(oid)
             if len(ps) < n:
-                raise RevisionNotFoundError(f"revision {rev!r}: {walked} has no parent {n}")
+                has = "no parents" if not ps else f"{len(ps)} parent{'s' if len(ps) > 1 else ''}"
+                raise RevisionNotFoundError(
+                    f"revision {rev}: {walked} has no parent {n} (it has {has})"
+                )
             oid = ps[n - 1]
             walked += f"^{n}"
+            chain, k = walked, 0
     return oid

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 from typing import Any
 
 import click
 
+from ..errors import NotFoundError, UsageError
+from ..format import jsonenc
 from ..format.commit import Commit
 from ..format.manifest import Manifest, TensorEntry
+from ..format.stats import stats_problem
 from ..format.values import path_str, walk_leaves
 from ._util import (
     complete_rev,
@@ -22,6 +26,7 @@ from ._util import (
     short,
     table,
 )
+from .graph import Graph, date_order, topo_order
 
 
 def decorations(r: Any) -> dict[str, list[str]]:
@@ -41,7 +46,53 @@ def decorations(r: Any) -> dict[str, list[str]]:
     return out
 
 
-def commit_json(c: Commit, refs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def nonfinite(m: Manifest) -> list[dict[str, Any]]:
+    """The tensors whose recorded statistics count NaN or Inf elements: [{"key", "nan",
+    "inf"}] in key-path order (empty when none, or when the manifest recorded no stats)."""
+    out: list[dict[str, Any]] = []
+    if not any(e.stats is not None and e.stats.nonfinite for e in m.tensors):
+        return out
+    for path, node in walk_leaves(m.tree):
+        if isinstance(node, list) and node and node[0] in ("tensor", "ndarray"):
+            st = m.tensors[int(node[1])].stats
+            if st is not None and st.nonfinite:
+                out.append({"key": path_str(path), "nan": st.nan, "inf": st.inf})
+    return out
+
+
+def logged_nonfinite(r: Any, manifest: str) -> list[dict[str, Any]]:
+    """``nonfinite`` of a stored manifest, read without loading torch (``tvcs log`` starts
+    fast): only the tree and each entry's ``stats`` are looked at, malformed ones skipped."""
+    doc = jsonenc.load_stored(r.objects.read_bytes(manifest), f"manifest {manifest}", manifest)
+    entries = doc.get("tensors") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        return []
+    counts: dict[int, tuple[int, int]] = {}
+    for i, e in enumerate(entries):
+        st = e.get("stats") if isinstance(e, dict) else None
+        if st is not None and stats_problem(st) is None and st.get("nan", 0) + st.get("inf", 0):
+            counts[i] = (st.get("nan", 0), st.get("inf", 0))
+    if not counts:
+        return []
+    out: list[dict[str, Any]] = []
+    for path, node in walk_leaves(doc.get("tree")):
+        if isinstance(node, list) and len(node) > 1 and node[0] in ("tensor", "ndarray"):
+            i = node[1]
+            if type(i) is int and i in counts:
+                out.append({"key": path_str(path), "nan": counts[i][0], "inf": counts[i][1]})
+    return out
+
+
+def nonfinite_mark(bad: list[dict[str, Any]]) -> str:
+    """The warning mark of a commit with NaN/Inf tensors ("" when it has none)."""
+    if not bad:
+        return ""
+    return click.style(f"! NaN/Inf in {len(bad)} tensor(s)", fg="red", bold=True)
+
+
+def commit_json(
+    c: Commit, refs: list[dict[str, Any]] | None = None, bad: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {
         "id": c.id,
         "parents": list(c.parents),
@@ -53,6 +104,7 @@ def commit_json(c: Commit, refs: list[dict[str, Any]] | None = None) -> dict[str
         "metrics": json_safe(c.metrics),
         "metadata": json_safe(c.metadata),
         "refs": refs or [],
+        "nonfinite": bad or [],
     }
 
 
@@ -64,41 +116,92 @@ def _date(c: Commit) -> str:
 @click.argument("rev", default="HEAD", required=False, shell_complete=complete_rev)
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @click.option("-n", "--max-count", "n", type=click.IntRange(min=0), help="At most N commits.")
+@click.option("--graph", is_flag=True, help="Draw the commit graph beside the commits (as git).")
+@click.option("--all", "all_refs", is_flag=True, help="Start from every branch, tag and HEAD.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def log(rev: str, oneline: bool, n: int | None, as_json: bool) -> None:
-    """Show the commits reachable from REV (default HEAD), newest first."""
+def log(rev: str, oneline: bool, n: int | None, graph: bool, all_refs: bool, as_json: bool) -> None:
+    """Show the commits reachable from REV (default HEAD), newest first. With --graph in
+    topological order (no commit before its descendants) with the graph drawn; --all starts
+    from every branch and tag as well."""
+    if graph and as_json:
+        raise UsageError(
+            "--graph has no JSON form: use --json without --graph (each commit lists its parents)"
+        )
     r = repo()
-    commits = r.log(rev, n=n)
+    commits = log_commits(r, rev, n, graph, all_refs)
     decos = decorations(r)
+    bad = {c.id: logged_nonfinite(r, c.manifest) for c in commits}
     if as_json:
         refs = ref_json(r)
-        echo_json({"commits": [commit_json(c, refs.get(c.id)) for c in commits]})
+        echo_json({"commits": [commit_json(c, refs.get(c.id), bad[c.id]) for c in commits]})
         return
+    drawing = Graph() if graph else None
     for i, c in enumerate(commits):
-        d = decos.get(c.id)
-        deco = f" ({', '.join(d)})" if d else ""
-        subject = c.message.splitlines()[0] if c.message else ""
-        if oneline:
-            bits = [short(c.id) + deco]
-            if c.step is not None:
-                bits.append(f"step {c.step}")
-            if c.metrics:
-                bits.append(fmt_metrics(c.metrics))
-            bits.append(subject)
-            click.echo("  ".join(b for b in bits if b))
+        text = commit_text(c, decos.get(c.id), bad[c.id], oneline)
+        if drawing is None:
+            if i and not oneline:
+                click.echo()
+            click.echo("\n".join(text))
             continue
-        if i:
-            click.echo()
-        click.echo(click.style(f"commit {c.id}", fg="yellow") + deco)
-        click.echo(f"Author: {c.author}")
-        click.echo(f"Date:   {_date(c)}")
+        if i and not oneline:
+            click.echo(drawing.padding())
+        click.echo("\n".join(drawing.lines(c.id, c.parents, text)))
+
+
+def log_commits(r: Any, rev: str, n: int | None, graph: bool, all_refs: bool) -> list[Commit]:
+    """The commits ``log`` shows, in the order it shows them."""
+    if not graph and not all_refs:
+        return list(r.log(rev, n=n))
+    starts: list[str] = []
+    if not (all_refs and rev == "HEAD" and r.head()[1] is None):  # --all in an unborn HEAD
+        starts.append(r.resolve(rev))
+    if all_refs:
+        starts += [*r.branches().values(), *r.tags().values()]
+    cache: dict[str, Commit] = {}
+
+    def get(oid: str) -> Commit:
+        if oid not in cache:
+            cache[oid] = r.get_commit(oid)
+        return cache[oid]
+
+    order = topo_order if graph else date_order
+    ids = order(starts, lambda o: get(o).parents, lambda o: get(o).timestamp)
+    if n is not None:
+        ids = ids[:n]
+    return [get(o) for o in ids]
+
+
+def commit_text(
+    c: Commit, d: list[str] | None, bad: list[dict[str, Any]], oneline: bool
+) -> list[str]:
+    """The lines ``log`` prints for one commit (without the graph)."""
+    deco = f" ({', '.join(d)})" if d else ""
+    subject = c.message.splitlines()[0] if c.message else ""
+    mark = nonfinite_mark(bad)
+    if oneline:
+        bits = [short(c.id) + deco]
+        if mark:
+            bits.append(mark)
         if c.step is not None:
-            click.echo(f"Step:   {c.step}")
+            bits.append(f"step {c.step}")
         if c.metrics:
-            click.echo(f"Metrics: {fmt_metrics(c.metrics)}")
-        click.echo()
-        for line in (c.message or "").splitlines() or [""]:
-            click.echo(f"    {line}")
+            bits.append(fmt_metrics(c.metrics))
+        bits.append(subject)
+        return ["  ".join(b for b in bits if b)]
+    out = [click.style(f"commit {c.id}", fg="yellow") + deco]
+    if len(c.parents) > 1:
+        out.append(f"Merge: {' '.join(short(p) for p in c.parents)}")
+    out.append(f"Author: {c.author}")
+    out.append(f"Date:   {_date(c)}")
+    if c.step is not None:
+        out.append(f"Step:   {c.step}")
+    if c.metrics:
+        out.append(f"Metrics: {fmt_metrics(c.metrics)}")
+    if mark:
+        out.append(mark + " (tvcs show lists them)")
+    out.append("")
+    out += [f"    {line}" for line in (c.message or "").splitlines() or [""]]
+    return out
 
 
 def manifest_summary(m: Manifest) -> dict[str, Any]:
@@ -128,8 +231,9 @@ def show(rev: str, as_json: bool) -> None:
     m = r.get_manifest(c.manifest)
     decos = decorations(r).get(c.id)
     summary = manifest_summary(m)
+    bad = nonfinite(m)
     if as_json:
-        echo_json({**commit_json(c, ref_json(r).get(c.id)), **summary})
+        echo_json({**commit_json(c, ref_json(r).get(c.id), bad), **summary})
         return
     deco = f" ({', '.join(decos)})" if decos else ""
     click.echo(click.style(f"commit {c.id}", fg="yellow") + deco)
@@ -142,7 +246,7 @@ def show(rev: str, as_json: bool) -> None:
     if c.metrics:
         click.echo(f"Metrics: {fmt_metrics(c.metrics)}")
     if c.metadata:
-        click.echo(f"Metadata: {json_safe(c.metadata)}")
+        click.echo(f"Metadata: {json.dumps(json_safe(c.metadata), ensure_ascii=False)}")
     click.echo()
     for line in (c.message or "").splitlines() or [""]:
         click.echo(f"    {line}")
@@ -151,6 +255,11 @@ def show(rev: str, as_json: bool) -> None:
     if m.files:
         rows = [[f.path, f.kind, f.format, human_size(f.size)] for f in m.files]
         click.echo(table(rows, ["file", "kind", "format", "size"], right=[3]))
+    if bad:
+        click.echo()
+        click.echo(nonfinite_mark(bad) + ":")
+        rows = [[b["key"], str(b["nan"]), str(b["inf"])] for b in bad]
+        click.echo(table(rows, ["key", "nan", "inf"], right=[1, 2]))
 
 
 def stored_sizes(r: Any, m: Manifest) -> dict[int, int]:
@@ -202,6 +311,7 @@ def tensor_rows(r: Any, m: Manifest, glob: str | None) -> list[dict[str, Any]]:
                     "logical_bytes": e.nbytes,
                     "stored_bytes": stored[i],
                     "kind": "tensor",
+                    "stats": None if e.stats is None else e.stats.to_json(),
                 }
             )
     for f in m.files:
@@ -218,38 +328,71 @@ def tensor_rows(r: Any, m: Manifest, glob: str | None) -> list[dict[str, Any]]:
                     "logical_bytes": f.size,
                     "stored_bytes": st,
                     "kind": "file",
+                    "stats": None,
                 }
             )
     return rows
 
 
+STAT_COLUMNS = ("numel", "nan", "inf", "min", "max", "mean", "norm")
+
+
+def fmt_stat(v: Any) -> str:
+    """One statistic in a column: integers as they are, other numbers to 4 significant
+    digits, "-" when not recorded."""
+    if v is None:
+        return "-"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.4g}"
+
+
 @click.command(name="ls")
 @click.argument("rev", default="HEAD", required=False, shell_complete=complete_rev)
 @click.argument("glob", required=False)
+@click.option(
+    "--stats",
+    "with_stats",
+    is_flag=True,
+    help="Show each tensor's statistics recorded at commit time (numel, nan, inf, min, max, "
+    "mean, norm); '-' where none were recorded.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def ls(rev: str, glob: str | None, as_json: bool) -> None:
+def ls(rev: str, glob: str | None, with_stats: bool, as_json: bool) -> None:
     """List the tensors (and opaque files) of REV: key path, dtype, shape, logical and stored
-    size. GLOB filters key paths (fnmatch; '*' also matches '/'); `tvcs ls GLOB` lists HEAD's."""
+    size. GLOB filters key paths (fnmatch; '*' also matches '/'); `tvcs ls GLOB` lists HEAD's.
+    A GLOB that matches nothing is an error (exit 4)."""
     r = repo()
     if glob is None and any(ch in rev for ch in "*?["):
         rev, glob = "HEAD", rev
     cid = r.resolve(rev)
     m = r.get_manifest(r.get_commit(cid).manifest)
     rows = tensor_rows(r, m, glob)
+    if glob is not None and not rows:
+        raise NotFoundError(f"no key path of {rev} matches {glob!r}")
     if as_json:
         echo_json({"id": cid, "tensors": rows})
         return
-    body = [
-        [
-            row["key"],
-            row["dtype"],
-            "-" if row["shape"] is None else str(row["shape"]),
-            human_size(row["logical_bytes"]),
-            human_size(row["stored_bytes"]),
+    if with_stats:
+        body = []
+        for row in rows:
+            st = row["stats"] or {}
+            cells = [row["key"], row["dtype"], "-" if row["shape"] is None else str(row["shape"])]
+            body.append(cells + [fmt_stat(st.get(k)) for k in STAT_COLUMNS])
+        right = list(range(3, 3 + len(STAT_COLUMNS)))
+        click.echo(table(body, ["key", "dtype", "shape", *STAT_COLUMNS], right=right))
+    else:
+        body = [
+            [
+                row["key"],
+                row["dtype"],
+                "-" if row["shape"] is None else str(row["shape"]),
+                human_size(row["logical_bytes"]),
+                human_size(row["stored_bytes"]),
+            ]
+            for row in rows
         ]
-        for row in rows
-    ]
-    click.echo(table(body, ["key", "dtype", "shape", "size", "stored"], right=[3, 4]))
+        click.echo(table(body, ["key", "dtype", "shape", "size", "stored"], right=[3, 4]))
     total = sum(row["logical_bytes"] for row in rows)
     stored = sum(row["stored_bytes"] for row in rows)
     click.echo(f"{len(rows)} item(s), {human_size(total)} logical, {human_size(stored)} stored")

@@ -73,8 +73,18 @@ COMMIT: dict[str, Any] = obj(
         "metrics": METRICS,
         "metadata": {"type": "object"},
         "refs": arr(REF),
+        "nonfinite": arr(obj({"key": STR, "nan": COUNT, "inf": COUNT})),
     }
 )
+STATS: dict[str, Any] = {
+    "anyOf": [
+        obj(
+            {"numel": COUNT, "nan": COUNT, "inf": COUNT},
+            {"min": NUM, "max": NUM, "mean": NUM, "norm": NUM},
+        ),
+        {"type": "null"},
+    ]
+}
 CONFIG: dict[str, Any] = {
     "format_version": COUNT,
     "chunk_size": COUNT,
@@ -162,7 +172,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "id": ID,
             "tensors": arr(
                 obj(
-                    {"key": STR, "kind": STR, "logical_bytes": COUNT, "stored_bytes": COUNT},
+                    {
+                        "key": STR,
+                        "kind": STR,
+                        "logical_bytes": COUNT,
+                        "stored_bytes": COUNT,
+                        "stats": STATS,
+                    },
                     {"dtype": OPT_STR, "shape": {"type": ["array", "null"], "items": COUNT}},
                 )
             ),
