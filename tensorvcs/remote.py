@@ -429,19 +429,34 @@ def push(
     refs: Sequence[str] | None = None,
     *,
     threads: int = DEFAULT_TRANSFER_THREADS,
+    tags: bool = False,
+    all_branches: bool = False,
+    force: bool = False,
 ) -> RemoteResult:
     """Send the objects the remote lacks, then move its refs by compare-and-swap.
 
-    A remote branch that moved since we last saw it (and is not an ancestor of what we push)
-    is refused: ``PushRejectedError`` ("rejected: remote main moved; fetch first")."""
+    ``refs`` (default: the current branch, unless ``tags`` or ``all_branches`` name what to
+    push), plus every tag with ``tags`` and every branch with ``all_branches``. A remote branch
+    that moved since we last saw it (and is not an ancestor of what we push) is refused:
+    ``PushRejectedError`` ("rejected: remote main moved; fetch first"), and so is a tag the
+    remote holds with another commit; ``force`` replaces them (still by compare-and-swap)."""
     url, options = _remote(repo, remote, url_ok=True)
     named = remote in _load_remotes(repo)
-    if refs is None:
+    wanted = list(refs or [])
+    if all_branches:
+        wanted += [HEADS + b for b in sorted(repo.refs.list(HEADS))]
+    if tags:
+        wanted += [TAGS + t for t in sorted(repo.refs.list(TAGS))]
+    if not refs and not tags and not all_branches:
         target = repo.refs.head_target()
         if target is None:
             raise UsageError("HEAD is detached: name the branch to push")
-        refs = [target]
-    full = [_full_ref(repo, r) for r in refs]
+        wanted = [target]
+    full = list(dict.fromkeys(_full_ref(repo, r) for r in wanted))
+    if not full:
+        raise NotFoundError(
+            "nothing to push: the repository has no " + ("tags" if tags else "branches")
+        )
     news = {}
     for ref in full:
         new = repo.refs.read(ref)
@@ -454,14 +469,16 @@ def push(
         with _transfer_locks(repo, dst):
             olds = {ref: dst.refs.read(ref) for ref in full}
             for ref, old in olds.items():
-                _check_push(repo, remote, ref, old, news[ref])
+                if not force:
+                    _check_push(repo, remote, ref, old, news[ref])
             todo = {ref: new for ref, new in news.items() if olds[ref] != new}
             result.up_to_date = [r for r in full if r not in todo]
             # every tip is verified, so a push repairs a remote whose tip lost objects
             result.merge(transfer(repo, dst, news.values(), threads=threads))
             for ref, new in todo.items():  # refs last, by CAS against what we read above
                 try:
-                    dst.refs.update(ref, new, expected=olds[ref], message=f"push from {remote}")
+                    why = "forced push" if force and olds[ref] is not None else "push"
+                    dst.refs.update(ref, new, expected=olds[ref], message=f"{why} from {remote}")
                 except RefConflictError:
                     raise PushRejectedError(_rejected(ref, remote)) from None
                 result.updated[ref] = [olds[ref], new]
@@ -486,7 +503,10 @@ def _check_push(repo: Repo, remote: str, ref: str, old: str | None, new: str) ->
     if old is None or old == new:
         return
     if ref.startswith(TAGS):
-        raise PushRejectedError(f"rejected: tag {ref[len(TAGS) :]} already exists on {remote}")
+        raise PushRejectedError(
+            f"rejected: tag {ref[len(TAGS) :]} already exists on {remote} with another commit "
+            f"({old[:12]}); use --force to replace it"
+        )
     if not is_ancestor(repo, old, new):
         if repo.objects.has(old):
             short = ref[len(HEADS) :]

@@ -118,6 +118,7 @@ SECTIONS: dict[str, dict[str, tuple[str, str]]] = {
         "status": ("status", "Which checkpoint files are new, modified or deleted."),
         "commit": ("commit", "Commit checkpoint files or folders as one commit."),
         "checkout": ("checkout", "Write back the files a commit recorded."),
+        "restore": ("restore", "Write checkpoint files back as a commit holds them."),
     },
     "Look at history": {
         "log": ("history", "Show the commits reachable from a revision."),
@@ -155,7 +156,7 @@ VERBS: dict[str, tuple[str, str]] = {v: e for sec in SECTIONS.values() for v, e 
 # found (all of them are imported then), but `tvcs --help` does not list it
 MODULES = (
     "setup", "commit", "checkout", "history", "diff", "refs", "maintenance", "dcp", "remote",
-    "report", "status",
+    "report", "status", "restore",
 )
 # verbs whose output goes through a pager when stdout is a terminal (as git's log, diff, show)
 PAGED = frozenset({"log", "show", "ls", "diff", "reflog"})

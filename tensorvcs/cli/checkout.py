@@ -444,8 +444,26 @@ def checkout(
     cid = r.resolve(rev)
     c = r.get_commit(cid)
     m = r.get_manifest(c.manifest)
-    select = make_select(include, exclude)
     jobs = _plan(r, m, paths, out, fmt, include, exclude, f"{short(cid)} ({rev})", c.metadata)
+    run_jobs(r, cid, m, jobs, include, exclude, force, unsafe_pickle, as_json, "checked out")
+
+
+def run_jobs(
+    r: Any,
+    cid: str,
+    m: Manifest,
+    jobs: list[Job],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    force: bool,
+    unsafe_pickle: bool,
+    as_json: bool,
+    verb: str,
+) -> None:
+    """Write the planned ``jobs`` of commit ``cid`` (each through a temporary file renamed
+    into place), record them in the worktree index and report them ('<verb> N file(s) from
+    <commit>', or the --json document). Shared by ``checkout`` and ``restore``."""
+    select = make_select(include, exclude)
     for job in jobs:
         job.how = f"{job.fmt}|{include}|{exclude}" if select else job.fmt
     index = WorktreeIndex(r)
@@ -505,7 +523,7 @@ def checkout(
     for j in jobs:
         what = "unchanged" if j.status == "unchanged" else "wrote"
         click.echo(f"{what} {_shown(j.dest)} ({human_size(j.size)}, {j.fmt})")
-    click.echo(f"checked out {len(jobs)} file(s) from {short(cid)}")
+    click.echo(f"{verb} {len(jobs)} file(s) from {short(cid)}")
 
 
 COMMANDS = [checkout]

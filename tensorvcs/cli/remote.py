@@ -94,14 +94,40 @@ def remote_remove(name: str) -> None:
 @click.command(name="push")
 @click.argument("name", default="origin")
 @click.argument("refs", nargs=-1)
+@click.option("--tags", is_flag=True, help="Also push every tag (and the objects it needs).")
+@click.option("--all", "all_branches", is_flag=True, help="Also push every branch.")
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Replace a remote tag that names another commit, or a branch that is not an "
+    "ancestor of what is pushed.",
+)
 @_threads
 @_json
-def push(name: str, refs: tuple[str, ...], threads: int, as_json: bool) -> None:
+def push(
+    name: str,
+    refs: tuple[str, ...],
+    tags: bool,
+    all_branches: bool,
+    force: bool,
+    threads: int,
+    as_json: bool,
+) -> None:
     """Send branches or tags (default: the current branch) to remote NAME (default: origin).
 
     Only objects the remote lacks are sent; its refs move last, and only if nobody else moved
-    them since (else: 'rejected: remote main moved; fetch first')."""
-    res = rm.push(repo(), name, list(refs) or None, threads=threads)
+    them since (else: 'rejected: remote main moved; fetch first'). --tags sends every tag,
+    --all every branch (both together: everything)."""
+    res = rm.push(
+        repo(),
+        name,
+        list(refs) or None,
+        threads=threads,
+        tags=tags,
+        all_branches=all_branches,
+        force=force,
+    )
     _report("push", res, as_json)
 
 

@@ -307,3 +307,4 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "pull": doc(TRANSFER),
     "clone": doc({**TRANSFER, "path": STR}),
 }
+SCHEMAS["restore"] = SCHEMAS["checkout"]  # restore prints checkout's document

@@ -119,6 +119,8 @@ def test_every_json_output_matches_its_schema(work: Path, tvcs: Tvcs) -> None:
     assert sorted(x["key"] for x in d["changed"]) == ["m.pt/b", "m.pt/w"]
     assert run("diff", "v1")["b"] == c2["id"]
     assert run("checkout", "v1", "-o", "out")["id"] == c1["id"]
+    restored = run("restore", "m.pt", "--source", "v1")
+    assert restored["id"] == c1["id"] and restored["files"][0]["path"] == "m.pt"
     assert [c["id"] for c in run("du")["commits"]] == [c1["id"], c2["id"]]
     assert run("fsck")["ok"] is True
     assert run("reflog")["entries"][0]["id"] == c2["id"]
