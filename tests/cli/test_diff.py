@@ -44,7 +44,7 @@ def test_diff(work: Path, tvcs: Tvcs) -> None:
     assert {x["key"] for x in j["changed"]} == {"m.pt/moved", "m.pt/row", "m.pt/epoch"}
     assert j["unchanged"] == 1 and "max_abs_diff" not in j["changed"][0]
 
-    st = tvcs.json("diff", "HEAD~1", "HEAD", "--stats")
+    st = tvcs.json("diff", "HEAD~1", "HEAD", "--stats", "--measure")
     rows = {x["key"]: x for x in st["changed"]}
     assert abs(rows["m.pt/row"]["frac_changed"] - 1 / 32) < 1e-9
     assert abs(rows["m.pt/row"]["max_abs_diff"] - 1.0) < 1e-6
@@ -53,9 +53,9 @@ def test_diff(work: Path, tvcs: Tvcs) -> None:
     expected = float((b["moved"] - a["moved"]).double().norm() / a["moved"].double().norm())
     assert abs(rows["m.pt/moved"]["rel_l2"] - expected) < 1e-9
 
-    text = tvcs("diff", "HEAD~1", "HEAD", "--stats").stdout
+    text = tvcs("diff", "HEAD~1", "HEAD", "--stats", "--measure").stdout
     assert "max|Δ|" in text and "rel L2" in text and "changed" in text
-    row_line = next(line for line in text.splitlines() if line.startswith("m.pt/row "))
+    row_line = next(line for line in text.splitlines() if line.startswith("  m.pt/row "))
     assert "█" in row_line and "3.1%" in row_line
     assert tvcs.json("diff", "HEAD", "HEAD")["changed"] == []
     tvcs("diff", "HEAD~5", "HEAD", code=4)
