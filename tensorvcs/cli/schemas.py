@@ -190,10 +190,44 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "b": ID,
             "added": arr(LEAF),
             "removed": arr(LEAF),
-            "changed": arr(obj({"key": STR, "kind": STR, "a": STR, "b": STR})),
+            "changed": arr(
+                obj(
+                    {"key": STR, "kind": STR, "a": STR, "b": STR},
+                    {  # with --stats, for a changed tensor
+                        "group": {"enum": ["weights", "optimizer moments", "other"]},
+                        "rel_l2": NUM,
+                        "delta_norm": NUM,
+                        "norm_a": NUM,
+                        "norm_b": NUM,
+                        "max_abs_diff": NUM,
+                        "frac_changed": NUM,
+                        "nonfinite": {"type": "boolean"},
+                        "source": {"enum": ["recorded", "computed"]},
+                    },
+                )
+            ),
             "dtype_or_shape_changed": arr(obj({"key": STR, "a": STR, "b": STR})),
             "unchanged": COUNT,
-        }
+        },
+        {  # with --stats
+            "sort": {"enum": ["rel", "abs", "key"]},
+            "summary": obj(
+                {
+                    "compared": COUNT,
+                    "changed": COUNT,
+                    "unchanged": COUNT,
+                    "dtype_or_shape_changed": COUNT,
+                    "added": COUNT,
+                    "removed": COUNT,
+                    "nonfinite": COUNT,
+                    "largest_rel_l2": NUM,
+                    "largest_key": OPT_STR,
+                    "recorded": COUNT,
+                    "computed": COUNT,
+                    "bytes_read": COUNT,
+                }
+            ),
+        },
     ),
     "branch": {
         "oneOf": [
