@@ -83,6 +83,7 @@ class RemoteResult:
     commits: int = 0
     updated: dict[str, list[str | None]] = field(default_factory=dict)  # ref: [old, new]
     up_to_date: list[str] = field(default_factory=list)
+    tags_kept: list[str] = field(default_factory=list)  # fetch: a local tag the remote's differs
 
     def merge(self, s: TransferStats) -> None:
         self.objects_sent += s.objects_sent
@@ -154,6 +155,7 @@ def remote_add(repo: Repo, name: str, url: str, **storage_options: Any) -> None:
     check_ref_name(name, "remote")
     if "/" in name:
         raise UsageError(f"invalid remote name {name!r} (no '/')")
+    url = _absolute(url)
     with repo.refs.locked():
         remotes = _load_remotes(repo)
         if name in remotes:
@@ -171,6 +173,15 @@ def remote_remove(repo: Repo, name: str) -> None:
         _save_remotes(repo, remotes)
         for ref in list(repo.store.list(REMOTES + name)):
             repo.store.delete(ref)
+
+
+def _absolute(url: str) -> str:
+    """A plain local path made absolute (against the current directory, as it was meant when
+    given); URLs, ``file://`` included, as they are. So a remote added (or cloned) as
+    ``../src`` still names that folder when ``fetch`` runs from elsewhere (``--repo``)."""
+    if is_url(url):
+        return url
+    return str(Path(url).expanduser().absolute())
 
 
 def remotes(repo: Repo) -> dict[str, str]:
@@ -547,12 +558,30 @@ def fetch(
                 else:
                     result.up_to_date.append(track)
             for t, oid in tags.items():
-                if not repo.refs.exists(TAGS + t):
-                    repo.refs.update(TAGS + t, oid, expected=None, message=f"fetch from {remote}")
-                    result.updated[TAGS + t] = [None, oid]
+                _fetch_tag(repo, remote, TAGS + t, oid, result)
     finally:
         src.close()
     return result
+
+
+def _fetch_tag(repo: Repo, remote: str, ref: str, oid: str, result: RemoteResult) -> None:
+    """Create tag ``ref`` at the remote's ``oid``, or move it there when a fetch from this
+    remote set it and nothing moved it since (its newest reflog entry is that fetch, naming
+    the commit it holds): CheckpointManager's retention re-points ``step-N`` tags when it
+    rewrites history, and a clone follows. A tag made or moved here is kept (as git keeps
+    it) and listed in ``tags_kept``."""
+    message = f"fetch from {remote}"
+    old = repo.refs.read(ref)
+    if old == oid:
+        return
+    if old is not None:
+        log = repo.refs.reflog(ref)
+        last = log[-1] if log else None
+        if last is None or last.new != old or not last.message.startswith(message):
+            result.tags_kept.append(ref)
+            return
+    repo.refs.update(ref, oid, expected=old, message=message)
+    result.updated[ref] = [old, oid]
 
 
 def pull(

@@ -55,6 +55,8 @@ def _report(verb: str, res: rm.RemoteResult, as_json: bool) -> None:
         click.echo(f" {short(old) if old else '(new)'}..{short(new) if new else '-'}  {ref}")
     for ref in res.up_to_date:
         click.echo(f" up to date  {ref}")
+    for ref in res.tags_kept:
+        click.echo(f" ! kept      {ref} (differs from {res.remote}'s; made or moved here)")
 
 
 @click.group(name="remote")

@@ -102,6 +102,7 @@ TRANSFER: dict[str, Any] = {
     "commits": COUNT,
     "updated": arr(obj({"name": STR, "old": OPT_ID, "new": OPT_ID})),
     "up_to_date": STRINGS,
+    "tags_kept": STRINGS,
 }
 DELETED: dict[str, Any] = obj({"deleted": STR, "id": ID})
 WRITTEN: dict[str, Any] = {
