@@ -339,6 +339,13 @@ class _DiffCommand(click.Command):
     help="--stats: read the tensors even where statistics are recorded (adds max|Δ| and the "
     "fraction of elements changed).",
 )
+@click.option(
+    "--plot",
+    "plot_to",
+    type=click.Path(dir_okay=False),
+    help="Also draw the relative change per tensor to OUT.png or OUT.svg (needs "
+    'pip install "tensorvcs[report]").',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 def diff(
@@ -349,6 +356,7 @@ def diff(
     stats: bool,
     sort: str,
     measure: bool,
+    plot_to: str | None,
     as_json: bool,
 ) -> None:
     """Compare commit A with commit B (default HEAD): key paths added (+), removed (-),
@@ -368,12 +376,17 @@ def diff(
     n_same = len(lb) - len(res["added"]) - len(res["changed"]) - len(res["retyped"])
     changes: list[Change] = []
     read_bytes = 0
-    if stats:
+    if stats or plot_to:
         pairs = [(x, y) for x, y in res["changed"] if x.kind == "tensor"]
         changes, read_bytes = measure_changes(
             pairs, ca, ida, cb, idb, lambda: TensorReader(r.objects, r.pool), not measure
         )
         changes = sort_changes(changes, sort)
+    if plot_to:
+        from ..report.plot import PlotRow, write_plot
+
+        rows = [PlotRow(c.key, c.group, c.rel_l2) for c in changes]
+        write_plot(rows, GROUPS, f"{a} ({short(ida)}) .. {b} ({short(idb)})", plot_to)
     summary = _summary(la, lb, res, changes, read_bytes) if stats else None
     if as_json:
         by_key = {c.key: c for c in changes}
