@@ -183,14 +183,16 @@ def echo_json(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=_json_default))
 
 
-def _finite(v: Any) -> Any:
+def _finite(v: Any, leaf: Callable[[Any], Any] = lambda x: x) -> Any:
+    """``v`` with NaN/inf as None, dict keys as strings, tuples as lists; ``leaf`` maps every
+    other value."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, dict):
-        return {str(k): _finite(x) for k, x in v.items()}
+        return {str(k): _finite(x, leaf) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return v
+        return [_finite(x, leaf) for x in v]
+    return leaf(v)
 
 
 def ref_json(r: Any) -> dict[str, list[dict[str, Any]]]:
@@ -217,16 +219,13 @@ def _json_default(o: Any) -> Any:
 
 
 def json_safe(v: Any) -> Any:
-    """Metrics and metadata as JSON values (NaN/inf become null)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_safe(x) for x in v]
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    return repr(v)
+    """Metrics and metadata as JSON values (NaN/inf become null, anything else not JSON its
+    repr)."""
+    return _finite(v, _json_scalar)
+
+
+def _json_scalar(x: Any) -> Any:
+    return x if x is None or isinstance(x, (bool, int, float, str)) else repr(x)
 
 
 # while progress bars show (cli/progress.py), notes are printed above them through this

@@ -191,16 +191,21 @@ def commit_text(
     out = [click.style(f"commit {c.id}", fg="yellow") + deco]
     if len(c.parents) > 1:
         out.append(f"Merge: {' '.join(short(p) for p in c.parents)}")
-    out.append(f"Author: {c.author}")
-    out.append(f"Date:   {_date(c)}")
-    if c.step is not None:
-        out.append(f"Step:   {c.step}")
-    if c.metrics:
-        out.append(f"Metrics: {fmt_metrics(c.metrics)}")
+    out += _fields(c)
     if mark:
         out.append(mark + " (tvcs show lists them)")
     out.append("")
     out += [f"    {line}" for line in (c.message or "").splitlines() or [""]]
+    return out
+
+
+def _fields(c: Commit) -> list[str]:
+    """The Author, Date, Step and Metrics lines that log and show print for a commit."""
+    out = [f"Author: {c.author}", f"Date:   {_date(c)}"]
+    if c.step is not None:
+        out.append(f"Step:   {c.step}")
+    if c.metrics:
+        out.append(f"Metrics: {fmt_metrics(c.metrics)}")
     return out
 
 
@@ -239,12 +244,8 @@ def show(rev: str, as_json: bool) -> None:
     click.echo(click.style(f"commit {c.id}", fg="yellow") + deco)
     if c.parents:
         click.echo(f"Parents: {' '.join(short(p) for p in c.parents)}")
-    click.echo(f"Author: {c.author}")
-    click.echo(f"Date:   {_date(c)}")
-    if c.step is not None:
-        click.echo(f"Step:   {c.step}")
-    if c.metrics:
-        click.echo(f"Metrics: {fmt_metrics(c.metrics)}")
+    for line in _fields(c):
+        click.echo(line)
     if c.metadata:
         click.echo(f"Metadata: {json.dumps(json_safe(c.metadata), ensure_ascii=False)}")
     click.echo()
