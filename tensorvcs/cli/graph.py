@@ -1,50 +1,71 @@
-"""The commit graph of ``tvcs log --graph`` / ``--all``: topological order and the drawing.
+"""The commit graph of ``tvcs log --graph`` / ``--all``: the order of the commits and the
+drawing on their left.
 
-The drawing follows git's (graph.c, ``git log --graph``): one column per line of descent,
-``*`` for a commit, ``|``, ``/``, ``\\`` and ``_`` for edges, a merge's parents fanned out on
-the line after it and lines collapsing to the left as they meet. The state machine is the
-same as git's (padding, pre-commit, commit, post-merge, collapsing), so that the same graph
-is drawn the same way: tests/cli/test_log_graph.py compares the two line by line.
+The drawing is a list of *lanes*, left to right: a lane is an edge on its way down to the
+commit it names. Lane ``i`` sits at text column ``2 i``; the odd columns between lanes hold
+the strokes of lanes that change place. Every row of the drawing is one of:
+
+- a *commit row*: ``*`` on the commit's lane, ``|`` on every other lane. A commit with
+  ``k > 2`` parents is drawn ``k - 2`` lanes wide (``*-.-.``), each ``.`` a point where one
+  more parent's edge leaves;
+- a *move row*: each lane goes from its place in the row above to its place in the row
+  below: ``|`` straight down, ``\\`` one place right, ``/`` one place left. A lane that moves
+  further runs along the bottom of the row with ``_`` to its new place, under the lanes that
+  go straight (``|_|/``: the right lane crosses the middle one to join the left one).
+
+Lanes that reach the same place join (two edges to one commit); lanes to different commits
+never share a place or a stroke. After a commit, its lane is replaced by one lane per parent
+(fanned out on the row below it), and a parent that had a lane already is joined into it,
+one join per row, so that every commit is named by one lane when its turn comes (a merge's
+last parent whose lane is right beside the merge is joined on the fan-out row itself). A
+commit without parents ends its lane; a new line of descent that would start in the same
+place right below it is kept apart by one row of lanes alone.
+
+The symbols are the ones ``git log --graph`` uses, so the picture reads the same way; the
+layout is this module's own (tests/cli/test_log_graph.py reads the drawing back into edges
+and checks them against the commits' parents).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-PADDING, PRE_COMMIT, COMMIT, POST_MERGE, COLLAPSING = range(5)
-_MERGE_CHARS = "/|\\"
+
+def _reachable(starts: Iterable[str], parents_of: Callable[[str], Sequence[str]]) -> list[str]:
+    found = list(dict.fromkeys(starts))
+    seen = set(found)
+    i = 0
+    while i < len(found):
+        for p in parents_of(found[i]):
+            if p not in seen:
+                seen.add(p)
+                found.append(p)
+        i += 1
+    return found
 
 
 def topo_order(
     starts: Iterable[str], parents_of: Callable[[str], Sequence[str]], time_of: Callable[[str], str]
 ) -> list[str]:
-    """Every commit reachable from ``starts``, newest first, no commit before one of its
-    descendants, and one line of descent shown to its end before the next (git's
-    ``--topo-order``: tips by date, then depth first, a merge's last parent first)."""
-    seen: set[str] = set()
-    stack = [s for s in dict.fromkeys(starts)]
-    seen.update(stack)
-    while stack:
-        oid = stack.pop()
+    """Every commit reachable from ``starts``, no commit before one of its descendants, and
+    one line of descent followed to its end before the next is taken up (the order of
+    ``git log --topo-order``): the newest commit whose children are all shown comes next,
+    except that a commit whose last child was just shown comes at once (the last parent of
+    a merge first)."""
+    found = _reachable(starts, parents_of)
+    children_left = dict.fromkeys(found, 0)
+    for oid in found:
         for p in parents_of(oid):
-            if p not in seen:
-                seen.add(p)
-                stack.append(p)
-    by_date = sorted(seen, key=time_of, reverse=True)
-    indegree = dict.fromkeys(by_date, 1)
-    for oid in by_date:
-        for p in parents_of(oid):
-            indegree[p] += 1
-    todo = [oid for oid in by_date if indegree[oid] == 1]
-    todo.reverse()  # a stack: the newest tip comes off first
+            children_left[p] += 1
+    ready = sorted((o for o in found if not children_left[o]), key=time_of)  # newest last
     out: list[str] = []
-    while todo:
-        oid = todo.pop()
-        for p in parents_of(oid):
-            indegree[p] -= 1
-            if indegree[p] == 1:
-                todo.append(p)
+    while ready:
+        oid = ready.pop()
         out.append(oid)
+        for p in parents_of(oid):
+            children_left[p] -= 1
+            if not children_left[p]:
+                ready.append(p)
     return out
 
 
@@ -52,325 +73,117 @@ def date_order(
     starts: Iterable[str], parents_of: Callable[[str], Sequence[str]], time_of: Callable[[str], str]
 ) -> list[str]:
     """Every commit reachable from ``starts``, newest first by timestamp (``tvcs log``)."""
-    seen = set(starts)
-    stack = list(seen)
-    while stack:
-        for p in parents_of(stack.pop()):
-            if p not in seen:
-                seen.add(p)
-                stack.append(p)
-    return sorted(seen, key=time_of, reverse=True)
+    return sorted(_reachable(starts, parents_of), key=time_of, reverse=True)
+
+
+Move = tuple[int, int]  # a lane's place in the row above and in the row below
+
+
+def _move_row(moves: Sequence[Move]) -> str:
+    """The row that takes every lane from its first place to its second."""
+    size = 2 * max((max(m) for m in moves), default=-1) + 1
+    row = [" "] * size
+    strokes: set[int] = set()
+
+    def stroke(x: int, ch: str) -> None:
+        if x in strokes:
+            raise AssertionError(f"two strokes at column {x} of {moves}")
+        strokes.add(x)
+        row[x] = ch
+
+    for a, b in moves:
+        if a == b:
+            row[2 * a] = "|"
+    for a, b in moves:
+        if b > a:
+            stroke(2 * a + 1, "\\")
+            run = range(2 * a + 2, 2 * b)
+        elif b < a:
+            stroke(2 * a - 1, "/")
+            run = range(2 * b + 1, 2 * a - 1)
+        else:
+            continue
+        for x in run:
+            if x % 2:
+                stroke(x, "_")
+            elif row[x] == " ":
+                row[x] = "_"
+    return "".join(row).rstrip()
 
 
 class Graph:
-    """Draws the graph one commit at a time (``lines``), as git's graph.c does."""
+    """Draws the graph one commit at a time, newest first (``lines``)."""
 
     def __init__(self) -> None:
-        self.columns: list[str] = []
-        self.new_columns: list[str] = []
-        self.mapping: list[int] = []
-        self.old_mapping: list[int] = []
-        self.mapping_size = 0
-        self.state = PADDING
-        self.prev_state = PADDING
-        self.commit = ""
-        self.parents: list[str] = []
-        self.width = 0
-        self.expansion_row = 0
-        self.commit_index = 0
-        self.prev_commit_index = 0
-        self.merge_layout = 0
-        self.edges_added = 0
-        self.prev_edges_added = 0
+        self.lanes: list[str] = []  # the commit each lane leads to, left to right
+        self.ended: int | None = None  # the place of the commit just drawn, if it had no parents
 
-    # -- layout ----------------------------------------------------------------------------
-    @property
-    def num_parents(self) -> int:
-        return len(self.parents)
-
-    def _set_state(self, s: int) -> None:
-        self.prev_state, self.state = self.state, s
-
-    def _find_new(self, oid: str) -> int:
-        try:
-            return self.new_columns.index(oid)
-        except ValueError:
-            return -1
-
-    def _insert(self, oid: str, idx: int) -> None:
-        i = self._find_new(oid)
-        if i < 0:
-            i = len(self.new_columns)
-            self.new_columns.append(oid)
-        if self.num_parents > 1 and idx > -1 and self.merge_layout == -1:
-            dist = idx - i
-            shift = 2 * dist - 3 if dist > 1 else 1
-            self.merge_layout = 0 if dist > 0 else 1
-            self.edges_added = self.num_parents + self.merge_layout - 2
-            mapping_idx = self.width + (self.merge_layout - 1) * shift
-            self.width += 2 * self.merge_layout
-        elif self.edges_added > 0 and self.width >= 2 and i == self.mapping[self.width - 2]:
-            mapping_idx = self.width - 2
-            self.edges_added = -1
-        else:
-            mapping_idx = self.width
-            self.width += 2
-        self.mapping[mapping_idx] = i
-
-    def update(self, oid: str, parents: Sequence[str]) -> None:
-        """Make ``oid`` (with these parents, those shown in the graph) the next commit."""
-        self.commit = oid
-        self.parents = list(dict.fromkeys(parents))
-        self.prev_commit_index = self.commit_index
-        self.columns, self.new_columns = self.new_columns, []
-        max_new = len(self.columns) + self.num_parents
-        self.mapping_size = 2 * max_new
-        self.mapping = [-1] * self.mapping_size
-        if len(self.old_mapping) < self.mapping_size:
-            self.old_mapping += [-1] * (self.mapping_size - len(self.old_mapping))
-        self.width = 0
-        self.prev_edges_added, self.edges_added = self.edges_added, 0
-        seen_this = False
-        in_columns = True
-        for i in range(len(self.columns) + 1):
-            if i == len(self.columns):
-                if seen_this:
-                    break
-                in_columns = False
-                col = oid
-            else:
-                col = self.columns[i]
-            if col == oid:
-                seen_this = True
-                self.commit_index = i
-                self.merge_layout = -1
-                for p in self.parents:
-                    self._insert(p, i)
-                if not self.parents:
-                    self.width += 2
-            else:
-                self._insert(col, -1)
-        del in_columns  # git changes colours here; the drawing has none
-        while self.mapping_size > 1 and self.mapping[self.mapping_size - 1] < 0:
-            self.mapping_size -= 1
-        self.expansion_row = 0
-        if self._needs_pre_commit():
-            self.state = PRE_COMMIT
-        else:
-            self.state = COMMIT
-
-    def _dashed_parents(self) -> int:
-        return self.num_parents + self.merge_layout - 3
-
-    def _needs_pre_commit(self) -> bool:
-        return (
-            self.num_parents >= 3
-            and self.commit_index < len(self.columns) - 1
-            and self.expansion_row < self._dashed_parents() * 2
-        )
-
-    def _mapping_correct(self) -> bool:
-        return all(t < 0 or t == i // 2 for i, t in enumerate(self.mapping[: self.mapping_size]))
-
-    def _pad(self, line: list[str]) -> str:
-        s = "".join(line)
-        return s + " " * (self.width - len(s))
-
-    # -- lines -----------------------------------------------------------------------------
-    def finished(self) -> bool:
-        return self.state == PADDING
-
-    def next_line(self) -> tuple[str, bool]:
-        """(the next line's graph part, whether it is the commit's own line)."""
-        if self.state == PADDING:
-            return self._padding_line(), False
-        if self.state == PRE_COMMIT:
-            return self._pre_commit_line(), False
-        if self.state == COMMIT:
-            return self._commit_line(), True
-        if self.state == POST_MERGE:
-            return self._post_merge_line(), False
-        return self._collapsing_line(), False
-
-    def _padding_line(self) -> str:
-        return "".join("| " for _ in self.new_columns)
-
-    def _pre_commit_line(self) -> str:
-        line: list[str] = []
-        seen_this = False
-        for i, col in enumerate(self.columns):
-            if col == self.commit:
-                seen_this = True
-                line.append("|" + " " * self.expansion_row)
-            elif seen_this and self.expansion_row == 0:
-                after_merge = self.prev_state == POST_MERGE and self.prev_commit_index < i
-                line.append("\\" if after_merge else "|")
-            elif seen_this:
-                line.append("\\")
-            else:
-                line.append("|")
-            line.append(" ")
-        out = self._pad(line)
-        self.expansion_row += 1
-        if not self._needs_pre_commit():
-            self._set_state(COMMIT)
-        return out
-
-    def _commit_line(self) -> str:
-        line: list[str] = []
-        seen_this = False
-        for i in range(len(self.columns) + 1):
-            if i == len(self.columns):
-                if seen_this:
-                    break
-                col = self.commit
-            else:
-                col = self.columns[i]
-            if col == self.commit:
-                seen_this = True
-                line.append("*")
-                if self.num_parents > 2:
-                    dashed = self._dashed_parents()
-                    for k in range(dashed):
-                        line.append("-" + ("." if k == dashed - 1 else "-"))
-            elif seen_this and self.edges_added > 1:
-                line.append("\\")
-            elif seen_this and self.edges_added == 1:
-                after_merge = (
-                    self.prev_state == POST_MERGE
-                    and self.prev_edges_added > 0
-                    and self.prev_commit_index < i
-                )
-                line.append("\\" if after_merge else "|")
-            elif (
-                self.prev_state == COLLAPSING
-                and _at(self.old_mapping, 2 * i + 1) == i
-                and _at(self.mapping, 2 * i) < i
-            ):
-                line.append("/")
-            else:
-                line.append("|")
-            line.append(" ")
-        out = self._pad(line)
-        if self.num_parents > 1:
-            self._set_state(POST_MERGE)
-        elif self._mapping_correct():
-            self._set_state(PADDING)
-        else:
-            self._set_state(COLLAPSING)
-        return out
-
-    def _post_merge_line(self) -> str:
-        line: list[str] = []
-        seen_this = False
-        parent_col: str | None = None
-        first = self.parents[0]
-        for i in range(len(self.columns) + 1):
-            if i == len(self.columns):
-                if seen_this:
-                    break
-                col = self.commit
-            else:
-                col = self.columns[i]
-            if col == self.commit:
-                seen_this = True
-                idx = self.merge_layout
-                for j, _p in enumerate(self.parents):
-                    line.append(_MERGE_CHARS[idx])
-                    if idx == 2:
-                        if self.edges_added > 0 or j < self.num_parents - 1:
-                            line.append(" ")
-                    else:
-                        idx += 1
-                if self.edges_added == 0:
-                    line.append(" ")
-            elif seen_this:
-                line.append("\\ " if self.edges_added > 0 else "| ")
-            else:
-                line.append("|")
-                if self.merge_layout != 0 or i != self.commit_index - 1:
-                    line.append("_" if parent_col is not None else " ")
-            if col == first:
-                parent_col = col
-        out = self._pad(line)
-        self._set_state(PADDING if self._mapping_correct() else COLLAPSING)
-        return out
-
-    def _collapsing_line(self) -> str:
-        size = self.mapping_size
-        self.mapping, self.old_mapping = self.old_mapping, self.mapping
-        for i in range(size):
-            self.mapping[i] = -1
-        horizontal_edge = -1
-        horizontal_target = -1
-        for i in range(size):
-            target = self.old_mapping[i]
-            if target < 0:
-                continue
-            if target * 2 == i:
-                self.mapping[i] = target
-            elif self.mapping[i - 1] < 0:
-                self.mapping[i - 1] = target
-                if horizontal_edge == -1:
-                    horizontal_edge = i
-                    horizontal_target = target
-                    for j in range(target * 2 + 3, i - 2, 2):
-                        self.mapping[j] = target
-            elif self.mapping[i - 1] == target:
-                pass
-            else:
-                self.mapping[i - 2] = target
-                if horizontal_edge == -1:
-                    horizontal_target = target
-                    horizontal_edge = i - 1
-                    for j in range(target * 2 + 3, i - 2, 2):
-                        self.mapping[j] = target
-        self.old_mapping[:size] = self.mapping[:size]
-        if self.mapping[size - 1] < 0:
-            self.mapping_size = size = size - 1
-        line: list[str] = []
-        used_horizontal = False
-        for i in range(size):
-            target = self.mapping[i]
-            if target < 0:
-                line.append(" ")
-            elif target * 2 == i:
-                line.append("|")
-            elif target == horizontal_target and i != horizontal_edge - 1:
-                if i != target * 2 + 3:
-                    self.mapping[i] = -1
-                used_horizontal = True
-                line.append("_")
-            else:
-                if used_horizontal and i < horizontal_edge:
-                    self.mapping[i] = -1
-                line.append("/")
-        out = self._pad(line)
-        if self._mapping_correct():
-            self._set_state(PADDING)
-        return out
+    def _idle(self) -> str:
+        return " ".join("|" * len(self.lanes))
 
     def lines(self, oid: str, parents: Sequence[str], text: Sequence[str]) -> list[str]:
-        """The output lines of one commit: its text (``text[0]`` on the commit's line) with
-        the graph before each line, and the graph lines that lead into and out of it."""
-        self.update(oid, parents)
-        out: list[str] = []
-        while True:
-            prefix, is_commit = self.next_line()
-            if is_commit:
-                out.append(prefix + text[0])
-                break
-            out.append(prefix)
-        for t in text[1:]:
-            out.append(self.next_line()[0] + t)
-        while not self.finished():
-            out.append(self.next_line()[0])
+        """The output lines of one commit: the graph rows that lead into it, its commit row
+        with ``text[0]``, and the rows that lead out of it beside the rest of ``text`` (the
+        lanes alone beside the text left over)."""
+        before, row, after = self._rows(oid, list(dict.fromkeys(parents)))
+        width = max(len(r) for r in [*before, row, *after, self._idle()])
+        out = list(before)
+        out.append(row.ljust(width) + " " + text[0])
+        for i, t in enumerate(text[1:]):
+            g = after[i] if i < len(after) else self._idle()
+            out.append(g.ljust(width) + " " + t)
+        out += after[len(text) - 1 :]
         return [s.rstrip() for s in out]
 
     def padding(self) -> str:
         """The graph part of a line between two commits (the blank line of ``log``)."""
-        return self.next_line()[0].rstrip() if self.finished() else ""
+        self.ended = None
+        return self._idle()
 
-
-def _at(a: list[int], i: int) -> int:
-    return a[i] if 0 <= i < len(a) else -1
+    def _rows(self, oid: str, parents: list[str]) -> tuple[list[str], str, list[str]]:
+        lanes = self.lanes
+        before: list[str] = []
+        if oid not in lanes:
+            if self.ended == len(lanes):  # right below a commit without parents: keep apart
+                before.append(self._idle())
+            lanes.append(oid)  # a tip: a new lane on the right
+        col = lanes.index(oid)
+        n, k = len(lanes), len(parents)
+        self.ended = None if k else col
+        wide = max(k - 2, 0)  # lanes the commit row covers right of its own
+        # make room for a wide commit: the lanes on its right step aside, one place a row
+        for r in range(wide if col + 1 < n else 0):
+            stay = [(i, i) for i in range(col + 1)]
+            before.append(_move_row(stay + [(i + r, i + r + 1) for i in range(col + 1, n)]))
+        shift = [i + wide if i > col else i for i in range(n)]  # places in the commit row
+        row = [" "] * (2 * max(shift[-1], col + wide) + 1)
+        for i in range(n):
+            row[2 * shift[i]] = "|"
+        row[2 * col] = "*"
+        for x in range(2 * col + 1, 2 * (col + wide) + 1):
+            row[x] = "." if x % 2 == 0 else "-"
+        # fan out: parent j leaves from place col + j - 1 of the commit (col for the first)
+        moves: list[Move] = [(i, i) for i in range(col)]
+        moves += [(col + max(j - 1, 0), col + j) for j in range(k)]
+        # a merge whose last parent has the lane just right of it joins that lane at once
+        reuse = k >= 2 and col + 1 < n and lanes[col + 1] == parents[-1]
+        moves += [(shift[i], i + k - 1 - reuse) for i in range(col + 1, n)]
+        self.lanes = lanes = lanes[:col] + parents[: k - reuse] + lanes[col + 1 :]
+        after = [] if all(a == b for a, b in moves) else [_move_row(moves)]
+        # join each parent that already had a lane: the right lane moves to the left one
+        while True:
+            first: dict[str, int] = {}
+            join = None
+            for i, target in enumerate(lanes):
+                if target in first:
+                    join = (i, first[target])
+                    break
+                first[target] = i
+            if join is None:
+                break
+            a, b = join
+            join_moves = [(i, i) for i in range(a)] + [(a, b)]
+            join_moves += [(i, i - 1) for i in range(a + 1, len(lanes))]
+            after.append(_move_row(join_moves))
+            del lanes[a]
+        return before, "".join(row).rstrip(), after
