@@ -212,7 +212,7 @@ def _fields(c: Commit) -> list[str]:
 def manifest_summary(m: Manifest) -> dict[str, Any]:
     return {
         "tensors": len(m.tensors),
-        "tensor_bytes": sum(e.nbytes for e in m.tensors),
+        "logical_bytes": sum(e.nbytes for e in m.tensors),
         "files": [
             {
                 "path": f.path,
@@ -252,7 +252,7 @@ def show(rev: str, as_json: bool) -> None:
     for line in (c.message or "").splitlines() or [""]:
         click.echo(f"    {line}")
     click.echo()
-    click.echo(f"{summary['tensors']} tensor(s), {human_size(summary['tensor_bytes'])}")
+    click.echo(f"{summary['tensors']} tensor(s), {human_size(summary['logical_bytes'])}")
     if m.files:
         rows = [[f.path, f.kind, f.format, human_size(f.size)] for f in m.files]
         click.echo(table(rows, ["file", "kind", "format", "size"], right=[3]))

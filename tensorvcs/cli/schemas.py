@@ -164,7 +164,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         {
             **COMMIT["properties"],
             "tensors": COUNT,
-            "tensor_bytes": COUNT,
+            "logical_bytes": COUNT,
             "files": arr(obj(FILE["properties"], {"metadata": {}})),
         }
     ),

@@ -62,6 +62,29 @@ def save(path: Path, scale: float, nan: bool = False) -> None:
     torch.save({"w": torch.arange(64, dtype=torch.float32) * scale, "b": b}, path)
 
 
+def closed(schema: Any) -> Any:
+    """``schema`` with every object that lists its properties closed to others: the published
+    schemas allow fields added later, the test fails on a field no schema documents."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def test_closed_schemas_refuse_an_undocumented_field() -> None:
+    doc = {"schema": 1, "deleted": "dev", "id": "0" * 64}
+    jsonschema.validate(doc, closed(SCHEMAS["branch"]))
+    with pytest.raises(
+        jsonschema.ValidationError, match="not valid under any of the given schemas"
+    ):
+        jsonschema.validate({**doc, "extra": 1}, closed(SCHEMAS["branch"]))
+    jsonschema.validate({**doc, "extra": 1}, SCHEMAS["branch"])  # the published one: open
+
+
 def test_every_json_command_has_a_valid_schema() -> None:
     cmds = json_commands()
     assert {"log", "show", "status", "remote list", "push", "import"} <= cmds
@@ -81,6 +104,7 @@ def test_every_json_output_matches_its_schema(work: Path, tvcs: Tvcs) -> None:
         doc = tvcs.json(*args)
         assert isinstance(doc, dict) and doc["schema"] == 1, (args, doc)
         jsonschema.validate(doc, SCHEMAS[name])
+        jsonschema.validate(doc, closed(SCHEMAS[name]))
         assert not [x for x in finite(doc) if not math.isfinite(x)]
         seen.setdefault(name, []).append(doc)
         return doc
