@@ -306,3 +306,13 @@ def test_checkout_values_are_fresh_tensors(repo: tv.Repo) -> None:
     out["t"][0] = 100.0
     assert t[0] == 0.0
     assert tensor_bytes(repo.checkout()["t"]) == tensor_bytes(t)
+
+
+def test_common_dtype_table_agrees_with_torch() -> None:
+    """format.manifest validates these dtypes without importing torch: each is one of this
+    torch's dtypes, with its item size and whether it can require gradients."""
+    from tensorvcs.format.manifest import COMMON_DTYPES
+
+    for name, (itemsize, can_grad) in COMMON_DTYPES.items():
+        d = DTYPES[name]
+        assert (itemsize, can_grad) == (d.itemsize, d.is_floating_point or d.is_complex), name

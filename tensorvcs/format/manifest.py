@@ -47,8 +47,27 @@ REPO_DIR = ".tvcs"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
+# {dtype name: (item size, can require gradients)} of the dtypes every supported torch
+# (>= 2.4) has: manifests of ordinary checkpoints validate without importing torch, so `tvcs
+# show` and `tvcs ls` start at once. tests/test_dtypes.py checks it against torch's table.
+COMMON_DTYPES: dict[str, tuple[int, bool]] = {
+    "bool": (1, False),
+    "uint8": (1, False),
+    "int8": (1, False),
+    "int16": (2, False),
+    "int32": (4, False),
+    "int64": (8, False),
+    "float16": (2, True),
+    "bfloat16": (2, True),
+    "float32": (4, True),
+    "float64": (8, True),
+    "complex64": (8, True),
+    "complex128": (16, True),
+}
+
+
 @functools.cache
-def _dtypes() -> tuple[dict[str, int], frozenset[str]]:
+def _torch_dtypes() -> tuple[dict[str, int], frozenset[str]]:
     """({dtype name: item size}, names of the dtypes that can require gradients), from
     torch's dtype table on first use (importing this module does not load torch)."""
     from ..state.tensors import DTYPES
@@ -56,6 +75,18 @@ def _dtypes() -> tuple[dict[str, int], frozenset[str]]:
     itemsize = {name: d.itemsize for name, d in DTYPES.items()}
     grad = frozenset(n for n, d in DTYPES.items() if d.is_floating_point or d.is_complex)
     return itemsize, grad
+
+
+def _dtype_info(name: Any) -> tuple[int, bool] | None:
+    """(item size, can require gradients) of the dtype called ``name``, or None when this
+    torch has no such dtype; torch is imported only for a dtype outside COMMON_DTYPES."""
+    if type(name) is not str:
+        return None
+    common = COMMON_DTYPES.get(name)
+    if common is not None:
+        return common
+    itemsize, grad = _torch_dtypes()
+    return (itemsize[name], name in grad) if name in itemsize else None
 
 
 def _is_int(x: Any) -> bool:
@@ -198,22 +229,23 @@ def _tensor_entry_problem(d: Any) -> str | None:
     if not isinstance(d, dict):
         return "not a JSON object"
     dtype = d.get("dtype")
-    itemsize, grad_dtypes = _dtypes()
-    if type(dtype) is not str or dtype not in itemsize:
+    info = _dtype_info(dtype)
+    if info is None:
         return f"unknown dtype {dtype!r:.60}"
+    itemsize, can_grad = info
     problem = _shape_problem(d.get("shape"))
     if problem:
         return problem
     nbytes = d.get("nbytes")
     if not _nonneg(nbytes):
         return f"nbytes {nbytes!r:.40} is not an integer in 0..2**63-1"
-    expect = _numel(d["shape"]) * itemsize[dtype]
+    expect = _numel(d["shape"]) * itemsize
     if nbytes != expect:
         return f"{dtype}{d['shape']} is {expect} bytes, not {nbytes}"
     for flag in ("param", "requires_grad"):
         if flag in d and type(d[flag]) is not bool:
             return f"{flag} is not a boolean"
-    if d.get("requires_grad") and dtype not in grad_dtypes:
+    if d.get("requires_grad") and not can_grad:
         return f"a {dtype} tensor cannot require gradients"
     if "pack" in d:
         if "chunks" in d:
@@ -461,8 +493,6 @@ def _np_dtype_problem(name: Any) -> tuple[np.dtype[Any] | None, str | None]:
 
 
 def _leaf_checker(tensors: list[TensorEntry]) -> values.LeafCheck:
-    import torch
-
     n = len(tensors)
 
     def index_problem(i: Any) -> str | None:
@@ -506,12 +536,16 @@ def _leaf_checker(tensors: list[TensorEntry]) -> values.LeafCheck:
             return None
         if tag == "dtype":
             ok = len(node) == 2 and isinstance(node[1], str)
+            import torch  # only a state that holds a torch.dtype or a device value needs it
+
             if not ok or not isinstance(getattr(torch, node[1], None), torch.dtype):
                 return f"unknown torch dtype {node[1:]!r:.60}"
             return None
         if tag == "device":
             if len(node) != 2 or not isinstance(node[1], str) or len(node[1]) > MAX_DEVICE_CHARS:
                 return "malformed device node"
+            import torch
+
             try:
                 torch.device(node[1])
             except Exception:  # torch raises RuntimeError for unknown device strings
@@ -579,7 +613,7 @@ def _dcp_problem(sec: dict[str, Any], tensors: list[TensorEntry]) -> str | None:
         if kind != "tensor":
             return f"{fqn!r}: unknown kind {kind!r:.40}"
         dtype = it.get("dtype")
-        if not isinstance(dtype, str) or dtype not in _dtypes()[0]:
+        if _dtype_info(dtype) is None:
 
             return f"{fqn!r}: unknown dtype {dtype!r:.40}"
         size: Any = it.get("size")

@@ -1,6 +1,6 @@
-"""A CLI that answers at once (issue 12, item 7): ``tvcs --help``, ``--version`` and ``log``
-never import torch; bare ``tvcs`` lists the verbs; long output goes through a pager only on a
-terminal. Everything runs the real ``tvcs`` script in subprocesses."""
+"""A CLI that answers at once (issue 12, item 7): ``tvcs --help``, ``--version``, ``log``,
+``show`` and ``ls`` never import torch; bare ``tvcs`` lists the verbs; long output goes through
+a pager only on a terminal. Everything runs the real ``tvcs`` script in subprocesses."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ def _imported(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[s
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["--version"], ["log"], ["log", "--oneline"], ["log", "--json"], []]
+    "args",
+    [["--help"], ["--version"], ["log"], ["log", "--oneline"], ["log", "--json"], [],
+     ["show"], ["ls", "--stats"]],
 )
 def test_fast_paths_do_not_import_torch(repo_dir: Path, args: list[str]) -> None:
     p, mods = _imported(args, repo_dir)
@@ -63,6 +65,10 @@ def test_fast_paths_do_not_import_torch(repo_dir: Path, args: list[str]) -> None
     assert not {m for m in mods if m == "torch" or m.startswith("torch.")}
     if args and args[0] == "log":
         assert "second" in p.stdout and "first" in p.stdout
+    if args == ["show"]:  # the manifest is read and validated
+        assert "second" in p.stdout and "1 tensor(s), 24 B" in p.stdout
+    if args and args[0] == "ls":
+        assert p.stdout.splitlines()[1].split()[:3] == ["w", "float32", "[6]"]
     if args == ["--version"]:
         assert p.stdout == "tvcs 0.1.0\n"
 
