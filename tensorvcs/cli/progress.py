@@ -7,7 +7,8 @@ that has no byte count (``syncing``: the fsyncs and renames after the last byte 
 shows a moving bar and the time it has run, so no bar sits at 100% while work goes on.
 
 ``update`` is called from the writer's pool threads, once per finished chunk: it adds to a
-counter under a lock and hands the count to rich at most every ``min_interval`` seconds.
+counter under a lock and hands the count to rich at most every ``min_interval`` seconds (the
+first count of a phase at once, drawn: every counted phase shows its rate and time left).
 rich is imported only when a bar is drawn (``tvcs --help`` and pipes never pay for it)."""
 
 from __future__ import annotations
@@ -207,12 +208,15 @@ class Progress:
         with self._lock:
             if self._rich is None or self._task is None:
                 return
+            first = self.done == 0
             self.done += n
             now = time.monotonic()
-            if now - self._last < self.min_interval:
+            if not first and now - self._last < self.min_interval:
                 return
             self._last = now
             self._rich.update(self._task, completed=self.done)
+            if first:  # the first bytes of a phase are drawn at once: its rate and time left
+                self._rich.refresh()  # show even when the phase ends before the next refresh
 
     def finish(self) -> None:
         if not self.enabled:
