@@ -21,8 +21,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check tensorvcs tests bench examples
 	$(BIN)/mypy tensorvcs
 
+# Two workers (pytest-xdist), whole files to one worker: module-scoped fixtures (the DCP
+# ranks, the shared CLI repositories) are built once. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
