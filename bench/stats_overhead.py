@@ -78,8 +78,9 @@ def one(mode: bool, states: list[Any]) -> tuple[float, float, float, float]:
 
 
 def parts(reps: int = 20) -> None:
-    """CPU milliseconds (one thread) of the statistics of one 4 MiB chunk: its values, and its
-    change against the parent's chunk (a small update), per dtype."""
+    """CPU milliseconds (one thread) of the statistics of one 4 MiB chunk: its values, its
+    change against the parent's chunk (a small update), and both in the one pass a chunk
+    with a parent gets, per dtype."""
     from tensorvcs.state import stats as st
 
     torch.set_num_threads(1)
@@ -89,8 +90,14 @@ def parts(reps: int = 20) -> None:
         a = torch.randn(n, generator=g).to(dt)
         b = (a.float() + 1e-3 * torch.randn(n, generator=g)).to(dt)
         ua, ub = a.view(torch.uint8), b.view(torch.uint8)
-        jobs = (("values", lambda ua=ua, dt=dt: st._part(ua, dt)),
-                ("change", lambda ua=ua, ub=ub, dt=dt: st._delta_sumsq(ub, ua, dt)))
+        jobs = (
+            ("values", lambda ua=ua, dt=dt: st._part(ua, dt)),
+            ("change", lambda ua=ua, ub=ub, dt=dt: st._delta_sumsq(ub, ua, dt)),
+            (
+                "values and change (one pass, as a commit with a parent does)",
+                lambda ua=ua, ub=ub, dt=dt, n=n: st.StatsAccumulator(dt, n).add_with_delta(ub, ua),
+            ),
+        )
         for what, fn in jobs:
             fn()
             t0 = time.thread_time()

@@ -1,14 +1,26 @@
 """Computing tensor statistics (format/stats.py) from a tensor's bytes, piece by piece.
 
 The writer measures each chunk while it hashes it and merges the pieces per tensor
-(StatsAccumulator): counts add up, min/max are exact, sums and sums of squares accumulate in
-float64 (a float64 copy of one chunk at a time), mean = sum / finite elements, norm =
-sqrt(sum of squares). The difference norm against the parent's tensor adds up the same way
-from the pairs of chunks the delta path already holds (the difference taken in float32, where
-nearby values subtract exactly; see _delta_sumsq); an unchanged chunk adds 0.
+(StatsAccumulator): counts add up, min/max are exact, sums and sums of squares are reduced
+in float32 rows of _BLOCK elements (float64 for float64) whose results accumulate in
+float64, mean = sum / finite elements, norm = sqrt(sum of squares). The difference norm
+against the parent's tensor adds up the same way from the pairs of chunks the delta path
+already holds (the difference taken in float32, where nearby values subtract exactly); an
+unchanged chunk adds 0.
+
+Cost (issue 13: at most 5% of commit time): _scan reads each element from memory once. A
+piece is taken _SPAN elements at a time; a bf16/fp16/fp8 block is widened to float32 once
+into a per-thread buffer (reused: no fresh pages per chunk) that stays in cache while the
+block's sums, sums of squares, min and max, and with a parent its difference from the
+parent's block, are read from it. A chunk with a parent chunk is measured in one pass with
+its change (ChunkHook). The reductions are numpy's, one thread each: the writer's pool
+already keeps the cores busy, and torch's kernels would start an OpenMP team inside every
+pool worker (measured: twice the CPU time for the same work).
 
 Fast path: when a piece's float64 sum and sum of squares are both finite it holds no NaN or
 Inf (either would make them non-finite), so the counting and masking passes are skipped.
+Nothing here writes into the bytes it is given (they are the chunk about to be stored, and
+may be the caller's tensor).
 """
 
 from __future__ import annotations
@@ -62,72 +74,181 @@ def _values(u8: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 _BLOCK = 1024  # elements summed in the element precision before float64 takes over
-_UNDERFLOW = 1e-14  # a float32 block norm below this is redone in float64 (see _sums)
-_NATIVE = (torch.float32, torch.float64)
+# A block's float32 sum of squares below this is redone in float64 (its squares may have
+# underflowed: elements under ~1e-19, as in Adam's second moments)
+_UNDERFLOW_SQ = 1e-28
+# Elements per cache block: the float32 copies of a block (and of the parent's block) stay in
+# cache while the block's reductions read them (of 16K-256K, 128K measured fastest here:
+# smaller blocks pay numpy's per-call cost more often, larger ones leave the cache).
+_SPAN = 1 << 17
+_NP_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}
+_scratch = threading.local()  # per thread: reusable widening buffers (no fresh pages a chunk)
 
 
-def _float_values(x: torch.Tensor) -> torch.Tensor:
-    """Floating elements torch reduces directly: narrower kinds (bfloat16, float16, float8)
-    widened to float32 once (bf16: 5.5 ms CPU per 4 MiB chunk, against 5.8 ms for the bf16
-    kernels accumulating in float32, measured interleaved here)."""
-    return x if x.dtype in _NATIVE else x.float()
+def _buffer(i: int, np_dtype: type) -> np.ndarray:
+    """Scratch buffer number ``i`` of _SPAN elements for this thread."""
+    key = (i, np_dtype)
+    bufs: dict[tuple[int, type], np.ndarray] | None = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    b = bufs.get(key)
+    if b is None:
+        b = bufs[key] = np.empty(_SPAN, dtype=np_dtype)
+    return b
 
 
-def _sums(x: torch.Tensor) -> tuple[float, float]:
-    """(sum, sum of squares) of the floating elements ``x``: blocks of _BLOCK elements are
-    reduced in float32 (float64 for float64: torch's cascade sum and norm kernels, one pass
-    each), the blocks' results combined in float64; a tail shorter than a block in float64."""
-    return _total(x), _sumsq(x)
+def _np_bytes(u8: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(u8, np.ndarray):
+        return u8
+    return (u8 if u8.device.type == "cpu" else u8.cpu()).numpy()
 
 
-def _split(x: torch.Tensor) -> tuple[torch.dtype, torch.Tensor | None, torch.Tensor | None]:
-    """(the block accumulator dtype, the whole blocks as rows, the float64 tail)."""
-    acc = _F64 if x.dtype == _F64 else torch.float32
-    n = x.numel()
-    m = n - n % _BLOCK
-    rows = x[:m].view(-1, _BLOCK) if m else None
-    tail = x[m:].to(_F64) if m < n else None
-    return acc, rows, tail
+def _widen(src: np.ndarray, dtype: torch.dtype, out: np.ndarray) -> np.ndarray:
+    """The elements whose bytes are ``src`` (a whole number of _BLOCK-element rows), as
+    float32 (float64 kept as is): a view for float32/float64, else written to ``out``.
+
+    bfloat16 is the high half of a float32: each pair of elements read as one uint32 gives
+    the odd element by masking and the even one by shifting, two contiguous integer passes
+    that write the even elements then the odd ones (the order within a block does not matter
+    to the sums, min and max; each row still sums _BLOCK elements)."""
+    np_dtype = _NP_FLOAT.get(dtype)
+    if np_dtype is not None:
+        return src.view(np_dtype)
+    k = src.nbytes // dtype.itemsize
+    f = out[:k]
+    if dtype == torch.bfloat16:
+        pairs = src.view(_U32LE)
+        bits = f.view(np.uint32)
+        h = k // 2
+        np.left_shift(pairs, 16, out=bits[:h])
+        np.bitwise_and(pairs, 0xFFFF0000, out=bits[h:])
+    else:  # float16 and the float8 kinds: torch's conversion
+        torch.from_numpy(f).copy_(_as_tensor(src).view(dtype))
+    return f
 
 
-def _total(x: torch.Tensor) -> float:
-    acc, rows, tail = _split(x)
-    total = 0.0
-    if rows is not None:
-        total = float(rows.sum(dim=1, dtype=acc).sum(dtype=_F64))
-    if tail is not None:
-        total += float(tail.sum())
-    return total
+def _ones(np_dtype: type) -> np.ndarray:
+    o = _ONES.get(np_dtype)
+    if o is None:
+        o = _ONES[np_dtype] = np.ones(_BLOCK, dtype=np_dtype)
+    return o
 
 
-def _sumsq(x: torch.Tensor) -> float:
-    """The sum of squares, as _sums. A block whose float32 norm is under _UNDERFLOW (its
-    squares may have underflowed: elements under ~1e-19, as in Adam's second moments) is
-    reduced again in float64, so tiny values keep a norm accurate to float32 rounding."""
-    acc, rows, tail = _split(x)
-    sumsq = 0.0
-    if rows is not None:
-        norms = torch.linalg.vector_norm(rows, dim=1, dtype=acc).to(_F64)
-        if acc is not _F64:
-            low = (norms < _UNDERFLOW).nonzero().squeeze(1)
-            if low.numel():
-                norms[low] = torch.linalg.vector_norm(rows[low].to(_F64), dim=1)
-        sumsq = float(torch.dot(norms, norms))
-    if tail is not None:
-        sumsq += float(torch.dot(tail, tail))
-    return sumsq
+_ONES: dict[type, np.ndarray] = {}
+_U32LE = np.dtype("<u4")  # the canonical bytes are little-endian
 
 
-def _part(u8: torch.Tensor, dtype: torch.dtype) -> _Part:
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each row of ``a`` dotted with the matching row of ``b`` (or with ``b`` itself, one
+    row), in the rows' precision: numpy 2's vecdot (BLAS dot per row: one thread for rows
+    this short, its SIMD lanes each summing 1024 / 32 products, as accurate as torch's
+    cascade sum here); numpy 1 has only einsum (its own SIMD loop: up to 1.2e-6 of a row's
+    sum of squares measured, three times vecdot's)."""
+    if _VECDOT is not None:
+        return _VECDOT(a, b)
+    if b.ndim == 1:
+        return np.matmul(a, b)
+    return np.einsum("ij,ij->i", a, b)
+
+
+_VECDOT = getattr(np, "vecdot", None)
+
+
+def _row_sumsq(r: np.ndarray, out: np.ndarray) -> None:
+    """Each row's sum of squares into ``out`` (float64); rows whose float32 sum underflows
+    are summed again in float64."""
+    sq = _rowdot(r, r)
+    out[:] = sq
+    if r.dtype != np.float64 and sq.min() < _UNDERFLOW_SQ:
+        low = np.flatnonzero(sq < _UNDERFLOW_SQ)
+        w = r[low].astype(np.float64)
+        out[low] = _rowdot(w, w)
+
+
+@dataclass
+class _Scan:
+    """What one pass over a floating piece found: its (sum, sum of squares, min, max) when
+    asked for, and the sum of squares of its change against ``old`` when given one."""
+
+    total: float = 0.0
+    sumsq: float = 0.0
+    lo: float = math.inf
+    hi: float = -math.inf
+    delta: float = 0.0
+
+    def finite(self) -> bool:
+        return math.isfinite(self.total) and math.isfinite(self.sumsq)
+
+
+def _scan(
+    new: np.ndarray, old: np.ndarray | None, dtype: torch.dtype, values: bool = True
+) -> _Scan:
+    """One read of each element from memory: the piece is taken _SPAN elements at a time,
+    widened to float32 once (bf16/fp16/fp8) into a per-thread buffer that stays in cache,
+    and that block's row sums, row sums of squares, min and max (``values``), and with
+    ``old`` its difference from the parent's block (in float32; float64 for float64) and that
+    difference's row sums of squares, read it there. Rows of _BLOCK elements are reduced in
+    float32 (numpy, one thread: torch's kernels would start an OpenMP team inside each pool
+    worker), their results added in float64; a tail shorter than a row in float64.
+
+    Non-finite elements make the sums non-finite (the callers then take the float64 path)."""
+    item = dtype.itemsize
+    numel = new.nbytes // item
+    m = numel - numel % _BLOCK
+    rows = m // _BLOCK
+    out = _Scan()
+    sums = np.empty(rows if values else 0, dtype=np.float64)
+    sumsq = np.empty(rows if values else 0, dtype=np.float64)
+    dsq = np.empty(rows if old is not None else 0, dtype=np.float64)
+    a_buf = _buffer(0, np.float32)
+    b_buf = _buffer(1, np.float32)
+    native = dtype in _NP_FLOAT  # read in place, not widened
+    d_buf = _buffer(2, np.float64 if dtype == _F64 else np.float32) if native else a_buf
+    step = _SPAN * item
+    with np.errstate(all="ignore"):
+        for b in range(0, m * item, step):
+            e = min(b + step, m * item)
+            x = _widen(new[b:e], dtype, a_buf)
+            r = x.reshape(-1, _BLOCK)
+            i, j = b // item // _BLOCK, e // item // _BLOCK
+            if values:
+                sums[i:j] = _rowdot(r, _ones(r.dtype.type))
+                _row_sumsq(r, sumsq[i:j])
+                out.lo = min(out.lo, float(x.min()))
+                out.hi = max(out.hi, float(x.max()))
+            if old is not None:
+                y = _widen(old[b:e], dtype, b_buf)
+                # in place where ``x`` is this thread's copy (fewer buffers: they stay cached)
+                diff = np.subtract(x, y, out=d_buf[: x.size] if native else x)
+                _row_sumsq(diff.reshape(-1, _BLOCK), dsq[i:j])
+        out.total = float(sums.sum())
+        out.sumsq = float(sumsq.sum())
+        out.delta = float(dsq.sum())
+    if m < numel:
+        tail = _values(_as_tensor(new[m * item :]), dtype).to(_F64)
+        if values:
+            out.total += float(tail.sum())
+            out.sumsq += float(torch.dot(tail, tail))
+            tlo, thi = torch.aminmax(tail)
+            out.lo, out.hi = min(out.lo, float(tlo)), max(out.hi, float(thi))
+        if old is not None:
+            # out of place: for float64, ``tail`` is the caller's memory
+            d = tail - _values(_as_tensor(old[m * item :]), dtype).to(_F64)
+            out.delta += float(torch.dot(d, d))
+    return out
+
+
+def _part(u8: torch.Tensor | np.ndarray, dtype: torch.dtype, scan: _Scan | None = None) -> _Part:
+    """The statistics of one piece (``scan``: its _scan already made, values included)."""
     kind = _kind(dtype)
-    x = _values(u8, dtype).reshape(-1)
-    numel = u8.numel() // dtype.itemsize
+    numel = u8.nbytes // dtype.itemsize
     if kind == "float":
-        x = _float_values(x)
-        total, sumsq = _sums(x)
-        if math.isfinite(total) and math.isfinite(sumsq):  # so no NaN or Inf: fast path
-            lo, hi = torch.aminmax(x)
-            return _Part(numel, 0, 0, numel, total, sumsq, float(lo), float(hi))
+        if scan is None:
+            scan = _scan(_np_bytes(u8), None, dtype)
+        if scan.finite():  # so no NaN or Inf: fast path
+            return _Part(numel, 0, 0, numel, scan.total, scan.sumsq, scan.lo, scan.hi)
+    t8 = _as_tensor(u8)
+    x = _values(t8, dtype).reshape(-1)
     xd = x.to(_F64)
     total = float(xd.sum())
     sumsq = float(torch.dot(xd, xd))
@@ -139,7 +260,7 @@ def _part(u8: torch.Tensor, dtype: torch.dtype) -> _Part:
             lo, hi = torch.aminmax(x)
             p.lo, p.hi = int(lo), int(hi)
         except (RuntimeError, NotImplementedError):  # uint16/32/64: no torch min/max kernel
-            arr = u8.numpy().view(np.dtype(f"<u{dtype.itemsize}"))
+            arr = t8.numpy().view(np.dtype(f"<u{dtype.itemsize}"))
             p.lo, p.hi = int(arr.min()), int(arr.max())
         return p
     if kind == "complex" and math.isfinite(total) and math.isfinite(sumsq):
@@ -167,21 +288,27 @@ def _part(u8: torch.Tensor, dtype: torch.dtype) -> _Part:
     return p
 
 
-def _delta_sumsq(new: torch.Tensor, old: torch.Tensor, dtype: torch.dtype) -> float | None:
+def _delta_sumsq(
+    new: torch.Tensor | np.ndarray,
+    old: torch.Tensor | np.ndarray,
+    dtype: torch.dtype,
+    scan: _Scan | None = None,
+) -> float | None:
     """The sum of squares of (new − old) elementwise; None when not finite. Floating
     elements are subtracted in float32 (float64 for float64), where the difference of two
-    nearby values is exact (Sterbenz) and any other is rounded to 6e-8 of itself, then summed
-    as _sumsq; one that overflows float32 is taken again in float64. Integers: in float64."""
-    a = _values(new, dtype).reshape(-1)
-    b = _values(old, dtype).reshape(-1)
+    nearby values is exact (Sterbenz) and any other is rounded to 6e-8 of itself, then their
+    squares summed as _scan does (``scan``: that pass already made, with ``old``); one that
+    overflows float32 is taken again in float64. Integers: in float64."""
     if _kind(dtype) == "float":
-        a, b = _float_values(a), _float_values(b)
-        if a.dtype != _F64:
-            a, b = a.float(), b.float()
-        s = _sumsq(a - b)
-        if math.isfinite(s) or a.dtype == _F64:
+        if scan is None:
+            scan = _scan(_np_bytes(new), _np_bytes(old), dtype, values=False)
+        s = scan.delta
+        if math.isfinite(s) or dtype == _F64:
             return s if math.isfinite(s) else None
-    s = _sumsq(a.to(_F64).sub_(b.to(_F64)))
+    a = _values(_as_tensor(new), dtype).reshape(-1).to(_F64)
+    b = _values(_as_tensor(old), dtype).reshape(-1).to(_F64)
+    d = a - b  # not in place: a float64 (or complex128) ``a`` is the caller's memory
+    s = float(torch.dot(d, d))
     return s if math.isfinite(s) else None
 
 
@@ -210,7 +337,7 @@ class StatsAccumulator:
         if u8.nbytes == 0:
             return
         try:
-            p = _part(_as_tensor(u8), self.dtype)
+            p = _part(u8, self.dtype)
         except (RuntimeError, TypeError, ValueError, NotImplementedError):
             with self._lock:
                 self._failed = True
@@ -230,10 +357,35 @@ class StatsAccumulator:
             self.no_delta()
             return
         try:
-            s = _delta_sumsq(_as_tensor(new), _as_tensor(old), self.dtype)
+            s = _delta_sumsq(new, old, self.dtype)
         except (RuntimeError, TypeError, ValueError, NotImplementedError):
             s = None
         with self._lock:
+            if s is None:
+                self._delta_known = False
+            else:
+                self._deltas[index] = s
+
+    def add_with_delta(
+        self, new: torch.Tensor | np.ndarray, old: torch.Tensor | np.ndarray, index: int = 0
+    ) -> None:
+        """``add(new)`` and ``add_delta(new, old)`` together: for floating pieces one pass
+        over both (the new piece is widened and read from memory once)."""
+        if self._kind != "float" or new.nbytes == 0 or new.nbytes != old.nbytes:
+            self.add(new, index)
+            self.add_delta(new, old, index)
+            return
+        try:
+            a8, b8 = _np_bytes(new), _np_bytes(old)
+            scan = _scan(a8, b8, self.dtype)
+            p = _part(a8, self.dtype, scan)
+            s = _delta_sumsq(a8, b8, self.dtype, scan)
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
+            with self._lock:
+                self._failed = True
+            return
+        with self._lock:
+            self._parts[index] = p
             if s is None:
                 self._delta_known = False
             else:
@@ -313,28 +465,54 @@ def compute_stats(t: torch.Tensor, parent: torch.Tensor | None = None) -> Tensor
 
 class ChunkHook:
     """The statistics of one chunk of a tensor being written (TensorWriter._write_chunk):
-    its values, and its change against the parent's chunk at the same index (``base``)."""
+    its values, and its change against the parent's chunk at the same index (``base``).
+    A chunk with a base is measured once the parent's chunk is in hand (``base_seen`` or
+    ``finish``), in one pass with its change."""
 
     def __init__(self, acc: StatsAccumulator, base: str | None, index: int = 0) -> None:
         self.acc = acc
         self.base = base
         self.index = index  # the chunk's number in its tensor (the order partial sums merge)
         self._seen = False
+        self._pending = False  # values() came, not yet measured
 
     def values(self, arr: np.ndarray) -> None:
-        self.acc.add(arr, self.index)
+        if self.base is None:
+            self.acc.add(arr, self.index)
+        else:
+            self._pending = True
+
+    def _measure(self, new: np.ndarray, old: np.ndarray | None) -> None:
+        if not self._pending:
+            if old is None:
+                self.acc.no_delta()
+            else:
+                self.acc.add_delta(new, old, self.index)
+            return
+        self._pending = False
+        if old is None:
+            self.acc.add(new, self.index)
+            self.acc.no_delta()
+        else:
+            self.acc.add_with_delta(new, old, self.index)
 
     def base_seen(self, new: np.ndarray, old: np.ndarray) -> None:
         """The parent chunk's content, where the delta path has it in hand."""
         self._seen = True
-        self.acc.add_delta(new, old, self.index)
+        self._measure(new, old)
 
     def finish(self, oid: str, arr: np.ndarray, read_base: Callable[[], np.ndarray | None]) -> None:
-        """After the chunk is written: its change, unless equal to its base or seen already
-        (``read_base`` reads the parent chunk: from the delta-base cache, else the store)."""
-        if self.base is None or self.base == oid or self._seen:
+        """After the chunk is written: its values if not measured yet, and its change, unless
+        equal to its base or seen already (``read_base`` reads the parent chunk: from the
+        delta-base cache, else the store)."""
+        if self.base is None or self._seen:
             return
-        self.acc.add_delta(arr, read_base(), self.index)
+        if self.base == oid:
+            if self._pending:
+                self._pending = False
+                self.acc.add(arr, self.index)
+            return
+        self._measure(arr, read_base())
 
 
 class TensorHook:
