@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tensorvcs.cli.diff import log_fraction, shorten
@@ -316,15 +316,25 @@ def test_stats_through_the_tvcs_script(work: Path, tvcs: Tvcs) -> None:
 
 
 @given(st.text(min_size=0, max_size=200), st.integers(min_value=1, max_value=120))
+@example("…" * 5 + "abc", 4)
 def test_shorten_keeps_both_ends(key: str, width: int) -> None:
     s = shorten(key, width)
     assert len(s) <= width
     if len(key) <= width:
         assert s == key
     else:
-        head, _, tail = s.partition("…")
-        assert key.startswith(head) and key.endswith(tail)
-        assert len(s) == width and abs(len(head) - len(tail)) <= 1
+        assert len(s) == width
+        # the cut: one "…" between a head and a tail of the key, within one of equal length
+        # (found by position, not by searching: the key may hold "…" itself)
+        cuts = [
+            h
+            for h in range(width)
+            if s[h] == "…"
+            and abs(h - (width - 1 - h)) <= 1
+            and key.startswith(s[:h])
+            and key.endswith(s[h + 1 :])
+        ]
+        assert cuts, (key, s)
 
 
 @given(st.floats(min_value=0, allow_nan=False), st.floats(min_value=0, allow_nan=False))
