@@ -16,6 +16,7 @@ library function that runs there. Exit status 3 means the kill point was never r
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import signal
@@ -30,6 +31,7 @@ from helpers import crash_state, worker_state
 import tensorvcs as tv
 from tensorvcs.format import envelope
 from tensorvcs.refs import RefStore
+from tensorvcs.store import local
 from tensorvcs.store.local import LocalStore
 from tensorvcs.store.objects import ObjectStore
 
@@ -113,6 +115,22 @@ def patch(point: str) -> None:
             return put_if_absent(self, name, data)
 
         LocalStore.put_if_absent = put_half  # type: ignore[method-assign]
+    elif point == "object-midwrite-direct":  # the 3rd object dies inside its direct write
+        local.DIRECT_MIN = 1  # the test repo's 64 KiB chunks go around the page cache too
+        write = local.os.write
+        direct_files = itertools.count(1)
+
+        def write_half_then_die(fd: int, data: Any) -> int:
+            # the first write of a direct file (at offset 0; fd numbers are reused)
+            direct = fcntl.fcntl(fd, fcntl.F_GETFL) & local.O_DIRECT
+            if direct and not os.lseek(fd, 0, 1) and next(direct_files) == 3:
+                view = memoryview(data)
+                half = len(view) // 2 // local.DIRECT_ALIGN * local.DIRECT_ALIGN
+                write(fd, view[:half])
+                die()
+            return write(fd, data)
+
+        local.os.write = write_half_then_die  # type: ignore[assignment]
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 
@@ -128,7 +146,7 @@ def main(argv: list[str]) -> int:
     repo = tv.Repo.open(repo_path)
     if role == "crash":
         point, seed = argv[2], int(argv[3])
-        if point == "object-midwrite":
+        if point.startswith("object-midwrite"):
             repo.workers = 1  # one writer thread: objects 1 and 2 complete, 3 half written
         patch(point)
         repo.commit(crash_state(seed), f"crash {seed}")
