@@ -149,6 +149,8 @@ def main(argv: list[str]) -> int:
         if point.startswith("object-midwrite"):
             repo.workers = 1  # one writer thread: objects 1 and 2 complete, 3 half written
         patch(point)
+        if point.endswith("-direct"):
+            repo.store.direct = True  # as TVCS_DIRECT_IO=1 sets it
         repo.commit(crash_state(seed), f"crash {seed}")
         return 3
     if role == "gc-crash":

@@ -1,4 +1,5 @@
-"""Large durable writes of the local store go around the page cache (O_DIRECT), issue 11.
+"""With TVCS_DIRECT_IO=1, large durable writes of the local store go around the page cache
+(O_DIRECT), issue 11.
 
 The bytes of every file must be exactly what was put, whatever the size against the 4 KiB
 alignment and the staging buffer and however the data is cut into pieces; where the file
@@ -27,6 +28,12 @@ from tensorvcs.store import local
 from tensorvcs.store.local import DIRECT_ALIGN, DIRECT_MIN, DIRECT_STAGE, LocalStore
 
 pytestmark = pytest.mark.skipif(not local.O_DIRECT, reason="no O_DIRECT on this platform")
+
+
+@pytest.fixture(autouse=True)
+def direct_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TVCS_DIRECT_IO", "1")
+
 
 EDGES = [0, 1, DIRECT_ALIGN - 1, DIRECT_ALIGN, DIRECT_ALIGN + 1]
 SIZES = st.one_of(
@@ -122,8 +129,11 @@ def test_a_repository_on_a_refusing_file_system(tmp_path: Path, refusing: dict[s
     assert tv.fsck(repo).ok
 
 
-def test_switched_off_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_off_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert LocalStore(tmp_path).direct
     monkeypatch.setenv("TVCS_DIRECT_IO", "0")
+    assert not LocalStore(tmp_path).direct
+    monkeypatch.delenv("TVCS_DIRECT_IO")
     store = LocalStore(tmp_path)
     assert not store.direct
     big = bytes(range(256)) * (DIRECT_MIN // 256 + 1)

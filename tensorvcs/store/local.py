@@ -1,15 +1,16 @@
 """A Store in a local directory: temp file, fsync, rename; locks with flock(2).
 
-Large durable writes (object files of at least DIRECT_MIN bytes) bypass the page cache with
-O_DIRECT where the file system allows it: the bytes go from an aligned per-thread staging
-buffer to the disk, the file is cut to its real length, then fsync'd as any other. Written
-through the page cache, each new page costs the kernel an allocation and a copy, and a
-checkpoint's gigabytes push out what the training keeps cached (its data set); on this
-project's 2-core VM that kernel time was 1.2-2.7 s per GB, more than all of tensorvcs's own
-work on the bytes (docs/performance.md). Where O_DIRECT is refused (EINVAL: tmpfs before
-Linux 6.6, some FUSE and network file systems; no O_DIRECT on macOS) the store writes through
-the page cache from then on. Reading is unchanged (the kernel keeps cached pages coherent with
-direct writes)."""
+With ``TVCS_DIRECT_IO=1``, large durable writes (object files of at least DIRECT_MIN bytes)
+bypass the page cache with O_DIRECT where the file system allows it: the bytes go from an
+aligned per-thread staging buffer to the disk, the file is cut to its real length, then
+fsync'd as any other. Through the page cache each new page costs the kernel an allocation and a
+copy, and a checkpoint's gigabytes push out what the training keeps cached (its data set); on
+this project's 2-core VM that kernel time was 1.2-2.7 s per GB and a direct 8 GB commit took
+two thirds of the time. It is not the default because nothing is left in the page cache: a
+checkout right after the commit reads from the disk (2-2.6x torch.load of a cached file here;
+docs/performance.md). Where O_DIRECT is refused (EINVAL: tmpfs before Linux 6.6, some FUSE and
+network file systems; no O_DIRECT on macOS) the store writes through the page cache from then
+on. Reading is unchanged (the kernel keeps cached pages coherent with direct writes)."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class LocalStore(Store):
         self.root = Path(root)
         self._dirty_dirs: set[Path] = set()
         self._dirty_lock = threading.Lock()
-        self.direct = bool(O_DIRECT) and os.environ.get("TVCS_DIRECT_IO", "1") != "0"
+        self.direct = bool(O_DIRECT) and os.environ.get("TVCS_DIRECT_IO", "0") == "1"
 
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
