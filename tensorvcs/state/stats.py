@@ -361,10 +361,14 @@ class StatsAccumulator:
         except (RuntimeError, TypeError, ValueError, NotImplementedError):
             s = None
         with self._lock:
-            if s is None:
-                self._delta_known = False
-            else:
-                self._deltas[index] = s
+            self._keep_delta(index, s)
+
+    def _keep_delta(self, index: int, s: float | None) -> None:
+        """Record piece ``index``'s squared change (None: unknown); the lock is held."""
+        if s is None:
+            self._delta_known = False
+        else:
+            self._deltas[index] = s
 
     def add_with_delta(
         self, new: torch.Tensor | np.ndarray, old: torch.Tensor | np.ndarray, index: int = 0
@@ -386,10 +390,7 @@ class StatsAccumulator:
             return
         with self._lock:
             self._parts[index] = p
-            if s is None:
-                self._delta_known = False
-            else:
-                self._deltas[index] = s
+            self._keep_delta(index, s)
 
     def no_delta(self) -> None:
         with self._lock:

@@ -66,8 +66,8 @@ def _write_direct(path: Path, pieces: list[memoryview], total: int) -> None:
         if e.errno == errno.EINVAL:
             raise _Refused from None
         raise
-    buf = _stage.get()
-    view = memoryview(buf)
+    view = memoryview(_stage.get())
+    done = False
     try:
         fill = 0
 
@@ -94,17 +94,16 @@ def _write_direct(path: Path, pieces: list[memoryview], total: int) -> None:
             flush(end)
         os.ftruncate(fd, total)
         os.fsync(fd)
-    except BaseException as e:
-        os.close(fd)
-        fd = -1
-        path.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno == errno.EINVAL:
+        done = True
+    except OSError as e:
+        if e.errno == errno.EINVAL:
             raise _Refused from None
         raise
     finally:
         view.release()
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
+        if not done:  # refused, failed or interrupted: no partial temp file is left
+            path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
