@@ -280,9 +280,10 @@ def expire_reflogs(
     now: float | None = None,
 ) -> int:
     """Remove reflog entries older than ``expire`` seconds, those older than
-    ``expire_unreachable`` whose commit the ref's current commit does not reach, and those
-    that name a commit in ``forget``; returns how many. Each reflog is rewritten atomically
-    under the refs lock. An entry whose time cannot be read is kept."""
+    ``expire_unreachable`` whose commit the ref's current commit does not reach; a commit in
+    ``forget`` is taken out of every entry that names it (set to null, the entry removed once
+    it names no other commit). Returns how many entries were removed. Each reflog is
+    rewritten atomically under the refs lock. An entry whose time cannot be read is kept."""
     now = time.time() if now is None else now
     forget = set(forget)
     removed = 0
@@ -317,10 +318,15 @@ def _expire_reflog(
     kept = []
     changed = 0
     for e in entries:
-        if e.new is not None and e.new in forget:
-            continue
-        if e.old is not None and e.old in forget:  # keep the record, not the commit
-            e = dataclasses.replace(e, old=None)
+        # Forgetting lets go of exactly the named commits: the record and the entry's other
+        # commit stay (a branch the user moved onto a dropped checkpoint still protects the
+        # commit it moved away from).
+        old = None if e.old in forget else e.old
+        new = None if e.new in forget else e.new
+        if (old, new) != (e.old, e.new):
+            if old is None and new is None:
+                continue  # it named only forgotten commits
+            e = dataclasses.replace(e, old=old, new=new)
             changed += 1
         t = _entry_time(e)
         age = None if t is None else now - t

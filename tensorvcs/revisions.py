@@ -121,7 +121,10 @@ def resolve_reflog(name: str, n: int, refs: RefStore, rev: str) -> str:
         )
     entry = entries[len(entries) - 1 - n]
     if entry.new is None:
-        raise RevisionNotFoundError(f"revision {rev!r}: {full} was deleted at that entry")
+        raise RevisionNotFoundError(
+            f"revision {rev!r}: that entry of the reflog of {full} names no commit (the ref "
+            "was deleted there, or retention forgot its commit)"
+        )
     return entry.new
 
 
