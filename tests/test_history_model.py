@@ -2,7 +2,9 @@
 
 A real repository is driven through random sequences of commit, branch (create, move, delete),
 tag (create, delete), switch (to a branch, detached), drop, a CheckpointManager with KeepLast
-retention, gc (git's defaults, ``--prune=now``, and reflogs expired now), checkout and fsck.
+retention (committing in the caller's thread, or in a background thread with its delta
+re-encodings deferred to ``compact``, a rule of its own), gc (git's defaults, ``--prune=now``,
+and reflogs expired now), checkout and fsck.
 The model keeps, for each commit ever made, the state it holds, and knows which commits the
 user asked to go (retention dropped them, or every reflog was expired). The invariant after
 every step: every commit reachable from a ref, or named by a reflog entry still in force,
@@ -56,11 +58,13 @@ class RepositoryModel(RuleBasedStateMachine):
         self.mgr: tv.CheckpointManager | None = None
         self.verified: set[str] = set()  # checked out bitwise since the last gc
         self.saved_seeds: list[int] = []  # the manager's saves, in order
+        self.background = False
 
-    @initialize(tmp=st.just(None))
-    def setup(self, tmp: None) -> None:
+    @initialize(tmp=st.just(None), background=st.booleans())
+    def setup(self, tmp: None, background: bool) -> None:
         import tempfile
 
+        self.background = background  # the manager commits in a thread, deltas deferred
         self.tmp = tempfile.TemporaryDirectory(prefix="tvcs-model-")
         self.repo = tv.Repo.init(Path(self.tmp.name) / "r", **REPO)
 
@@ -172,12 +176,13 @@ class RepositoryModel(RuleBasedStateMachine):
         to go."""
         if self.mgr is None:
             self.mgr = tv.CheckpointManager(
-                self.r, keep=[tv.KeepLast(2)], branch="ckpt", async_commit=False,
+                self.r, keep=[tv.KeepLast(2)], branch="ckpt", async_commit=self.background,
                 every_n_steps=1,
             )  # fmt: skip
         before = self._chain("ckpt")
         seed = next(self.seeds)
         self.mgr.save({"model": state_of(seed)["model"], "seed": seed}, step=seed)
+        self.mgr.wait()  # the background commit and its retention pass are done
         after = self._chain("ckpt")
         self.saved_seeds.append(seed)
         # KeepLast(2): the last two saves stay, and others only while a user's tag names them
@@ -189,6 +194,15 @@ class RepositoryModel(RuleBasedStateMachine):
         for cid in after:
             if cid not in self.content:
                 self._learn(cid, self.r.get_commit(cid).step or 0)
+
+    @precondition(lambda self: self.mgr is not None)
+    @rule()
+    def compact(self) -> None:
+        """The work background commits deferred (re-encoding older checkpoints as deltas):
+        nothing may check out differently after it."""
+        assert self.mgr is not None
+        self.mgr.compact()
+        self.verified.clear()
 
     def _chain(self, branch: str) -> list[str]:
         tip = self.r.branches().get(branch)
@@ -239,7 +253,7 @@ class RepositoryModel(RuleBasedStateMachine):
 
 RepositoryModel.TestCase.settings = settings(
     max_examples=int(os.environ.get("TVCS_MODEL_EXAMPLES", "20")),
-    stateful_step_count=25,
+    stateful_step_count=int(os.environ.get("TVCS_MODEL_STEPS", "25")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
