@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from ..accel import native
 from ..errors import CorruptObjectError
 from .config import MAX_DELTA_CHAIN
 from .ids import is_object_id
@@ -45,6 +46,7 @@ MIN_COMPRESS_BYTES = 64
 # (a 128 KiB RLE block takes 4 bytes), so a frame claiming more is refused unread.
 MAX_EXPANSION = 1 << 17
 MAX_PLANE_WIDTH = 1 << 16  # element width of the planes codec
+NATIVE_MAX_WIDTH = 64  # widths the native merge takes (wider ones: numpy)
 
 _local = threading.local()
 
@@ -171,6 +173,9 @@ def split_planes(u8: np.ndarray, width: int) -> np.ndarray:
     a blocked transposed copy."""
     m = u8.nbytes // width
     out = np.empty((width, m), dtype=np.uint8)
+    if native is not None and u8.flags.c_contiguous:  # one pass in C (tensorvcs/_native.c)
+        native.split_planes(u8, width, out)
+        return out
     lane = _LANES.get(width)
     if lane is not None and width > 1:
         v = u8.view(lane)
@@ -191,6 +196,15 @@ def merge_planes(planes: list[np.ndarray], out: np.ndarray) -> None:
     ``out``, block by block (a whole-array strided scatter into cold memory is slow)."""
     width = len(planes)
     m = out.nbytes // width
+    if (
+        native is not None
+        and width <= NATIVE_MAX_WIDTH
+        and out.flags.c_contiguous
+        and out.flags.writeable
+        and all(p.flags.c_contiguous for p in planes)
+    ):
+        native.merge_planes(planes, out)
+        return
     if width == 2:  # two lanes: a cast, a shift and an or, contiguous
         v = out.view(np.uint16)
         tmp = np.empty(min(m, PLANE_BLOCK), dtype=np.uint16)

@@ -111,7 +111,10 @@ def stats_problem(d: Any) -> str | None:
         if d.get(k) is None:  # absent, or null: not recorded
             continue
         v = d[k]
-        if type(v) not in (int, float) or not math.isfinite(v):
+        if type(v) is int:  # integer tensors' min/max: int64 .. uint64 (math.isfinite
+            if not -(2**63) <= v < 2**64:  # would overflow on a larger one)
+                return f"{k} {v!r:.40} is outside the range of 64-bit integers"
+        elif type(v) is not float or not math.isfinite(v):
             return f"{k} {v!r:.40} is not a finite number"
         if k in ("norm", "delta_norm") and v < 0:
             return f"{k} {v!r:.40} is negative"

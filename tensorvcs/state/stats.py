@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..accel import native
 from ..errors import CorruptObjectError, ObjectNotFoundError
 from ..format.manifest import TensorEntry
 from ..format.stats import TensorStats
@@ -82,6 +83,7 @@ _UNDERFLOW_SQ = 1e-28
 # smaller blocks pay numpy's per-call cost more often, larger ones leave the cache).
 _SPAN = 1 << 17
 _NP_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}
+_NATIVE_KIND = {torch.float32: 0, torch.bfloat16: 1}  # tensorvcs/_native.c scan()
 _scratch = threading.local()  # per thread: reusable widening buffers (no fresh pages a chunk)
 
 
@@ -191,7 +193,18 @@ def _scan(
     float32 (numpy, one thread: torch's kernels would start an OpenMP team inside each pool
     worker), their results added in float64; a tail shorter than a row in float64.
 
-    Non-finite elements make the sums non-finite (the callers then take the float64 path)."""
+    Non-finite elements make the sums non-finite (the callers then take the float64 path).
+    float32 and bfloat16 go through the native loop where it is built (one pass per element,
+    the same rows and lanes: tensorvcs/_native.c)."""
+    kind = _NATIVE_KIND.get(dtype)
+    if (
+        kind is not None
+        and native is not None
+        and new.flags.c_contiguous
+        and (old is None or old.flags.c_contiguous)
+    ):
+        total, sumsq, lo, hi, delta = native.scan(kind, new, old, values)
+        return _Scan(total, sumsq, lo, hi, delta)
     item = dtype.itemsize
     numel = new.nbytes // item
     m = numel - numel % _BLOCK
@@ -202,8 +215,8 @@ def _scan(
     dsq = np.empty(rows if old is not None else 0, dtype=np.float64)
     a_buf = _buffer(0, np.float32)
     b_buf = _buffer(1, np.float32)
-    native = dtype in _NP_FLOAT  # read in place, not widened
-    d_buf = _buffer(2, np.float64 if dtype == _F64 else np.float32) if native else a_buf
+    in_place = dtype in _NP_FLOAT  # read in place, not widened
+    d_buf = _buffer(2, np.float64 if dtype == _F64 else np.float32) if in_place else a_buf
     step = _SPAN * item
     with np.errstate(all="ignore"):
         for b in range(0, m * item, step):
@@ -219,7 +232,7 @@ def _scan(
             if old is not None:
                 y = _widen(old[b:e], dtype, b_buf)
                 # in place where ``x`` is this thread's copy (fewer buffers: they stay cached)
-                diff = np.subtract(x, y, out=d_buf[: x.size] if native else x)
+                diff = np.subtract(x, y, out=d_buf[: x.size] if in_place else x)
                 _row_sumsq(diff.reshape(-1, _BLOCK), dsq[i:j])
         out.total = float(sums.sum())
         out.sumsq = float(sumsq.sum())
