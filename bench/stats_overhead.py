@@ -3,6 +3,8 @@
     python bench/stats_overhead.py [--mib 512] [--reps 5] [--dtype fp32|bf16|fp16]
     python bench/stats_overhead.py --minilm 6 [--reps 3]   # a real MiniLM fine-tune series
     python bench/stats_overhead.py --parts                 # CPU per 4 MiB chunk, per dtype
+    python bench/stats_overhead.py --attribute [--mib 1024] [--dtype bf16]
+                                               # CPU inside the statistics, share of a commit's
 
 A synthetic state of ``--mib`` MiB (one large tensor per 16 MiB plus many small ones, as a
 model and its optimizer moments would be) is committed into a fresh repository (the first
@@ -13,6 +15,14 @@ whatever else the machine does affects both alike; the medians (wall time, and t
 of the process's threads, which other load disturbs less), the overhead and the 1-minute
 load average seen before and after each repetition are printed and written to
 <out>/stats_overhead[_<dtype>_<mib>|_minilm].json.
+
+The side-by-side figures carry the noise of the disk and of other processes (on a 2-core
+machine, +-10-20% between repetitions), often more than the statistics cost. ``--attribute``
+measures the cost directly instead: every entry point the writer calls into the statistics
+(state/stats.py: ChunkHook.values/base_seen/finish, TensorHook.result, StatsRecorder.tensor/
+small) is timed by the CPU time of the thread that runs it (outermost call only, so reading
+a parent chunk back for its change counts as statistics), summed over the commit's threads,
+and set against the CPU time of the whole process during the same commit.
 
 With ``--minilm N``, the state is instead N snapshots of a full MiniLM fine-tune (model,
 AdamW moments, step, RNG; bench/minilm.py): "first" is the first commit, "second" the other
@@ -107,6 +117,67 @@ def parts(reps: int = 20) -> None:
             print(f"{name} 4 MiB chunk, {what}: {ms:.2f} ms CPU")
 
 
+def attribute(states: list[Any], reps: int) -> dict[str, Any]:
+    """CPU seconds inside the statistics and of the whole process, per commit kind."""
+    import functools
+    import threading
+
+    from tensorvcs.state import stats as st
+
+    local = threading.local()
+    spent = [0.0]
+    lock = threading.Lock()
+
+    def timed(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            depth = getattr(local, "depth", 0)
+            local.depth = depth + 1
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                local.depth = depth
+                if depth == 0:
+                    dt = time.thread_time() - t0
+                    with lock:
+                        spent[0] += dt
+        return wrapper
+
+    entry_points = {st.ChunkHook: ("values", "base_seen", "finish"), st.TensorHook: ("result",),
+                    st.StatsRecorder: ("__init__", "tensor", "small")}
+    originals = [(cls, n, getattr(cls, n)) for cls, names in entry_points.items() for n in names]
+    for cls, n, fn in originals:
+        setattr(cls, n, timed(fn))
+    rows: dict[str, list[tuple[float, float]]] = {"first": [], "second": []}
+    try:
+        TensorWriter.record_stats = True
+        for r in range(reps + 1):
+            with tempfile.TemporaryDirectory(prefix="tvcs-stats-", dir=TMP) as d:
+                repo = tv.Repo.init(d)
+                for i, s in enumerate(states):
+                    spent[0] = 0.0
+                    p0 = time.process_time()
+                    repo.commit(s, message=f"commit {i}")
+                    row = (spent[0], time.process_time() - p0)
+                    if r:  # repetition 0 warms up
+                        rows["first" if i == 0 else "second"].append(row)
+                repo.close()
+    finally:
+        for cls, n, fn in originals:
+            setattr(cls, n, fn)
+    out: dict[str, Any] = {}
+    for kind, got in rows.items():
+        stats_cpu = c.median([a for a, _ in got])
+        total = c.median([b for _, b in got])
+        share = c.median([a / b for a, b in got])
+        out[kind] = {"stats_cpu_s": stats_cpu, "commit_cpu_s": total, "share": share}
+        what = "first commit" if kind == "first" else "later commits"
+        print(f"{what}: statistics {stats_cpu:.3f} CPU s of the commit's {total:.3f} CPU s "
+              f"(median of {len(got)}): {100 * share:.1f}% of the commit's CPU")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
@@ -116,6 +187,8 @@ def main() -> None:
     ap.add_argument("--minilm", type=int, default=0, help="N MiniLM fine-tune snapshots")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--parts", action="store_true", help="CPU cost per 4 MiB chunk only")
+    ap.add_argument("--attribute", action="store_true",
+                    help="CPU inside the statistics, as a share of the commit's CPU")
     a = ap.parse_args()
     if a.parts:
         parts()
@@ -129,6 +202,16 @@ def main() -> None:
         s0 = make_state(a.mib, DTYPES[a.dtype])
         states = [s0, step(s0)]
         label = f"{a.mib} MiB {a.dtype}"
+    if a.attribute:
+        from tensorvcs import accel
+
+        res = attribute(states, a.reps)
+        res.update(state=label, reps=a.reps, native=accel.describe())
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        tag = "minilm" if a.minilm else f"{a.dtype}_{a.mib}"
+        name = f"stats_attribute_{tag}.json"
+        (Path(a.out) / name).write_text(json.dumps(res, indent=1) + "\n")
+        return
     kinds = ("first", "second", "first_cpu", "second_cpu")
     times: dict[str, dict[str, list[float]]] = {m: {k: [] for k in kinds} for m in ("on", "off")}
     load = [os.getloadavg()[0]]
