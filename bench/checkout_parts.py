@@ -13,14 +13,11 @@ process has touched before; the difference between the two is the price of fresh
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -32,23 +29,6 @@ import tensorvcs as tv  # noqa: E402
 from bench import common, scale  # noqa: E402
 from tensorvcs.format import codecs  # noqa: E402
 from tensorvcs.store import local, objects  # noqa: E402
-
-PARTS: dict[str, float] = {}
-
-
-def _timed(owner: Any, name: str, label: str) -> None:
-    """Replace ``owner.name`` by a wrapper adding its thread-CPU time to PARTS[label]."""
-    fn: Callable[..., Any] = getattr(owner, name)
-
-    @functools.wraps(fn)
-    def wrapper(*a: Any, **k: Any) -> Any:
-        t0 = time.thread_time()
-        try:
-            return fn(*a, **k)
-        finally:
-            PARTS[label] = PARTS.get(label, 0.0) + time.thread_time() - t0
-
-    setattr(owner, name, wrapper)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,21 +49,21 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(state, pt)
         (d / "done").touch()
         del state
-    _timed(local.LocalStore, "get", "read files")
-    _timed(codecs, "_unzstd", "zstd")
-    _timed(codecs, "merge_planes", "merge planes (+ first touch)")
-    _timed(objects, "object_id", "BLAKE3 verify")
+    targets = [(local.LocalStore, "get", "read files"), (codecs, "_unzstd", "zstd"),
+               (codecs, "merge_planes", "merge planes (+ first touch)"),
+               (objects, "object_id", "BLAKE3 verify")]
+    parts_cpu: dict[str, float] = {}
     print(f"{a.gb:g} GB {a.dtype}, one worker thread, load average {os.getloadavg()[0]:.1f}")
-    with tv.Repo.open(repo_dir) as r:
+    with tv.Repo.open(repo_dir) as r, common.thread_cpu(targets, parts_cpu):
         r.workers = 1
         for run in ("first checkout", "second checkout"):
-            PARTS.clear()
+            parts_cpu.clear()
             c0 = time.process_time()
             got = r.checkout()
             total = time.process_time() - c0
             del got
-            rest = total - sum(PARTS.values())
-            parts = ", ".join(f"{k} {v:.2f}" for k, v in PARTS.items())
+            rest = total - sum(parts_cpu.values())
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in parts_cpu.items())
             print(f"{run}: {total:.2f} CPU-s ({parts}, rest {rest:.2f})")
     c0 = time.process_time()
     torch.load(pt, weights_only=True)

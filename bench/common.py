@@ -41,6 +41,48 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+@contextmanager
+def thread_cpu(targets: Sequence[tuple[Any, str, str]],
+               totals: dict[str, float]) -> Iterator[dict[str, float]]:
+    """Time ``owner.name`` for each ``(owner, name, label)`` by the CPU of the thread running it.
+
+    Only the outermost call of a label in a thread counts, so a timed function calling
+    another of the same label is not counted twice. Threads add into ``totals[label]``
+    under a lock. The original functions are put back on exit.
+    """
+    import functools
+    import threading
+
+    depth = threading.local()
+    lock = threading.Lock()
+
+    def wrap(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            held: dict[str, int] = depth.__dict__.setdefault("by_label", {})
+            outer = held.get(label, 0) == 0
+            held[label] = held.get(label, 0) + 1
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                held[label] -= 1
+                if outer:
+                    dt = time.thread_time() - t0
+                    with lock:
+                        totals[label] = totals.get(label, 0.0) + dt
+        return wrapper
+
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
+    try:
+        for (owner, name, fn), (_, _, label) in zip(originals, targets, strict=True):
+            setattr(owner, name, wrap(fn, label))
+        yield totals
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+
+
 def median(xs: Iterable[float]) -> float:
     xs = list(xs)
     return float(statistics.median(xs)) if xs else float("nan")

@@ -119,53 +119,26 @@ def parts(reps: int = 20) -> None:
 
 def attribute(states: list[Any], reps: int) -> dict[str, Any]:
     """CPU seconds inside the statistics and of the whole process, per commit kind."""
-    import functools
-    import threading
-
     from tensorvcs.state import stats as st
-
-    local = threading.local()
-    spent = [0.0]
-    lock = threading.Lock()
-
-    def timed(fn: Any) -> Any:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            depth = getattr(local, "depth", 0)
-            local.depth = depth + 1
-            t0 = time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                local.depth = depth
-                if depth == 0:
-                    dt = time.thread_time() - t0
-                    with lock:
-                        spent[0] += dt
-        return wrapper
 
     entry_points = {st.ChunkHook: ("values", "base_seen", "finish"), st.TensorHook: ("result",),
                     st.StatsRecorder: ("__init__", "tensor", "small")}
-    originals = [(cls, n, getattr(cls, n)) for cls, names in entry_points.items() for n in names]
-    for cls, n, fn in originals:
-        setattr(cls, n, timed(fn))
+    targets = [(cls, n, "statistics") for cls, names in entry_points.items() for n in names]
+    spent: dict[str, float] = {}
     rows: dict[str, list[tuple[float, float]]] = {"first": [], "second": []}
-    try:
+    with c.thread_cpu(targets, spent):
         TensorWriter.record_stats = True
         for r in range(reps + 1):
             with tempfile.TemporaryDirectory(prefix="tvcs-stats-", dir=TMP) as d:
                 repo = tv.Repo.init(d)
                 for i, s in enumerate(states):
-                    spent[0] = 0.0
+                    spent.clear()
                     p0 = time.process_time()
                     repo.commit(s, message=f"commit {i}")
-                    row = (spent[0], time.process_time() - p0)
+                    row = (spent.get("statistics", 0.0), time.process_time() - p0)
                     if r:  # repetition 0 warms up
                         rows["first" if i == 0 else "second"].append(row)
                 repo.close()
-    finally:
-        for cls, n, fn in originals:
-            setattr(cls, n, fn)
     out: dict[str, Any] = {}
     for kind, got in rows.items():
         stats_cpu = c.median([a for a, _ in got])
