@@ -223,3 +223,43 @@ def test_a_commit_failing_after_a_batch_of_rewrites_loses_nothing(
         assert torch.equal(repo.checkout(c1.id)["w"], s1["w"])
     finally:
         repo.close()
+
+
+def _peak_rss(cmd: list[str], cwd: Path) -> int:
+    """Peak RSS in bytes of one child process (ru_maxrss from wait4); it must succeed."""
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    err = p.stderr.read().decode() if p.stderr else ""
+    assert os.waitstatus_to_exitcode(status) == 0, err[-3000:]
+    return usage.ru_maxrss * 1024
+
+
+@linux_only
+@pytest.mark.slow
+def test_cli_checkout_of_a_1gb_pt_file_is_bounded_and_is_torch_saves_file(
+    tmp_path: Path,
+) -> None:
+    """`tvcs checkout HEAD model.pt -o out.pt` of a 1 GB file: peak RSS beyond that of
+    `tvcs --version` at most 512 MiB + 0.1 S (torch.save of the checked-out state would hold
+    all of it), and out.pt holds exactly the records torch.save wrote in model.pt."""
+    import zipfile
+
+    sys.path.insert(0, str(ROOT))
+    from bench.scale import build_state
+
+    torch.save(build_state(SIZE_GB, "fp32"), tmp_path / "model.pt")
+    tvcs = [sys.executable, "-m", "tensorvcs.cli"]
+    subprocess.run([*tvcs, "init"], cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run([*tvcs, "commit", "model.pt", "-m", "1 GB"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    base = _peak_rss([*tvcs, "--version"], tmp_path)
+    peak = _peak_rss([*tvcs, "checkout", "HEAD", "model.pt", "-o", "out.pt"], tmp_path)
+    assert peak - base <= LIMIT, f"tvcs checkout -o: {mib(peak - base)} beyond tvcs --version"
+    want, got = zipfile.ZipFile(tmp_path / "model.pt"), zipfile.ZipFile(tmp_path / "out.pt")
+    # the archive's folder is the file's stem for torch.save(path), "archive" for a file object
+    names = [i.filename.split("/", 1) for i in want.infolist()]
+    assert [i.filename.split("/", 1)[1] for i in got.infolist()] == [n for _, n in names]
+    assert sum(i.file_size for i in got.infolist()) > 0.9e9
+    for folder, name in names:
+        if name != ".data/serialization_id":  # CRC-checked by zipfile, too
+            assert got.read(f"archive/{name}") == want.read(f"{folder}/{name}"), name

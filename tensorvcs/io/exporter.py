@@ -3,11 +3,12 @@ files and opaque blobs.
 
 Safetensors and blobs stream: tensor bytes are read chunk by chunk (in parallel, a bounded
 window ahead) and written in order, so memory stays near ``window × chunk_size`` whatever the
-file size. ``torch.save`` needs every tensor of the state at once: for a large state the
-tensors are first streamed into a scratch file next to the destination, mapped read-only, and
-``torch.save`` reads them through the mapping while ``mapped.PageDropper`` drops the pages it
-has read (so memory stays small at the cost of writing the bytes twice); a small state is
-simply read into memory.
+file size. ``torch.save`` needs every tensor of the state at once: a large state's file is
+instead written in one pass by io/torch_zip.py -- torch.save's own zip, laid out by torch.save
+on tensors that are never touched, with each storage's bytes streamed from the store into its
+place -- so memory stays near the streamer's window; a small state is simply read into memory
+and torch.saved. Where torch's layout is not the one torch_zip knows, the tensors go through a
+mapped scratch file instead (the bytes are written twice).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..format.values import KeyPath, path_str
 from ..state.encode import CheckoutHooks
 from ..state.tensors import dtype_from_name
 from . import safetensors_file as stf
+from . import torch_zip
 from .mapped import PageDropper
 
 if TYPE_CHECKING:
@@ -385,6 +387,100 @@ def write_pt_file(
     if sum(e.nbytes for e in wanted.values()) < STREAM_PT_BYTES:
         sub = Manifest(node, manifest.tensors)
         return write_pt(repo.materialize(sub, select, None, allow_pickle, root=prefix), fp)
+    try:
+        return _write_pt_streamed(repo, node, prefix, select, allow_pickle, wanted, paths, fp)
+    except torch_zip.Unsupported:  # raised before anything is written to fp
+        return _write_pt_via_scratch(repo, node, prefix, select, allow_pickle, wanted, paths, fp,
+                                     scratch, progress)
+
+
+def _finish(t: torch.Tensor, e: TensorEntry) -> torch.Tensor:
+    if e.param:
+        return torch.nn.Parameter(t, requires_grad=e.requires_grad)
+    if e.requires_grad and t.is_floating_point():
+        t.requires_grad_(True)
+    return t
+
+
+def _decode(repo: Repo, node: Any, prefix: KeyPath, select: Select | None, allow_pickle: bool,
+            tensors: dict[int, torch.Tensor]) -> Any:
+    def load_tensor(i: int, path: KeyPath) -> torch.Tensor:
+        return tensors[i]
+
+    def load_blob(oid: str, path: KeyPath) -> bytes:
+        return repo.objects.read_bytes(oid)
+
+    obj = values.decode(node, CheckoutHooks(load_tensor, load_blob, allow_pickle), prefix, select)
+    return {} if obj is values.ABSENT else obj
+
+
+def _write_pt_streamed(
+    repo: Repo,
+    node: Any,
+    prefix: KeyPath,
+    select: Select | None,
+    allow_pickle: bool,
+    wanted: dict[int, TensorEntry],
+    paths: dict[int, KeyPath],
+    fp: IO[bytes],
+) -> str:
+    """torch.save's file written in one pass, each storage's bytes streamed from the store
+    (io/torch_zip.py): memory stays near the streamer's window. The tensors torch.save sees
+    are allocated but never touched; numpy arrays are read for real (decoding copies them)."""
+    arrays = {int(leaf[1]) for path, leaf in values.walk_leaves(node, prefix)
+              if isinstance(leaf, list) and leaf and leaf[0] == "ndarray"}
+    streamer = ByteStreamer(repo)
+    tensors: dict[int, torch.Tensor] = {}
+    stream: dict[int, int] = {}  # storage _cdata -> entry index, for the untouched tensors
+    for i, e in wanted.items():
+        try:
+            t = torch.empty(e.shape, dtype=dtype_from_name(e.dtype))
+        except (RuntimeError, MemoryError) as err:  # no address space for it: the slow path
+            raise torch_zip.Unsupported(f"cannot allocate {e.nbytes} bytes: {err}") from None
+        if i in arrays:
+            dst = t.view(-1).view(torch.uint8).numpy() if e.nbytes else None
+            pos = 0
+            for data in streamer.tensors([(path_str(paths[i]), e)]):
+                assert dst is not None
+                dst[pos : pos + data.nbytes] = data
+                pos += data.nbytes
+        else:
+            stream[t.untyped_storage()._cdata] = i
+        tensors[i] = _finish(t, e)
+    obj = _decode(repo, node, prefix, select, allow_pickle, tensors)
+    parts, storages = torch_zip.record(obj)
+    layout, gaps = torch_zip.plan(parts, storages)
+
+    def fill(storage: torch.UntypedStorage) -> Iterator[Any]:
+        i = stream.get(storage._cdata)
+        if i is None:  # bytes that are in memory (an array's, or one decoding made)
+            whole = torch.empty(0, dtype=torch.uint8)
+            whole.set_(storage, 0, (storage.nbytes(),))  # type: ignore[call-overload]
+            yield whole.numpy()
+            return
+        yield from streamer.tensors([(path_str(paths[i]), wanted[i])])
+
+    sink = _Sink(fp, None)  # the caller's fp counts the bytes written
+    torch_zip.replay(layout, gaps, storages, fill, sink.write)
+    return sink.digest()
+
+
+def _write_pt_via_scratch(
+    repo: Repo,
+    node: Any,
+    prefix: KeyPath,
+    select: Select | None,
+    allow_pickle: bool,
+    wanted: dict[int, TensorEntry],
+    paths: dict[int, KeyPath],
+    fp: IO[bytes],
+    scratch: Path,
+    progress: Progress | None,
+) -> str:
+    """The fallback where torch.save's layout is not the one io/torch_zip.py knows: the
+    tensors are streamed into a scratch file next to the destination, mapped read-only, and
+    torch.saved from the mapping while PageDropper drops the pages it has read (memory stays
+    small; the bytes are written twice)."""
     tmp = scratch / f".tvcs-{os.getpid()}-{secrets.token_hex(4)}.tensors"
     offsets: dict[int, int] = {}
     try:
@@ -416,21 +512,8 @@ def write_pt_file(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # read-only buffer: torch.save only reads
                 t = torch.from_numpy(u8).view(dtype).reshape(e.shape)
-        if e.param:
-            t = torch.nn.Parameter(t, requires_grad=e.requires_grad)
-        elif e.requires_grad and t.is_floating_point():
-            t.requires_grad_(True)
-        tensors[i] = t
-
-    def load_tensor(i: int, path: KeyPath) -> torch.Tensor:
-        return tensors[i]
-
-    def load_blob(oid: str, path: KeyPath) -> bytes:
-        return repo.objects.read_bytes(oid)
-
-    obj = values.decode(node, CheckoutHooks(load_tensor, load_blob, allow_pickle), prefix, select)
-    if obj is values.ABSENT:
-        obj = {}
+        tensors[i] = _finish(t, e)
+    obj = _decode(repo, node, prefix, select, allow_pickle, tensors)
     with dropper:  # the views (tensors, obj) keep the mapping alive until after this block
         return write_pt(obj, fp)
 

@@ -117,8 +117,9 @@ def test_dtypes_convert(work: Path, tvcs: Tvcs, dtype: torch.dtype) -> None:
     assert sha256(work / "d2.safetensors") == before
 
 
-def test_pt_through_scratch_file(work: Path, tvcs: Tvcs, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Large states are torch.saved from a mapped scratch file: same result."""
+def test_pt_streamed(work: Path, tvcs: Tvcs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large states are written one tensor at a time (io/torch_zip.py): same result, and no
+    scratch file left (tests/test_torch_zip.py compares the files record by record)."""
     import numpy as np
 
     from tensorvcs.io import exporter
