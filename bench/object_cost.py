@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 PIECE = 4 << 20
+PACK = 64 << 20
 
 
 def main() -> None:
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="folder on the disk under test")
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated case numbers (1-5) to run")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="tvcs-objcost-", dir=a.dir)
     buf = os.urandom(PIECE)
@@ -53,14 +55,48 @@ def main() -> None:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(put, range(n)))
 
+    def packs() -> None:  # PACK-sized files, each fsynced, 8 threads
+        per = PACK // PIECE
+
+        def put_pack(j: int) -> None:
+            with open(os.path.join(work, f"p{j}"), "wb") as f:
+                for _ in range(per):
+                    f.write(buf)
+                f.flush()
+                os.fsync(f.fileno())
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(put_pack, range(n // per)))
+
+    def batched() -> None:  # 4 MiB files, no fsync while writing, then all fsynced at the end
+        def write(i: int) -> None:
+            with open(os.path.join(work, f"o{i}"), "wb") as f:
+                f.write(buf)
+
+        def sync(i: int) -> None:
+            fd = os.open(os.path.join(work, f"o{i}"), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(write, range(n)))
+            list(pool.map(sync, range(n)))
+
     cases: list[tuple[str, Callable[[], None]]] = [
         ("one file, one fsync", one_file),
         (f"{n} files of 4 MiB, fsync each, 1 thread", sequential),
         (f"{n} files of 4 MiB, fsync each, 8 threads", threads),
+        (f"{n} files of 4 MiB, written by 8 threads, then fsynced by 8", batched),
+        (f"{n * PIECE // PACK} files of 64 MiB, fsync each, 8 threads", packs),
     ]
     try:
         print(f"| {a.mib} MiB written as | median | GiB/s |\n|---|---|---|")
-        for name, fn in cases:
+        chosen = {int(x) for x in a.only.split(",") if x}
+        for k, (name, fn) in enumerate(cases, 1):
+            if chosen and k not in chosen:
+                continue
             times = []
             for _ in range(a.reps):
                 for f in os.listdir(work):

@@ -19,7 +19,7 @@ import secrets
 import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -215,14 +215,25 @@ class ByteStreamer:
 
 
 class _Sink:
-    """Writes to a file while hashing (BLAKE3) and reporting progress."""
+    """Writes to a file while hashing (BLAKE3) and reporting progress.
 
-    def __init__(self, fp: IO[bytes], progress: Progress | None) -> None:
+    With ``hash_behind`` (for writers whose buffers are never changed once written: the
+    streamers' chunks, headers built for the write) large buffers are hashed on a thread of
+    their own, in order, while the next ones are written: the hash, a third of the work on
+    each byte a checkout writes, then runs beside the writes instead of between them. At most
+    HASH_BEHIND buffers wait for it."""
+
+    HASH_BEHIND = 8
+
+    def __init__(self, fp: IO[bytes], progress: Progress | None, hash_behind: bool = False) -> None:
         self.fp = fp
         self.h = blake3.blake3()
         self.progress = progress
         self.size = 0
         self.error: OSError | None = None
+        self._hasher = (ThreadPoolExecutor(1, thread_name_prefix="tvcs-hash") if hash_behind
+                        else None)
+        self._behind: deque[Future[Any]] = deque()
 
     def write(self, data: Any) -> None:
         mv = memoryview(data).cast("B")
@@ -231,7 +242,15 @@ class _Sink:
         except OSError as e:  # kept: torch.save turns it into a RuntimeError without errno
             self.error = e
             raise
-        self.h.update(mv)
+        if self._hasher is None:
+            self.h.update(mv)
+        elif mv.nbytes >= 1 << 20 or self._behind:  # small ones, behind large: in order
+            piece = mv if mv.nbytes >= 1 << 20 else bytes(mv)
+            self._behind.append(self._hasher.submit(self.h.update, piece))
+            while len(self._behind) > self.HASH_BEHIND or (self._behind and self._behind[0].done()):
+                self._behind.popleft().result()
+        else:
+            self.h.update(mv)
         self.size += mv.nbytes
         if self.progress is not None:
             self.progress(mv.nbytes)
@@ -240,12 +259,17 @@ class _Sink:
         self.fp.flush()
 
     def digest(self) -> str:
+        while self._behind:
+            self._behind.popleft().result()
+        if self._hasher is not None:
+            self._hasher.shutdown()
+            self._hasher = None
         return self.h.hexdigest()
 
 
 # -- the writers -----------------------------------------------------------------------------
 def write_blob(repo: Repo, fe: FileEntry, fp: IO[bytes], progress: Progress | None = None) -> str:
-    sink = _Sink(fp, progress)
+    sink = _Sink(fp, progress, hash_behind=True)
     for data in ByteStreamer(repo).blob(fe):
         sink.write(data)
     return sink.digest()
@@ -278,7 +302,7 @@ def write_safetensors_exact(
             raise CorruptObjectError(f"{fe.path}: tensor {name!r} does not fit its offsets")
         pos = end
         items.append((name, e))
-    sink = _Sink(fp, progress)
+    sink = _Sink(fp, progress, hash_behind=True)
     sink.write(header)
     for data in ByteStreamer(repo).tensors(items):
         sink.write(data)
@@ -346,7 +370,7 @@ def write_safetensors_converted(
                 "cannot hold (use --format pt)"
             )
         header_items.append((name, dt, list(it.entry.shape), it.entry.nbytes))
-    sink = _Sink(fp, progress)
+    sink = _Sink(fp, progress, hash_behind=True)
     sink.write(stf.make_header(header_items, metadata))
     named = [(n, it.entry) for n, it in zip(names, items, strict=True)]
     for data in ByteStreamer(repo).tensors(named):
@@ -460,7 +484,7 @@ def _write_pt_streamed(
             return
         yield from streamer.tensors([(path_str(paths[i]), wanted[i])])
 
-    sink = _Sink(fp, None)  # the caller's fp counts the bytes written
+    sink = _Sink(fp, None, hash_behind=True)  # the caller's fp counts the bytes written
     torch_zip.replay(layout, gaps, storages, fill, sink.write)
     return sink.digest()
 
