@@ -47,14 +47,15 @@ class ObjectStore:
 
     def write(self, oid: str, kind: int, length: int, enc: codecs.Encoded) -> int:
         """Store an already-encoded object; returns the bytes written (0 when it was present).
-        An object larger than readers accept for its kind (envelope.MAX_CONTENT) is refused."""
+        An object larger than readers accept for its kind (envelope.MAX_CONTENT) is refused.
+        Callers ask ``has`` before encoding; the store's create-only ``put_if_absent`` is the
+        check that counts, so there is no second existence check here (on object storage it
+        was a HEAD request per new object)."""
         if length > envelope.MAX_CONTENT.get(kind, 0):
             raise UnsupportedValueError(
                 f"cannot store a {envelope.KIND_NAMES.get(kind, kind)} of {length} bytes: "
                 f"readers accept at most {envelope.MAX_CONTENT.get(kind, 0)}"
             )
-        if self.has(oid):
-            return 0
         pieces = envelope.pack(kind, length, enc)
         if not self.store.put_if_absent(object_name(oid), pieces):
             return 0
