@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -108,7 +109,7 @@ def export_dcp(rev: str, out: str, fmt: str | None, unsafe_pickle: bool, as_json
         if fmt == "pt" and Path(out).suffix == ".safetensors":
             raise UsageError("a pt export needs an OUT not ending in .safetensors")
         if fmt == "pt":
-            _save_pt(dcp.load_state(r, cid, weights_only=not unsafe_pickle), Path(out))
+            _save_pt(r, cid, Path(out), weights_only=not unsafe_pickle)
         else:
             dcp.export_torch_save(r, cid, out, weights_only=not unsafe_pickle)
     if as_json:
@@ -117,17 +118,18 @@ def export_dcp(rev: str, out: str, fmt: str | None, unsafe_pickle: bool, as_json
     click.echo(f"wrote {out} ({fmt}) from {short(cid)}")
 
 
-def _save_pt(state: object, out: Path) -> None:
-    """torch.save ``state`` to ``out`` through a new temporary file renamed into place; written
+def _save_pt(r: Any, cid: str, out: Path, weights_only: bool) -> None:
+    """torch.save the consolidated state of ``cid`` to ``out`` (``dcp.write_torch_save``: one
+    tensor in memory at a time) through a new temporary file renamed into place; written
     through a Python file, so a full disk is reported as such (ENOSPC), not as torch's
     "[enforce fail at inline_container.cc]"."""
-    from ..io.exporter import write_pt
+    from .. import dcp
 
     tmp = out.with_name(f".{out.name}.tvcs-{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
         with open(fd, "wb") as fp:
-            write_pt(state, fp)
+            dcp.write_torch_save(r, cid, fp, weights_only=weights_only)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from .convert import (
     import_dcp,
     import_torch_save,
     load_state,
+    write_torch_save,
 )
 from .reader import StorageReader, load
 from .writer import SaveStats, StorageWriter, StoredItem
@@ -34,4 +35,5 @@ __all__ = [
     "import_torch_save",
     "load",
     "load_state",
+    "write_torch_save",
 ]

@@ -324,6 +324,86 @@ def load_state(
     return sd
 
 
+def write_torch_save(
+    repo: Repo | str | os.PathLike[str],
+    rev: str,
+    fp: Any,
+    *,
+    weights_only: bool = True,
+) -> None:
+    """torch.save the consolidated state of ``rev`` (what ``load_state`` returns) into the
+    binary file ``fp``, holding one whole tensor in memory at a time.
+
+    For a DCP commit, ``torch.save`` lays out its zip on the state rebuilt from the checkpoint's
+    metadata (DCP's own empty-state planner: tensors allocated, never touched; the non-tensor
+    values read in one load), and each tensor is then assembled from its shards alone and
+    streamed into its place (io/torch_zip.py). The file holds the same records as
+    ``torch.save(load_state(...))``. A commit not written through DCP, or a torch whose zip
+    layout io/torch_zip.py does not know, is loaded whole and torch.saved."""
+    from torch.distributed.checkpoint._nested_dict import set_element
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    from ..io import torch_zip
+    from ..io.exporter import write_pt
+
+    r = as_repo(repo)
+    reader = StorageReader(r, rev)
+    if reader.is_dcp_commit:
+        md = reader.read_metadata()
+        where = md.planner_data or {}
+        others: dict[str, Any] = {k: v for k, v in md.state_dict_metadata.items()
+                                  if not isinstance(v, TensorStorageMetadata)}
+
+        values_read: dict[str, Any] = {}
+
+        class _Values(DefaultLoadPlanner):  # the non-tensor values, read as load_state reads
+            def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+                obj = torch.load(value, weights_only=weights_only)
+                values_read[read_item.dest_index.fqn] = obj
+
+        if others:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                _load_state_dict(others, storage_reader=reader,
+                                 planner=_Values(flatten_state_dict=False), no_dist=True)
+        sd: dict[str, Any] = {}
+        keyed: dict[int, str] = {}  # placeholder storage -> its DCP key
+        for k, v in md.state_dict_metadata.items():
+            if isinstance(v, TensorStorageMetadata):
+                value: Any = torch.empty(v.size, dtype=v.properties.dtype)
+                keyed[value.untyped_storage()._cdata] = k
+            else:
+                value = values_read[k]
+            if k in where:
+                set_element(sd, where[k], value)
+            else:
+                sd[k] = value
+        try:
+            parts, storages = torch_zip.record(sd)
+            layout, gaps = torch_zip.plan(parts, storages)
+        except torch_zip.Unsupported:
+            pass
+        else:
+            tensors = md.state_dict_metadata
+
+            def fill(storage: torch.UntypedStorage) -> Any:
+                k = keyed[storage._cdata]
+                meta = tensors[k]
+                assert isinstance(meta, TensorStorageMetadata)
+                t = torch.empty(meta.size, dtype=meta.properties.dtype)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                    _load_state_dict({k: t}, storage_reader=reader,
+                                     planner=DefaultLoadPlanner(flatten_state_dict=False),
+                                     no_dist=True)
+                yield t.reshape(-1).view(torch.uint8).numpy()
+
+            torch_zip.replay(layout, gaps, storages, fill, fp.write)
+            return
+    write_pt(load_state(r, rev, weights_only=weights_only), fp)
+
+
 def export_torch_save(
     repo: Repo | str | os.PathLike[str],
     rev: str,
@@ -334,11 +414,13 @@ def export_torch_save(
     """Write the consolidated state of ``rev`` (see ``load_state``) to ``path``: torch.save,
     or, for a ``.safetensors`` path, safetensors with DCP's flattened keys (tensors only)."""
     out = Path(path)
-    state = load_state(repo, rev, weights_only=weights_only)
+    r = as_repo(repo)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         if out.suffix == ".safetensors":
             from safetensors.torch import save_file
+
+            state = load_state(r, rev, weights_only=weights_only)
             from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 
             flat, _ = flatten_state_dict(state)
@@ -350,7 +432,8 @@ def export_torch_save(
                 )
             save_file({k: v.contiguous() for k, v in flat.items()}, str(tmp))
         else:
-            torch.save(state, tmp)
+            with open(tmp, "wb") as fp:
+                write_torch_save(r, rev, fp, weights_only=weights_only)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

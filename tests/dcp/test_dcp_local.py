@@ -339,3 +339,54 @@ def test_lightning_fsdp_strategy_sharded_save_without_optimizer_states(
     assert not any(k.startswith("optimizer_") for k in state)
     strategy.remove_checkpoint(tmp_path / "ckpts" / "step=5.ckpt")
     assert not (tmp_path / "ckpts" / "step=5.ckpt").exists() and repo.resolve("lit") == c.id
+
+
+def _zip_records(data: bytes) -> list[tuple[str, int, bytes]]:
+    import zipfile
+
+    z = zipfile.ZipFile(io.BytesIO(data))
+    assert z.testzip() is None  # every CRC-32 right
+    return [(i.filename, i.header_offset, z.read(i)) for i in z.infolist()
+            if not i.filename.endswith(".data/serialization_id")]
+
+
+@pytest.mark.parametrize("kind", ["dcp", "plain"])
+def test_write_torch_save_streams_what_torch_save_of_load_state_writes(
+    repo: tv.Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """`tvcs export x.pt` / export_torch_save: a DCP commit's file is written one tensor at a
+    time (each tensor assembled from its shards alone), record for record torch.save of
+    load_state's whole state; a commit not written through DCP is loaded whole."""
+    from tensorvcs.io import torch_zip
+
+    state = sample_state()
+    state["model"]["big"] = torch.randn(70, 300)  # many chunks
+    state["later"] = [1, "two", {"three": torch.ones(2)}]
+    if kind == "dcp":
+        save(state, repo)
+    else:
+        repo.commit(state, "plain")
+    want = io.BytesIO()
+    torch.save(tv.dcp.load_state(repo, "HEAD"), want)
+    loads: list[list[str]] = []
+    real = tv.dcp.convert.load_state
+
+    def counted(*a: Any, **k: Any) -> Any:
+        loads.append(sorted(k.get("keys") or []) or ["<all>"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(tv.dcp.convert, "load_state", counted)
+    replays: list[int] = []
+    real_replay = torch_zip.replay
+    monkeypatch.setattr(torch_zip, "replay", lambda *a: replays.append(1) or real_replay(*a))
+    got = io.BytesIO()
+    tv.dcp.write_torch_save(repo, "HEAD", got)
+    assert _zip_records(got.getvalue()) == _zip_records(want.getvalue())
+    assert_same(torch.load(io.BytesIO(got.getvalue()), weights_only=True),
+                tv.dcp.load_state(repo, "HEAD"))
+    if kind == "dcp":
+        assert replays == [1] and loads == []  # streamed: never the whole state
+    else:
+        assert replays == [] and loads == [["<all>"]]
+    out = tv.dcp.export_torch_save(repo, "HEAD", tmp_path / "cons.pt")
+    assert _zip_records(out.read_bytes()) == _zip_records(want.getvalue())
