@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -324,6 +325,19 @@ def load_state(
     return sd
 
 
+def _load_one(reader: StorageReader, key: str, meta: TensorStorageMetadata) -> torch.Tensor:
+    """The whole tensor ``key`` of a DCP commit, assembled from its shards alone."""
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    t = torch.empty(meta.size, dtype=meta.properties.dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        _load_state_dict({key: t}, storage_reader=reader,
+                         planner=DefaultLoadPlanner(flatten_state_dict=False), no_dist=True)
+    return t
+
+
 def write_torch_save(
     repo: Repo | str | os.PathLike[str],
     rev: str,
@@ -338,8 +352,9 @@ def write_torch_save(
     metadata (DCP's own empty-state planner: tensors allocated, never touched; the non-tensor
     values read in one load), and each tensor is then assembled from its shards alone and
     streamed into its place (io/torch_zip.py). The file holds the same records as
-    ``torch.save(load_state(...))``. A commit not written through DCP, or a torch whose zip
-    layout io/torch_zip.py does not know, is loaded whole and torch.saved."""
+    ``torch.save(load_state(...))``. A commit not written through DCP is written by checkout's
+    streamed writer (io/exporter.py ``write_pt_file``); a DCP commit under a torch whose zip
+    layout io/torch_zip.py does not know is loaded whole and torch.saved."""
     from torch.distributed.checkpoint._nested_dict import set_element
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
@@ -391,17 +406,56 @@ def write_torch_save(
                 k = keyed[storage._cdata]
                 meta = tensors[k]
                 assert isinstance(meta, TensorStorageMetadata)
-                t = torch.empty(meta.size, dtype=meta.properties.dtype)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-                    _load_state_dict({k: t}, storage_reader=reader,
-                                     planner=DefaultLoadPlanner(flatten_state_dict=False),
-                                     no_dist=True)
-                yield t.reshape(-1).view(torch.uint8).numpy()
+                yield _load_one(reader, k, meta).reshape(-1).view(torch.uint8).numpy()
 
             torch_zip.replay(layout, gaps, storages, fill, fp.write)
             return
+    else:  # a plain commit: checkout's own streamed writer (what load_state would return)
+        from ..io.exporter import write_pt_file
+
+        m = r.get_manifest(r.get_commit(reader.commit_id or r.resolve(rev)).manifest)
+        name = getattr(fp, "name", None)
+        scratch = Path(name).parent if isinstance(name, str) else Path(tempfile.gettempdir())
+        write_pt_file(r, m, m.tree, (), None, False, fp, scratch)
+        return
     write_pt(load_state(r, rev, weights_only=weights_only), fp)
+
+
+def _write_safetensors_streamed(r: Repo, rev: str, path: Path) -> None:
+    """A DCP commit's tensors as one safetensors file under DCP's flattened keys, one whole
+    tensor in memory at a time: the header from the checkpoint's metadata, then each tensor
+    assembled from its shards and written in header order."""
+    from ..io import safetensors_file as stf
+
+    reader = StorageReader(r, rev)
+    md = reader.read_metadata()
+    others = [k for k, v in md.state_dict_metadata.items()
+              if not isinstance(v, TensorStorageMetadata)]
+    if others:
+        raise UnsupportedValueError(
+            f"{len(others)} non-tensor value(s) cannot go into a safetensors file "
+            f"(first: {others[0]!r}); export to a .pt file instead"
+        )
+    items: list[tuple[str, str, list[int], int]] = []
+    metas: list[TensorStorageMetadata] = []
+    for k, v in md.state_dict_metadata.items():
+        assert isinstance(v, TensorStorageMetadata)
+        name = stf.DTYPE_NAMES.get(v.properties.dtype)
+        if name is None:
+            raise UnsupportedValueError(
+                f"tensor {k!r} has dtype {v.properties.dtype}, which safetensors cannot hold; "
+                "export to a .pt file instead"
+            )
+        shape = [int(x) for x in v.size]
+        numel = 1
+        for x in shape:
+            numel *= x
+        items.append((k, name, shape, numel * v.properties.dtype.itemsize))
+        metas.append(v)
+    with open(path, "wb") as fp:
+        fp.write(stf.make_header(items, None))
+        for (k, *_), meta in zip(items, metas, strict=True):
+            fp.write(_load_one(reader, k, meta).reshape(-1).view(torch.uint8).numpy().data)
 
 
 def export_torch_save(
@@ -417,7 +471,9 @@ def export_torch_save(
     r = as_repo(repo)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        if out.suffix == ".safetensors":
+        if out.suffix == ".safetensors" and StorageReader(r, rev).is_dcp_commit:
+            _write_safetensors_streamed(r, rev, tmp)
+        elif out.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             state = load_state(r, rev, weights_only=weights_only)

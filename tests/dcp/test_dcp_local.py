@@ -356,7 +356,7 @@ def test_write_torch_save_streams_what_torch_save_of_load_state_writes(
 ) -> None:
     """`tvcs export x.pt` / export_torch_save: a DCP commit's file is written one tensor at a
     time (each tensor assembled from its shards alone), record for record torch.save of
-    load_state's whole state; a commit not written through DCP is loaded whole."""
+    load_state's whole state; a plain commit goes through checkout's writer."""
     from tensorvcs.io import torch_zip
 
     state = sample_state()
@@ -386,7 +386,30 @@ def test_write_torch_save_streams_what_torch_save_of_load_state_writes(
                 tv.dcp.load_state(repo, "HEAD"))
     if kind == "dcp":
         assert replays == [1] and loads == []  # streamed: never the whole state
-    else:
-        assert replays == [] and loads == [["<all>"]]
+    else:  # checkout's streamed writer (large states) or torch.save (small ones)
+        assert loads == []
     out = tv.dcp.export_torch_save(repo, "HEAD", tmp_path / "cons.pt")
     assert _zip_records(out.read_bytes()) == _zip_records(want.getvalue())
+
+
+def test_safetensors_export_of_a_dcp_commit_streams(
+    repo: tv.Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DCP commit to one .safetensors file: DCP's flattened keys, every tensor bitwise, one
+    tensor assembled at a time (load_state is never called)."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+
+    g = torch.Generator().manual_seed(3)
+    state = {"model": {"w": torch.randn(70, 300, generator=g), "b": torch.zeros(0),
+                       "h": torch.randn(5, generator=g).to(torch.bfloat16)},
+             "ids": torch.arange(9)}
+    save(state, repo)
+    want, _ = flatten_state_dict(tv.dcp.load_state(repo, "HEAD"))
+    monkeypatch.setattr(tv.dcp.convert, "load_state", lambda *a, **k: pytest.fail("whole"))
+    out = tv.dcp.export_torch_save(repo, "HEAD", tmp_path / "m.safetensors")
+    got = load_file(str(out))
+    assert sorted(got) == sorted(want) == ["ids", "model.b", "model.h", "model.w"]
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+    assert not list(tmp_path.glob(".m.safetensors.tmp-*"))
