@@ -139,12 +139,9 @@ def test_fallback_when_the_layout_is_unknown(tmp_path: Path,
     repo.close()
 
 
-def _recording(state: Any) -> tuple[list[bytes | int], list[torch.UntypedStorage]]:
-    return torch_zip.record(state)
-
-
 def test_plan_refuses_what_it_does_not_know() -> None:
-    parts, storages = _recording({"a": torch.empty(100), "b": torch.empty(3, dtype=torch.int8)})
+    state = {"a": torch.empty(100), "b": torch.empty(3, dtype=torch.int8)}
+    parts, storages = torch_zip.record(state)
     layout, gaps = torch_zip.plan(parts, storages)
     assert [(g.key, g.length) for g in gaps] == [(0, 400), (1, 3)]
     with pytest.raises(torch_zip.Unsupported, match="end of central directory"):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
 import warnings
@@ -293,7 +294,6 @@ def load_state(
     which DCP stores as torch.save pickles) are read with ``torch.load(weights_only=True)``
     unless ``weights_only=False`` (trusted checkpoints only: that runs arbitrary pickles)."""
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     r = as_repo(repo)
     reader = StorageReader(r, rev)
@@ -314,28 +314,63 @@ def load_state(
                 self.state_dict[read_item.dest_index.fqn] = obj
 
     sd: dict[str, Any] = {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        _load_state_dict(
-            sd,
-            storage_reader=reader,
-            planner=_Planner(keys=set(keys) if keys is not None else None),
-            no_dist=True,
-        )
+    _dcp_load(sd, reader, _Planner(keys=set(keys) if keys is not None else None))
     return sd
 
 
-def _load_one(reader: StorageReader, key: str, meta: TensorStorageMetadata) -> torch.Tensor:
-    """The whole tensor ``key`` of a DCP commit, assembled from its shards alone."""
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+def _dcp_load(state_dict: dict[str, Any], reader: StorageReader, planner: Any) -> None:
+    """DCP's load into ``state_dict``, in this process (no process group)."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    t = torch.empty(meta.size, dtype=meta.properties.dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        _load_state_dict({key: t}, storage_reader=reader,
-                         planner=DefaultLoadPlanner(flatten_state_dict=False), no_dist=True)
-    return t
+        _load_state_dict(state_dict, storage_reader=reader, planner=planner, no_dist=True)
+
+
+def _load_one(reader: StorageReader, key: str, meta: Any) -> Any:
+    """The bytes of the whole tensor ``key`` of a DCP commit, assembled from its shards
+    alone."""
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    t = torch.empty(meta.size, dtype=meta.properties.dtype)
+    _dcp_load({key: t}, reader, DefaultLoadPlanner(flatten_state_dict=False))
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _skeleton(
+    reader: StorageReader, md: Metadata, weights_only: bool
+) -> tuple[dict[str, Any], dict[int, str]]:
+    """The state ``load_state`` returns, laid out by DCP's own empty-state planner with its
+    tensors allocated but never touched, and its non-tensor values read (as load_state reads
+    them); and {storage of each tensor: its DCP key}."""
+    from torch.distributed.checkpoint._nested_dict import set_element
+    from torch.distributed.checkpoint.default_planner import (
+        DefaultLoadPlanner,
+        _EmptyStateDictLoadPlanner,
+    )
+
+    sd: dict[str, Any] = {}
+    layout = _EmptyStateDictLoadPlanner()
+    layout.set_up_planner(sd, md, is_coordinator=True)
+    got: dict[str, Any] = {}
+
+    class _Values(DefaultLoadPlanner):
+        def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+            got[read_item.dest_index.fqn] = torch.load(value, weights_only=weights_only)
+
+    others = {k: v for k, v in md.state_dict_metadata.items()
+              if not isinstance(v, TensorStorageMetadata)}
+    if others:
+        _dcp_load(others, reader, _Values(flatten_state_dict=False))
+    where = md.planner_data or {}
+    for k, obj in got.items():
+        if k in where:
+            set_element(sd, where[k], obj)
+        else:
+            sd[k] = obj
+    keyed = {t.untyped_storage()._cdata: k for k, t in layout.state_dict.items()
+             if isinstance(t, torch.Tensor)}
+    return sd, keyed
 
 
 def write_torch_save(
@@ -349,97 +384,57 @@ def write_torch_save(
     binary file ``fp``, holding one whole tensor in memory at a time.
 
     For a DCP commit, ``torch.save`` lays out its zip on the state rebuilt from the checkpoint's
-    metadata (DCP's own empty-state planner: tensors allocated, never touched; the non-tensor
-    values read in one load), and each tensor is then assembled from its shards alone and
+    metadata (``_skeleton``), and each tensor is then assembled from its shards alone and
     streamed into its place (io/torch_zip.py). The file holds the same records as
     ``torch.save(load_state(...))``. A commit not written through DCP is written by checkout's
     streamed writer (io/exporter.py ``write_pt_file``); a DCP commit under a torch whose zip
     layout io/torch_zip.py does not know is loaded whole and torch.saved."""
-    from torch.distributed.checkpoint._nested_dict import set_element
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
     from ..io import torch_zip
-    from ..io.exporter import write_pt
+    from ..io.exporter import write_pt, write_pt_file
 
     r = as_repo(repo)
     reader = StorageReader(r, rev)
-    if reader.is_dcp_commit:
-        md = reader.read_metadata()
-        where = md.planner_data or {}
-        others: dict[str, Any] = {k: v for k, v in md.state_dict_metadata.items()
-                                  if not isinstance(v, TensorStorageMetadata)}
-
-        values_read: dict[str, Any] = {}
-
-        class _Values(DefaultLoadPlanner):  # the non-tensor values, read as load_state reads
-            def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-                obj = torch.load(value, weights_only=weights_only)
-                values_read[read_item.dest_index.fqn] = obj
-
-        if others:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-                _load_state_dict(others, storage_reader=reader,
-                                 planner=_Values(flatten_state_dict=False), no_dist=True)
-        sd: dict[str, Any] = {}
-        keyed: dict[int, str] = {}  # placeholder storage -> its DCP key
-        for k, v in md.state_dict_metadata.items():
-            if isinstance(v, TensorStorageMetadata):
-                value: Any = torch.empty(v.size, dtype=v.properties.dtype)
-                keyed[value.untyped_storage()._cdata] = k
-            else:
-                value = values_read[k]
-            if k in where:
-                set_element(sd, where[k], value)
-            else:
-                sd[k] = value
-        try:
-            parts, storages = torch_zip.record(sd)
-            layout, gaps = torch_zip.plan(parts, storages)
-        except torch_zip.Unsupported:
-            pass
-        else:
-            tensors = md.state_dict_metadata
-
-            def fill(storage: torch.UntypedStorage) -> Any:
-                k = keyed[storage._cdata]
-                meta = tensors[k]
-                assert isinstance(meta, TensorStorageMetadata)
-                yield _load_one(reader, k, meta).reshape(-1).view(torch.uint8).numpy()
-
-            torch_zip.replay(layout, gaps, storages, fill, fp.write)
-            return
-    else:  # a plain commit: checkout's own streamed writer (what load_state would return)
-        from ..io.exporter import write_pt_file
-
+    if not reader.is_dcp_commit:  # a plain commit: checkout's own streamed writer
         m = r.get_manifest(r.get_commit(reader.commit_id or r.resolve(rev)).manifest)
         name = getattr(fp, "name", None)
         scratch = Path(name).parent if isinstance(name, str) else Path(tempfile.gettempdir())
         write_pt_file(r, m, m.tree, (), None, False, fp, scratch)
         return
-    write_pt(load_state(r, rev, weights_only=weights_only), fp)
+    md = reader.read_metadata()
+    sd, keyed = _skeleton(reader, md, weights_only)
+    try:
+        parts, storages = torch_zip.record(sd)
+        layout, gaps = torch_zip.plan(parts, storages)
+    except torch_zip.Unsupported:
+        write_pt(load_state(r, rev, weights_only=weights_only), fp)
+        return
+
+    def fill(storage: torch.UntypedStorage) -> Any:
+        k = keyed[storage._cdata]
+        yield _load_one(reader, k, md.state_dict_metadata[k])
+
+    torch_zip.replay(layout, gaps, storages, fill, fp.write)
 
 
-def _write_safetensors_streamed(r: Repo, rev: str, path: Path) -> None:
+def _refuse_values(keys: Sequence[str]) -> None:
+    if keys:
+        raise UnsupportedValueError(
+            f"{len(keys)} non-tensor value(s) cannot go into a safetensors file "
+            f"(first: {keys[0]!r}); export to a .pt file instead"
+        )
+
+
+def _write_safetensors_streamed(reader: StorageReader, path: Path) -> None:
     """A DCP commit's tensors as one safetensors file under DCP's flattened keys, one whole
     tensor in memory at a time: the header from the checkpoint's metadata, then each tensor
     assembled from its shards and written in header order."""
     from ..io import safetensors_file as stf
 
-    reader = StorageReader(r, rev)
-    md = reader.read_metadata()
-    others = [k for k, v in md.state_dict_metadata.items()
-              if not isinstance(v, TensorStorageMetadata)]
-    if others:
-        raise UnsupportedValueError(
-            f"{len(others)} non-tensor value(s) cannot go into a safetensors file "
-            f"(first: {others[0]!r}); export to a .pt file instead"
-        )
+    md = reader.read_metadata().state_dict_metadata
+    _refuse_values([k for k, v in md.items() if not isinstance(v, TensorStorageMetadata)])
+    tensors = {k: v for k, v in md.items() if isinstance(v, TensorStorageMetadata)}
     items: list[tuple[str, str, list[int], int]] = []
-    metas: list[TensorStorageMetadata] = []
-    for k, v in md.state_dict_metadata.items():
-        assert isinstance(v, TensorStorageMetadata)
+    for k, v in tensors.items():
         name = stf.DTYPE_NAMES.get(v.properties.dtype)
         if name is None:
             raise UnsupportedValueError(
@@ -447,15 +442,11 @@ def _write_safetensors_streamed(r: Repo, rev: str, path: Path) -> None:
                 "export to a .pt file instead"
             )
         shape = [int(x) for x in v.size]
-        numel = 1
-        for x in shape:
-            numel *= x
-        items.append((k, name, shape, numel * v.properties.dtype.itemsize))
-        metas.append(v)
+        items.append((k, name, shape, math.prod(shape) * v.properties.dtype.itemsize))
     with open(path, "wb") as fp:
         fp.write(stf.make_header(items, None))
-        for (k, *_), meta in zip(items, metas, strict=True):
-            fp.write(_load_one(reader, k, meta).reshape(-1).view(torch.uint8).numpy().data)
+        for k, *_ in items:
+            fp.write(_load_one(reader, k, tensors[k]).data)
 
 
 def export_torch_save(
@@ -471,21 +462,15 @@ def export_torch_save(
     r = as_repo(repo)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        if out.suffix == ".safetensors" and StorageReader(r, rev).is_dcp_commit:
-            _write_safetensors_streamed(r, rev, tmp)
+        reader = StorageReader(r, rev)
+        if out.suffix == ".safetensors" and reader.is_dcp_commit:
+            _write_safetensors_streamed(reader, tmp)
         elif out.suffix == ".safetensors":
             from safetensors.torch import save_file
-
-            state = load_state(r, rev, weights_only=weights_only)
             from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 
-            flat, _ = flatten_state_dict(state)
-            others = [k for k, v in flat.items() if not isinstance(v, torch.Tensor)]
-            if others:
-                raise UnsupportedValueError(
-                    f"{len(others)} non-tensor value(s) cannot go into a safetensors file "
-                    f"(first: {others[0]!r}); export to a .pt file instead"
-                )
+            flat, _ = flatten_state_dict(load_state(r, rev, weights_only=weights_only))
+            _refuse_values([k for k, v in flat.items() if not isinstance(v, torch.Tensor)])
             save_file({k: v.contiguous() for k, v in flat.items()}, str(tmp))
         else:
             with open(tmp, "wb") as fp:

@@ -33,6 +33,7 @@ from ..format import values
 from ..format.manifest import FileEntry, Manifest, TensorEntry
 from ..format.values import KeyPath, path_str
 from ..state.encode import CheckoutHooks
+from ..state.reader import TensorReader, as_committed
 from ..state.tensors import dtype_from_name
 from . import safetensors_file as stf
 from . import torch_zip
@@ -411,69 +412,65 @@ def write_pt_file(
     if sum(e.nbytes for e in wanted.values()) < STREAM_PT_BYTES:
         sub = Manifest(node, manifest.tensors)
         return write_pt(repo.materialize(sub, select, None, allow_pickle, root=prefix), fp)
+    src = _PtSource(repo, node, prefix, select, allow_pickle, wanted, paths)
     try:
-        return _write_pt_streamed(repo, node, prefix, select, allow_pickle, wanted, paths, fp)
+        return _write_pt_streamed(src, fp)
     except torch_zip.Unsupported:  # raised before anything is written to fp
-        return _write_pt_via_scratch(repo, node, prefix, select, allow_pickle, wanted, paths, fp,
-                                     scratch, progress)
+        return _write_pt_via_scratch(src, fp, scratch, progress)
 
 
-def _finish(t: torch.Tensor, e: TensorEntry) -> torch.Tensor:
-    if e.param:
-        return torch.nn.Parameter(t, requires_grad=e.requires_grad)
-    if e.requires_grad and t.is_floating_point():
-        t.requires_grad_(True)
-    return t
+@dataclass
+class _PtSource:
+    """The (selected) value of a commit's ``node`` that a .pt file is written from, and the
+    tensor entries it uses ({index: entry}, {index: first key path})."""
+
+    repo: Repo
+    node: Any
+    prefix: KeyPath
+    select: Select | None
+    allow_pickle: bool
+    wanted: dict[int, TensorEntry]
+    paths: dict[int, KeyPath]
+
+    def named(self, i: int) -> list[tuple[str, TensorEntry]]:
+        return [(path_str(self.paths[i]), self.wanted[i])]
+
+    def decode(self, tensors: dict[int, torch.Tensor]) -> Any:
+        """The value, entry i's tensor being ``tensors[i]``."""
+
+        def load_tensor(i: int, path: KeyPath) -> torch.Tensor:
+            return tensors[i]
+
+        def load_blob(oid: str, path: KeyPath) -> bytes:
+            return self.repo.objects.read_bytes(oid)
+
+        hooks = CheckoutHooks(load_tensor, load_blob, self.allow_pickle)
+        obj = values.decode(self.node, hooks, self.prefix, self.select)
+        return {} if obj is values.ABSENT else obj
 
 
-def _decode(repo: Repo, node: Any, prefix: KeyPath, select: Select | None, allow_pickle: bool,
-            tensors: dict[int, torch.Tensor]) -> Any:
-    def load_tensor(i: int, path: KeyPath) -> torch.Tensor:
-        return tensors[i]
-
-    def load_blob(oid: str, path: KeyPath) -> bytes:
-        return repo.objects.read_bytes(oid)
-
-    obj = values.decode(node, CheckoutHooks(load_tensor, load_blob, allow_pickle), prefix, select)
-    return {} if obj is values.ABSENT else obj
-
-
-def _write_pt_streamed(
-    repo: Repo,
-    node: Any,
-    prefix: KeyPath,
-    select: Select | None,
-    allow_pickle: bool,
-    wanted: dict[int, TensorEntry],
-    paths: dict[int, KeyPath],
-    fp: IO[bytes],
-) -> str:
+def _write_pt_streamed(src: _PtSource, fp: IO[bytes]) -> str:
     """torch.save's file written in one pass, each storage's bytes streamed from the store
     (io/torch_zip.py): memory stays near the streamer's window. The tensors torch.save sees
     are allocated but never touched; numpy arrays are read for real (decoding copies them)."""
-    arrays = {int(leaf[1]) for path, leaf in values.walk_leaves(node, prefix)
+    arrays = {int(leaf[1]) for _, leaf in values.walk_leaves(src.node, src.prefix)
               if isinstance(leaf, list) and leaf and leaf[0] == "ndarray"}
-    streamer = ByteStreamer(repo)
-    tensors: dict[int, torch.Tensor] = {}
+    tensors = TensorReader(src.repo.objects, src.repo.pool).read(
+        {i: e for i, e in src.wanted.items() if i in arrays}, lambda i: path_str(src.paths[i])
+    )
     stream: dict[int, int] = {}  # storage _cdata -> entry index, for the untouched tensors
-    for i, e in wanted.items():
+    for i, e in src.wanted.items():
+        if i in tensors:
+            continue
         try:
             t = torch.empty(e.shape, dtype=dtype_from_name(e.dtype))
         except (RuntimeError, MemoryError) as err:  # no address space for it: the slow path
             raise torch_zip.Unsupported(f"cannot allocate {e.nbytes} bytes: {err}") from None
-        if i in arrays:
-            dst = t.view(-1).view(torch.uint8).numpy() if e.nbytes else None
-            pos = 0
-            for data in streamer.tensors([(path_str(paths[i]), e)]):
-                assert dst is not None
-                dst[pos : pos + data.nbytes] = data
-                pos += data.nbytes
-        else:
-            stream[t.untyped_storage()._cdata] = i
-        tensors[i] = _finish(t, e)
-    obj = _decode(repo, node, prefix, select, allow_pickle, tensors)
-    parts, storages = torch_zip.record(obj)
+        stream[t.untyped_storage()._cdata] = i
+        tensors[i] = as_committed(t, e)
+    parts, storages = torch_zip.record(src.decode(tensors))
     layout, gaps = torch_zip.plan(parts, storages)
+    streamer = ByteStreamer(src.repo)
 
     def fill(storage: torch.UntypedStorage) -> Iterator[Any]:
         i = stream.get(storage._cdata)
@@ -482,7 +479,7 @@ def _write_pt_streamed(
             whole.set_(storage, 0, (storage.nbytes(),))  # type: ignore[call-overload]
             yield whole.numpy()
             return
-        yield from streamer.tensors([(path_str(paths[i]), wanted[i])])
+        yield from streamer.tensors(src.named(i))
 
     sink = _Sink(fp, None, hash_behind=True)  # the caller's fp counts the bytes written
     torch_zip.replay(layout, gaps, storages, fill, sink.write)
@@ -490,16 +487,7 @@ def _write_pt_streamed(
 
 
 def _write_pt_via_scratch(
-    repo: Repo,
-    node: Any,
-    prefix: KeyPath,
-    select: Select | None,
-    allow_pickle: bool,
-    wanted: dict[int, TensorEntry],
-    paths: dict[int, KeyPath],
-    fp: IO[bytes],
-    scratch: Path,
-    progress: Progress | None,
+    src: _PtSource, fp: IO[bytes], scratch: Path, progress: Progress | None
 ) -> str:
     """The fallback where torch.save's layout is not the one io/torch_zip.py knows: the
     tensors are streamed into a scratch file next to the destination, mapped read-only, and
@@ -509,14 +497,14 @@ def _write_pt_via_scratch(
     offsets: dict[int, int] = {}
     try:
         with open(tmp, "wb") as out:
-            streamer = ByteStreamer(repo)
+            streamer = ByteStreamer(src.repo)
             pos = 0
-            for i, e in wanted.items():
+            for i in src.wanted:
                 pad = -pos % ALIGN
                 out.write(b"\0" * pad)
                 pos += pad
                 offsets[i] = pos
-                for data in streamer.tensors([(path_str(paths[i]), e)]):
+                for data in streamer.tensors(src.named(i)):
                     out.write(data.data)
                     pos += data.nbytes
                     if progress is not None:
@@ -527,7 +515,7 @@ def _write_pt_via_scratch(
     finally:
         tmp.unlink(missing_ok=True)  # the mapping stays valid; the name goes now
     tensors: dict[int, torch.Tensor] = {}
-    for i, e in wanted.items():
+    for i, e in src.wanted.items():
         dtype = dtype_from_name(e.dtype)
         if e.nbytes == 0 or mm is None:
             t = torch.empty(e.shape, dtype=dtype)
@@ -536,8 +524,8 @@ def _write_pt_via_scratch(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # read-only buffer: torch.save only reads
                 t = torch.from_numpy(u8).view(dtype).reshape(e.shape)
-        tensors[i] = _finish(t, e)
-    obj = _decode(repo, node, prefix, select, allow_pickle, tensors)
+        tensors[i] = as_committed(t, e)
+    obj = src.decode(tensors)
     with dropper:  # the views (tensors, obj) keep the mapping alive until after this block
         return write_pt(obj, fp)
 

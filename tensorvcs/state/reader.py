@@ -30,6 +30,15 @@ def _at_key_path(
     return ObjectNotFoundError(message, err.object_id)
 
 
+def as_committed(t: torch.Tensor, e: TensorEntry) -> torch.Tensor:
+    """``t`` (entry ``e``'s bytes) as it was committed: a Parameter, or requiring grad."""
+    if e.param:
+        return torch.nn.Parameter(t, requires_grad=e.requires_grad)
+    if e.requires_grad and t.is_floating_point():
+        t.requires_grad_(True)
+    return t
+
+
 class TensorReader:
     def __init__(self, objects: ObjectStore, pool: ThreadPoolExecutor) -> None:
         self.objects = objects
@@ -72,13 +81,7 @@ class TensorReader:
                 fut.result()
             except (CorruptObjectError, ObjectNotFoundError) as err:
                 raise _at_key_path(err, where(i)) from err
-        for i, e in entries.items():
-            t = out[i]
-            if e.param:
-                out[i] = torch.nn.Parameter(t, requires_grad=e.requires_grad)
-            elif e.requires_grad and t.is_floating_point():
-                t.requires_grad_(True)
-        return out
+        return {i: as_committed(out[i], e) for i, e in entries.items()}
 
     def _unpack(
         self,
