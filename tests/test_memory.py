@@ -281,6 +281,10 @@ _, m = measure(lambda: tv.dcp.export_torch_save(repo, "HEAD~1", sys.argv[3]))
 print("EXTRA", m["extra_peak"])
 _, m = measure(lambda: tv.dcp.export_torch_save(repo, "HEAD", sys.argv[3] + ".safetensors"))
 print("EXTRA", m["extra_peak"])
+plain = tv.Repo.init(sys.argv[2] + "-plain")  # a commit not written through DCP, too
+plain.commit({"model": build_state(1.0, "fp32")}, "plain")
+_, m = measure(lambda: tv.dcp.export_torch_save(plain, "HEAD", sys.argv[3] + ".plain.safetensors"))
+print("EXTRA", m["extra_peak"])
 """
 
 
@@ -294,9 +298,11 @@ def test_export_of_a_1gb_dcp_commit_to_one_file_is_bounded(tmp_path: Path) -> No
     p = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, str(ROOT), str(tmp_path / "r"),
                         str(out)], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    pt, st = (int(ln.split()[1]) for ln in p.stdout.splitlines() if ln.startswith("EXTRA "))
+    pt, st, plain = (int(ln.split()[1]) for ln in p.stdout.splitlines()
+                     if ln.startswith("EXTRA "))
     assert pt <= LIMIT, f"export to .pt: {mib(pt)} extra"
     assert st <= LIMIT, f"export to .safetensors: {mib(st)} extra"
+    assert plain <= LIMIT, f"plain commit's export to .safetensors: {mib(plain)} extra"
     sys.path.insert(0, str(ROOT))
     from bench.scale import build_state
 
@@ -306,7 +312,9 @@ def test_export_of_a_1gb_dcp_commit_to_one_file_is_bounded(tmp_path: Path) -> No
     from safetensors.torch import load_file
 
     flat = load_file(f"{out}.safetensors")
-    assert sorted(flat) == sorted(f"model.{k}" for k in want)
+    flat2 = load_file(f"{out}.plain.safetensors")
+    assert sorted(flat) == sorted(flat2) == sorted(f"model.{k}" for k in want)
     for k, v in want.items():
         assert torch.equal(got["model"][k], v), k
         assert torch.equal(flat[f"model.{k}"], v), k
+        assert torch.equal(flat2[f"model.{k}"], v), k

@@ -449,6 +449,49 @@ def _write_safetensors_streamed(reader: StorageReader, path: Path) -> None:
             fp.write(_load_one(reader, k, tensors[k]).data)
 
 
+def _write_safetensors_of_commit(r: Repo, reader: StorageReader, path: Path) -> None:
+    """A commit not written through DCP as one safetensors file under DCP's flattened keys
+    (the names ``flatten_state_dict(load_state(...))`` gives), streamed from the store: the
+    keys come from the state laid out with meta tensors, the bytes from each stored entry."""
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+
+    from ..format import values
+    from ..io import exporter
+    from ..io import safetensors_file as stf
+    from ..state.encode import CheckoutHooks
+    from ..state.tensors import dtype_from_name
+
+    assert not reader.is_dcp_commit  # (which reads the commit)
+    m = reader.manifest
+    assert m is not None
+    arrays = [values.path_str(p) for p, leaf in values.walk_leaves(m.tree)
+              if isinstance(leaf, list) and leaf and leaf[0] == "ndarray"]
+    _refuse_values(arrays)  # numpy arrays: values, not tensors, to DCP's flattening
+    entry_of: dict[int, int] = {}  # id(meta tensor) -> manifest entry index
+
+    def load_tensor(i: int, path: Any) -> torch.Tensor:
+        e = m.tensors[i]
+        t = torch.empty(e.shape, dtype=dtype_from_name(e.dtype), device="meta")
+        entry_of[id(t)] = i
+        return t
+
+    def load_blob(oid: str, path: Any) -> bytes:
+        return r.objects.read_bytes(oid)
+
+    tree = values.decode(m.tree, CheckoutHooks(load_tensor, load_blob, False), (), None)
+    flat, _ = flatten_state_dict({} if tree is values.ABSENT else tree)
+    _refuse_values([k for k, v in flat.items() if not isinstance(v, torch.Tensor)])
+    named = [(k, m.tensors[entry_of[id(v)]]) for k, v in flat.items()]
+    for k, e in named:
+        if stf.DTYPE_NAMES.get(dtype_from_name(e.dtype)) is None:
+            raise UnsupportedValueError(
+                f"tensor {k!r} has dtype {e.dtype}, which safetensors cannot hold; "
+                "export to a .pt file instead"
+            )
+    with open(path, "wb") as fp:
+        exporter.write_safetensors_named(r, named, None, fp)
+
+
 def export_torch_save(
     repo: Repo | str | os.PathLike[str],
     rev: str,
@@ -466,12 +509,7 @@ def export_torch_save(
         if out.suffix == ".safetensors" and reader.is_dcp_commit:
             _write_safetensors_streamed(reader, tmp)
         elif out.suffix == ".safetensors":
-            from safetensors.torch import save_file
-            from torch.distributed.checkpoint._nested_dict import flatten_state_dict
-
-            flat, _ = flatten_state_dict(load_state(r, rev, weights_only=weights_only))
-            _refuse_values([k for k, v in flat.items() if not isinstance(v, torch.Tensor)])
-            save_file({k: v.contiguous() for k, v in flat.items()}, str(tmp))
+            _write_safetensors_of_commit(r, reader, tmp)
         else:
             with open(tmp, "wb") as fp:
                 write_torch_save(r, rev, fp, weights_only=weights_only)

@@ -362,18 +362,34 @@ def write_safetensors_converted(
     progress: Progress | None = None,
 ) -> str:
     names = safetensors_names(items)
+    return write_safetensors_named(
+        repo, [(n, it.entry) for n, it in zip(names, items, strict=True)], metadata, fp, progress,
+        [path_str(it.path) for it in items],
+    )
+
+
+def write_safetensors_named(
+    repo: Repo,
+    named: list[tuple[str, TensorEntry]],
+    metadata: dict[str, str] | None,
+    fp: IO[bytes],
+    progress: Progress | None = None,
+    labels: list[str] | None = None,
+) -> str:
+    """A safetensors file of the stored tensors ``named`` ((name, entry), in that order): the
+    header, then each tensor's bytes streamed from the store (a bounded window in memory).
+    ``labels``: the tensors' key paths, for the error naming one safetensors cannot hold."""
     header_items = []
-    for name, it in zip(names, items, strict=True):
-        dt = stf.DTYPE_NAMES.get(dtype_from_name(it.entry.dtype))
+    for j, (name, e) in enumerate(named):
+        dt = stf.DTYPE_NAMES.get(dtype_from_name(e.dtype))
         if dt is None:
             raise InputFileError(
-                f"tensor {path_str(it.path)!r} has dtype {it.entry.dtype}, which safetensors "
-                "cannot hold (use --format pt)"
+                f"tensor {labels[j] if labels else name!r} has dtype {e.dtype}, which "
+                "safetensors cannot hold (use --format pt)"
             )
-        header_items.append((name, dt, list(it.entry.shape), it.entry.nbytes))
+        header_items.append((name, dt, list(e.shape), e.nbytes))
     sink = _Sink(fp, progress, hash_behind=True)
     sink.write(stf.make_header(header_items, metadata))
-    named = [(n, it.entry) for n, it in zip(names, items, strict=True)]
     for data in ByteStreamer(repo).tensors(named):
         sink.write(data)
     return sink.digest()
