@@ -17,7 +17,11 @@ barriers (so a figure covers all 4 ranks and the commit), medians of --reps:
   state not (a frozen-except-one fine-tune; a merged adapter);
 - third save, after one more training step of every layer (Adam, lr 1e-4): everything moves a
   little (tensorvcs stores deltas against the second save's shards);
-- a load of the newest checkpoint on the 4 ranks by both readers (bitwise checked).
+- a load of the newest checkpoint on the 4 ranks by both readers (bitwise checked);
+- ``tv.compact`` of the repository afterwards, in one process: the re-encodings of older
+  chunks as deltas that StorageWriter defers on object storage (``defer_deltas``, default
+  on for ``s3://``). The same saves into a second repository with ``defer_deltas=False``
+  (``tensorvcs, eager``: the re-encoding done in each save) show what deferral changes.
 
 For each: wall time, requests (by method), bytes sent to the server and bytes received.
 Prints a table and writes bench/results/w8_dcp_s3.json. The server is Python in this process
@@ -51,7 +55,7 @@ warnings.filterwarnings("ignore")
 
 COUNTERS_PATH = "/__w8_counters__"  # answered by the counting layer, never by moto
 WORLD = 4
-PHASES = ("save1", "save2_small", "save3_step", "load")
+PHASES = ("save1", "save2_small", "save3_step", "load", "compact")
 
 
 def free_port() -> int:
@@ -265,9 +269,16 @@ def rank_main(a: argparse.Namespace) -> None:
         if a.rank == 0:
             tv.Repo.init(tv_url, **opts).close()
         dist.barrier()
+        if a.rank == 0:
+            tv.Repo.init(f"{tv_url}-eager", **opts).close()
+        dist.barrier()
         repo = tv.Repo.open(tv_url, **opts)
         w = tv.dcp.StorageWriter(repo, branch="main", message="first", step=1)
+        eager = tv.Repo.open(f"{tv_url}-eager", **opts)
+        we = tv.dcp.StorageWriter(eager, branch="main", message="first", step=1,
+                                  defer_deltas=False)
         measure("tv_save1", lambda w=w, s=s1: dcp.save(s, storage_writer=w))
+        measure("tve_save1", lambda w=we, s=s1: dcp.save(s, storage_writer=w))
         measure("fs_save1", lambda s=s1, u=fs_url: dcp.save(
             s, storage_writer=FsspecWriter(f"{u}/step1", **opts)))
 
@@ -275,15 +286,17 @@ def rank_main(a: argparse.Namespace) -> None:
             layers[a.layers // 2].weight.mul_(1.01)
             layers[a.layers // 2].bias.add_(0.01)
         s2 = state()
-        w.message, w.step = "one layer changed", 2
+        w.message, w.step = we.message, we.step = "one layer changed", 2
         measure("tv_save2_small", lambda w=w, s=s2: dcp.save(s, storage_writer=w))
+        measure("tve_save2_small", lambda w=we, s=s2: dcp.save(s, storage_writer=w))
         measure("fs_save2_small", lambda s=s2, u=fs_url: dcp.save(
             s, storage_writer=FsspecWriter(f"{u}/step2", **opts)))
 
         train_step(1)
         s3 = state()
-        w.message, w.step = "after a training step", 3
+        w.message, w.step = we.message, we.step = "after a training step", 3
         measure("tv_save3_step", lambda w=w, s=s3: dcp.save(s, storage_writer=w))
+        measure("tve_save3_step", lambda w=we, s=s3: dcp.save(s, storage_writer=w))
         measure("fs_save3_step", lambda s=s3, u=fs_url: dcp.save(
             s, storage_writer=FsspecWriter(f"{u}/step3", **opts)))
         if a.rank == 0 and rep == 0:
@@ -310,7 +323,17 @@ def rank_main(a: argparse.Namespace) -> None:
             assert not bad, f"{name} load differs on rank {a.rank}: {bad[:5]}"
         if a.rank == 0 and rep == 0:
             res["tv_commits"] = [c.message for c in tv.Repo.open(tv_url, **opts).log("main")]
+        report: list[Any] = []
+        measure("tv_compact", lambda out=report, r=repo: (  # rank 0 compacts, the others wait
+            out.append(tv.compact(r)) if a.rank == 0 else None))
+        if a.rank == 0:
+            res.setdefault("compact_report", []).append(vars(report[0]))
+            res.setdefault("stored_bytes", []).append({
+                name: sum(r.objects.stored_size(o) for o in r.objects.ids())
+                for name, r in (("tv", repo), ("tve", eager))
+            })
         repo.close()
+        eager.close()
     if a.rank == 0:
         print("RESULT " + json.dumps(res), flush=True)
     dist.barrier()
@@ -375,9 +398,12 @@ def table(res: dict[str, Any], a: argparse.Namespace) -> str:
         ("save2_small", "second save, one layer changed"),
         ("save3_step", "third save, after a training step"),
         ("load", "load (4 ranks)"),
+        ("compact", "tv.compact afterwards (1 process)"),
     ):
-        for name, who in (("tv", "tensorvcs"), ("fs", "Fsspec")):
-            runs = res[f"{name}_{phase}"]
+        for name, who in (("tv", "tensorvcs"), ("tve", "tvcs eager"), ("fs", "Fsspec")):
+            runs = res.get(f"{name}_{phase}")
+            if runs is None:
+                continue
             r0 = runs[0]
             rows.append(
                 f"{label:34} {who:10} {med([r['s'] for r in runs]):8.2f} "
@@ -385,6 +411,12 @@ def table(res: dict[str, Any], a: argparse.Namespace) -> str:
                 f"{r0['requests_total']:9d}  "
                 + " ".join(f"{k} {v}" for k, v in r0["requests"].items())
             )
+    st = res["stored_bytes"][0]
+    rows.append(
+        f"stored after 3 saves (+ compact): tensorvcs {st['tv'] / mib:.1f} MiB, "
+        f"eager {st['tve'] / mib:.1f} MiB; compact re-encoded "
+        f"{res['compact_report'][0]['rewritten']} of {res['compact_report'][0]['candidates']}"
+    )
     rows.append(
         f"state: {a.layers} x Linear({a.width}, {a.width}) + Adam, "
         f"{res['logical_bytes'] / mib:.1f} MiB logical; medians of {a.reps} rep(s) for time"

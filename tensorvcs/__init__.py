@@ -24,6 +24,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .compaction import compact
     from .format.commit import Commit
     from .history import drop
     from .loading import LoadReport
@@ -49,6 +50,7 @@ __version__ = "0.1.0"
 # tensorvcs.repo) never loads tensorvcs.remote.
 _LAZY = {
     "Commit": (".format.commit", "Commit"),
+    "compact": (".compaction", "compact"),
     "drop": (".history", "drop"),
     "LoadReport": (".loading", "LoadReport"),
     "fsck": (".maintenance", "fsck"),
@@ -119,6 +121,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "clone",
+    "compact",
     "drop",
     "fetch",
     "fsck",

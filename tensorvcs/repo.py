@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # torch, and the modules that need it, are imported where the
 DIRNAME = ".tvcs"
 CONFIG = "config.json"
 GC_LOCK = "gc"
+COMPACT_LOCK = "compact"  # delta re-encodings after the fact (compaction.py)
 DEFAULT_DELTA_MAX_DEPTH = 10
 
 
@@ -531,7 +532,8 @@ class Repo:
         chunk where that is smaller, as the commit would have made it. What any checkout
         returns is the same before and after; items whose chunks gc removed are skipped.
         Returns the number of chunks re-encoded."""
-        with self.store.lock(GC_LOCK, shared=True, timeout=3600):
+        with self.store.lock(GC_LOCK, shared=True, timeout=3600), \
+                self.store.lock(COMPACT_LOCK, shared=False, timeout=3600):
             return self.tensor_writer(None, None, pool).rewrite_deferred(list(items))
 
     def commit_ref(self, branch: str | None = None) -> str:

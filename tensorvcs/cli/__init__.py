@@ -147,6 +147,7 @@ SECTIONS: dict[str, dict[str, tuple[str, str]]] = {
     "Maintenance": {
         "du": ("maintenance", "Disk usage of a history, commit by commit."),
         "gc": ("maintenance", "Delete the objects nothing keeps."),
+        "compact": ("maintenance", "Re-encode as deltas the older chunks left whole."),
         "fsck": ("maintenance", "Verify every object, ref and reflog."),
         "config": ("setup", "Show or change the repository config."),
     },

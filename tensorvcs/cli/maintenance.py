@@ -1,4 +1,4 @@
-"""``tvcs du``, ``tvcs gc``, ``tvcs fsck`` and ``tvcs reflog``."""
+"""``tvcs du``, ``tvcs gc``, ``tvcs compact``, ``tvcs fsck`` and ``tvcs reflog``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .. import maintenance
+from .. import compaction, maintenance
 from ..errors import CorruptObjectError, NotFoundError, TensorVCSError
 from ..format.manifest import Manifest
 from ._util import complete_rev, echo_json, human_size, note, ratio, repo, short, table
@@ -218,6 +218,22 @@ def gc(
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def compact(as_json: bool) -> None:
+    """Re-encode as deltas the older chunks that commits left whole (saves with
+    defer_deltas: a CheckpointManager's background commits, DCP saves to object storage).
+    What every checkout returns is unchanged; gc waits, commits go on."""
+    rep = compaction.compact(repo())
+    if as_json:
+        echo_json(dataclasses.asdict(rep))
+        return
+    click.echo(
+        f"re-encoded {rep.rewritten} of {rep.candidates} chunk(s) left whole "
+        f"({rep.commits} commit(s) looked at), freed {human_size(rep.bytes_saved)}"
+    )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def fsck(as_json: bool) -> None:
     """Verify the repository: config, HEAD, refs, reflogs, and every object's hash and
     structure; name the dangling commits. Exits 5 on problems."""
@@ -289,4 +305,4 @@ def reflog(ref: str, max_count: int | None, as_json: bool) -> None:
         click.echo(f"{oid} {x['selector']}: {x['message']}{gone}")
 
 
-COMMANDS = [du, gc, fsck, reflog]
+COMMANDS = [du, gc, compact, fsck, reflog]

@@ -302,6 +302,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "deleted_commits": IDS,
         }
     ),
+    "compact": doc(
+        {
+            "commits": COUNT,
+            "candidates": COUNT,
+            "rewritten": COUNT,
+            "bytes_before": COUNT,
+            "bytes_saved": COUNT,
+        }
+    ),
     "reflog": doc(
         {
             "ref": STR,

@@ -84,6 +84,7 @@ class SaveStats:
     new_objects: int = 0
     new_stored_bytes: int = 0
     reused_objects: int = 0
+    deferred: int = 0  # parent chunks left whole for compact() (defer_deltas)
     per_rank: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
@@ -94,6 +95,7 @@ def _stats_dict(s: WriteStats, items: int) -> dict[str, int]:
         "new_objects": s.new_objects,
         "new_stored_bytes": s.new_stored_bytes,
         "reused_objects": s.reused_objects,
+        "deferred": len(s.deferred),
     }
 
 
@@ -213,6 +215,13 @@ class StorageWriter(_DCPStorageWriter):
     ``dcp.save`` is kept in the commit's metadata (``checkpoint_id``) and is the default
     message. The writer keeps the content of the shards it wrote last in memory (up to the
     repository's ``delta_cache_bytes``) so the next save deltas against them without reading.
+
+    ``defer_deltas``: leave the re-encoding of the previous checkpoint's changed chunks as
+    deltas (reverse deltas, state/writer.py) to ``tv.compact(repo)`` / ``tvcs compact``
+    instead of doing it in the save. The default, None, defers on object storage
+    (``s3://``...), where the re-encoding uploads each changed chunk a second time (a save
+    that moves every tensor would send ~1.6x the state), and not on a local directory. The
+    save is complete either way; the older version only stays whole until compaction.
     """
 
     def __init__(
@@ -226,9 +235,12 @@ class StorageWriter(_DCPStorageWriter):
         metadata: Mapping[str, Any] | None = None,
         author: str | None = None,
         cache_bytes: int | None = None,
+        defer_deltas: bool | None = None,
     ) -> None:
         super().__init__()
         self.repo = as_repo(repo)
+        # None: defer where the repository is on object storage (see the class docstring)
+        self.defer_deltas = not self.repo.store.local if defer_deltas is None else defer_deltas
         self.branch = branch
         self.message = message
         self.step = step
@@ -322,6 +334,7 @@ class StorageWriter(_DCPStorageWriter):
             except NotFoundError:  # a stale plan (DCP's plan caching) naming a dropped commit
                 base = parent_manifest(self.repo, self.repo.branch_head(self.branch))
             writer = self.repo.tensor_writer(base, self._cache)
+            writer.defer_deltas = self.defer_deltas
             pending = [pending_for(item, planner.resolve_data(item)) for item in plan.items]
             entries = writer.write(pending)
             self.repo.store.sync()  # this rank's objects durable before the coordinator commits
@@ -332,6 +345,7 @@ class StorageWriter(_DCPStorageWriter):
             new_objects=stats["new_objects"],
             new_stored_bytes=stats["new_stored_bytes"],
             reused_objects=stats["reused_objects"],
+            deferred=stats["deferred"],
             per_rank={self.rank: stats},
         )
         return [
@@ -365,6 +379,7 @@ class StorageWriter(_DCPStorageWriter):
                 total.new_objects += s["new_objects"]
                 total.new_stored_bytes += s["new_stored_bytes"]
                 total.reused_objects += s["reused_objects"]
+                total.deferred += s.get("deferred", 0)
             fields = dict(self.metadata)
             if self.checkpoint_id is not None:
                 fields.setdefault("checkpoint_id", self.checkpoint_id)

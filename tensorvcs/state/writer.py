@@ -187,19 +187,26 @@ class TensorWriter:
         against its new chunk when that is smaller, exactly as the write would have made it
         (the new chunk read back from the store). Items whose chunks are gone (gc) or whose
         parent is a delta already are skipped. Returns the parent chunks re-encoded. The
-        caller holds off gc (the repository's gc lock, shared) while this runs."""
-        for parent, oid, width in items:
+        caller holds off gc (the repository's gc lock, shared) while this runs. The items run
+        on the writer's pool (reads and encodings overlap; on object storage each read is a
+        round trip), each job holding two chunks."""
+
+        def one(item: Deferred) -> None:
+            parent, oid, width = item
             if not (self.objects.has(parent) and self.objects.has(oid)):
-                continue
+                return
             try:
                 content = np.empty(self.objects.header(oid).length, dtype=np.uint8)
                 self.objects.read_into(oid, content)
             except (ObjectNotFoundError, CorruptObjectError):
-                continue
+                return
             _, rewrite = self._plan_rewrite(parent, content, oid, width)
             del content
             if rewrite is not None:
                 self._queue_rewrite(rewrite)
+
+        for _ in self.pool.map(one, items):
+            pass
         self._apply_rewrites()
         return self.stats.rewritten_objects
 

@@ -27,6 +27,10 @@ def check_name(name: str) -> str:
 class Store(ABC):
     """Named byte files. ``put`` is atomic and durable: a reader sees the old file or the new."""
 
+    # a directory on this machine's file system (False: object storage, where every byte
+    # written is a byte uploaded)
+    local = False
+
     @abstractmethod
     def get(self, name: str) -> bytes:
         """The whole file; FileNotFoundError if absent."""

@@ -115,6 +115,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalStore(Store):
+    local = True
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self._dirty_dirs: set[Path] = set()

@@ -211,3 +211,46 @@ def test_s3_dead_shared_holder_expires(s3_url: str, s3_options: dict[str, Any]) 
     with st.lock("gc", timeout=5):
         assert not st.exists("locks/gc.shared/dead")
     assert list(st.list("locks")) == []
+
+
+# -- reverse deltas on object storage: deferred to compaction -------------------------------
+def test_dcp_save_to_s3_defers_the_delta_rewrite_to_compact(
+    tmp_path: Path, s3_url: str, s3_options: dict[str, Any]
+) -> None:
+    """A save that moves every tensor would upload each changed chunk twice on object storage
+    (the new chunk whole, then the previous checkpoint's chunk re-encoded as a delta against
+    it): there the writer leaves the re-encoding to ``tv.compact``, which does it later with
+    the same result; a local repository still re-encodes in the save."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from tensorvcs.format import codecs, envelope
+
+    def chunk_codecs(repo: tv.Repo) -> list[int]:
+        heads = [repo.objects.header(o) for o in repo.objects.ids()]
+        return sorted(h.codec for h in heads if h.kind == envelope.KIND_CHUNK)
+
+    g = torch.Generator().manual_seed(0)
+    w1 = {"w": torch.randn(64, 256, generator=g)}  # 64 KiB: 16 chunks of 4 KiB
+    w2 = {"w": w1["w"] + 1e-4 * torch.randn(64, 256, generator=g)}
+    remote = tv.Repo.init(s3_url, chunk_size=4096, pack_threshold=1024, **s3_options)
+    local = tv.Repo.init(tmp_path / "local", chunk_size=4096, pack_threshold=1024)
+    try:
+        deferred = {}
+        for name, repo in (("s3", remote), ("local", local)):
+            for state in (w1, w2):
+                w = tv.dcp.StorageWriter(repo)
+                dcp.save({"model": dict(state)}, storage_writer=w, no_dist=True)
+                assert w.last_stats is not None
+            deferred[name] = w.last_stats.deferred
+        assert deferred == {"s3": 16, "local": 0}
+        assert chunk_codecs(remote).count(codecs.CODEC_DELTA) == 0  # both versions whole
+        assert chunk_codecs(local).count(codecs.CODEC_DELTA) == 16
+        rep = tv.compact(remote)
+        assert (rep.candidates, rep.rewritten) == (16, 16) and rep.bytes_saved > 0
+        assert chunk_codecs(remote) == chunk_codecs(local)
+        assert _flat_digests(remote, "main") == _flat_digests(local, "main")
+        assert _flat_digests(remote, "main~1") == _flat_digests(local, "main~1")
+        assert tv.fsck(remote).ok
+    finally:
+        remote.close()
