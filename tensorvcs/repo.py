@@ -557,10 +557,12 @@ class Repo:
     ) -> TensorWriter:
         """A TensorWriter on ``pool`` (default: this repo's) that reuses ``parent``'s packed
         tensors and delta-encodes against its chunks (``cache``: the parent's content, when
-        in memory)."""
+        in memory). On object storage it takes ``parent``'s objects as stored without asking
+        (the caller holds the gc lock shared, so gc keeps them) and writes every other object
+        create-only without a HEAD first. Any commit's writer holds the gc lock shared."""
         from .state.writer import TensorWriter
 
-        return TensorWriter(
+        writer = TensorWriter(
             self.objects,
             pool or self.pool,
             self.config.chunk_size,
@@ -570,6 +572,9 @@ class Repo:
             cache=cache,
             max_depth=self.delta_max_depth,
         )
+        if not self.store.local:  # an existence check is a request: trust what is known
+            writer.known_ids = parent.object_ids() if parent else set()
+        return writer
 
     def _write_state(
         self,

@@ -84,12 +84,20 @@ def replay(repo: tv.Repo, history: list[tuple[str, str, int]], defer: bool,
     return out
 
 
-@settings(max_examples=40, deadline=None,
+@pytest.mark.parametrize("local", [True, False], ids=["local", "as-object-storage"])
+@settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(history=ops, branch_at=st.none() | st.integers(1, 5))
 def test_compact_after_deferred_commits(
-    tmp_path: Path, history: list[tuple[str, str, int]], branch_at: int | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local: bool,
+    history: list[tuple[str, str, int]], branch_at: int | None,
 ) -> None:
+    """``local=False``: the writers behave as on object storage (no existence check for the
+    parent's objects, create-only writes for the rest), so a revert's chunk is found to be
+    there only by the write that it refuses, and must not become anyone's delta base."""
+    from tensorvcs.store.local import LocalStore
+
+    monkeypatch.setattr(LocalStore, "local", local)
     tag = os.urandom(4).hex()
     eager, lazy = new_repo(tmp_path / f"e-{tag}"), new_repo(tmp_path / f"l-{tag}")
     want = replay(eager, history, False, branch_at)
@@ -98,6 +106,11 @@ def test_compact_after_deferred_commits(
     before = {c: lazy.checkout(c) for c, _ in got}
     rep = tv.compact(lazy)
     no_cycles(lazy)
+    no_cycles(eager)
+    for c, state in want:
+        out = eager.checkout(c)
+        assert all(torch.equal(out[k].view(torch.int32), v.view(torch.int32))
+                   for k, v in state.items()), c
     for (c, state), (_, _) in zip(got, want, strict=True):
         out = lazy.checkout(c)
         assert sorted(out) == sorted(state) == sorted(before[c])
@@ -149,6 +162,31 @@ def test_a_revert_never_makes_two_chunks_deltas_of_each_other(tmp_path: Path) ->
     no_cycles(repo)
     for i, w in enumerate([a, b, a, b]):
         assert torch.equal(repo.checkout(f"HEAD~{3 - i}")["w"], w)
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_a_revert_on_object_storage_makes_no_cycle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defer: bool
+) -> None:
+    """As on object storage, a revert's chunk is not asked about: its write finds it there
+    (an older version, maybe a delta on the chunk it replaces), and neither the commit nor a
+    later compaction may make the parent's chunk a delta on it."""
+    from tensorvcs.store.local import LocalStore
+
+    monkeypatch.setattr(LocalStore, "local", False)
+    repo = new_repo(tmp_path / "r")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 64, generator=g)
+    b = a + 1e-4 * torch.randn(a.shape, generator=g)
+    for i, w in enumerate([a, b, a, b, a]):
+        repo.commit({"w": w}, f"c{i}", defer_deltas=defer)
+        # only b's first commit writes new chunks (4); a revert's chunks are refused writes
+        assert len(repo.last_write_stats.deferred) == (4 if defer and i == 1 else 0)
+    tv.compact(repo)
+    no_cycles(repo)
+    for i, w in enumerate([a, b, a, b, a]):
+        assert torch.equal(repo.checkout(f"HEAD~{4 - i}")["w"], w)
+    assert tv.fsck(repo).ok
 
 
 def test_compact_keeps_keyframes_whole(tmp_path: Path) -> None:

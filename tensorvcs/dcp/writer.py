@@ -162,18 +162,19 @@ def commit_manifest(
     metrics: Mapping[str, Any] | None,
     metadata_fields: Mapping[str, Any] | None,
     author: str | None,
+    known: set[str] | None = None,
 ) -> Commit:
     """Write the manifest of a DCP checkpoint whose objects are all stored, then the commit,
     then move the branch (compare-and-swap under the refs lock). The caller holds the gc lock
-    shared."""
+    shared. Every object the ranks reported is checked to be in the store, except those in
+    ``known`` (the objects of a commit the gc lock keeps: the branch's current one)."""
     if step is not None and type(step) is not int:
         raise UsageError(f"step must be an int, not {type(step).__name__}")
     metrics_d = normalize_metrics(metrics)
     section, tree = build_section(metadata, located, entries)
     manifest = Manifest(tree, entries, dcp=section)
-    missing = sorted(
-        oid for oid in {o for e in entries for o in e.object_ids()} if not repo.objects.has(oid)
-    )
+    ids = {o for e in entries for o in e.object_ids()} - (known or set())
+    missing = sorted(oid for oid in ids if not repo.objects.has(oid))
     if missing:
         raise UnsupportedValueError(
             f"{len(missing)} object(s) a rank reported are not in the store (first: "
@@ -386,6 +387,7 @@ class StorageWriter(_DCPStorageWriter):
             message = self.message or (
                 f"dcp.save {self.checkpoint_id}" if self.checkpoint_id else "dcp.save"
             )
+            head = parent_manifest(self.repo, self.repo.branch_head(self.branch))
             self.last_commit = commit_manifest(
                 self.repo,
                 metadata,
@@ -397,6 +399,7 @@ class StorageWriter(_DCPStorageWriter):
                 metrics=self.metrics,
                 metadata_fields=fields,
                 author=self.author,
+                known=head.object_ids() if head is not None else None,
             )
             self.last_stats = total
         finally:

@@ -30,6 +30,11 @@
   ``rewrite_deferred`` (``Repo.apply_deferred_deltas``); the new chunks get the same version
   numbers either way. Nothing written depends on them: the parent chunks simply stay whole
   (more bytes) until then, and content under every id is the same in both states.
+- On object storage (``known_ids``, set by Repo.tensor_writer) an existence check is a
+  request: the parent's objects count as stored and any other object is written create-only
+  without asking. A chunk such a write finds already there (a revert to an older version)
+  is never made anyone's delta base, in the commit or deferred: it may itself be a delta
+  whose chain leads back to the parent's chunk.
 - Chunk jobs run on a thread pool: BLAKE3 and zstd release the GIL, so hashing, encoding and
   file writes of different chunks overlap. CUDA tensors are copied to the host one chunk at a
   time inside the jobs, so host memory stays around ``workers × chunk_size``.
@@ -112,6 +117,10 @@ class TensorWriter:
         # leave the parent chunks' re-encodings for later (stats.deferred), e.g. for a commit
         # in the background of a training loop: what is written is complete without them
         self.defer_deltas = False
+        # where each existence check is a request (object storage): the ids known to be
+        # stored (the parent's objects, which the gc lock held by the caller keeps, and what
+        # this writer stored); any other id is written create-only without asking first
+        self.known_ids: set[str] | None = None
         # reverse deltas: a new chunk is stored whole and the parent's chunk is rewritten as a
         # delta against it, so the newest version (the one resumed from) is never a chain
         self._rewrites: list[Rewrite] = []
@@ -169,18 +178,25 @@ class TensorWriter:
             return seq + 1, (parent, content.nbytes, _compact(delta), old)
         return seq + 1, None
 
-    def _defer_rewrite(self, parent: str, oid: str, width: int) -> int:
+    def _defer_rewrite(self, parent: str, oid: str, width: int) -> tuple[int, Deferred | None]:
         """The new chunk ``oid``'s version number, as ``_plan_rewrite`` gives it, without the
-        re-encoding; that is recorded in ``stats.deferred`` when it would be planned."""
+        re-encoding; and the item for ``stats.deferred`` when it would be planned."""
         try:
             h = self.objects.header(parent)
         except (ObjectNotFoundError, CorruptObjectError):
-            return 0
+            return 0, None
         seq = int(h.params.get("seq", 0))
         if h.codec != codecs.CODEC_DELTA and seq % (self.max_depth + 1) != self.max_depth:
-            with self._rewrites_lock:
-                self.stats.deferred.append((parent, oid, width))
-        return seq + 1
+            return seq + 1, (parent, oid, width)
+        return seq + 1, None
+
+    def _stored(self, oid: str) -> bool:
+        """Whether ``oid`` is stored already: asked of the store, or, with ``known_ids``,
+        answered from it (an id not known is then written create-only, which refuses it
+        where it was there after all)."""
+        if self.known_ids is None:
+            return self.objects.has(oid)
+        return oid in self.known_ids
 
     def rewrite_deferred(self, items: list[Deferred]) -> int:
         """Do re-encodings an earlier write deferred: each parent chunk becomes a delta
@@ -282,18 +298,26 @@ class TensorWriter:
         if hook is not None:
             hook.values(arr)
         written = 0
-        if not self.objects.has(oid):
-            seq, rewrite = 0, None
+        if not self._stored(oid):
+            seq, rewrite, later = 0, None, None
             if base_id and base_id != oid and self.defer_deltas:
-                seq = self._defer_rewrite(base_id, oid, width)
+                seq, later = self._defer_rewrite(base_id, oid, width)
             elif base_id and base_id != oid:
                 seq, rewrite = self._plan_rewrite(base_id, arr, oid, width, hook)
             enc = codecs.encode_elements(arr, width)
             enc = codecs.Encoded(enc.codec, {**enc.params, "seq": seq}, enc.pieces)
             written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc)
             del enc
-            if rewrite is not None:  # queued only now that the chunk it depends on is written
+            # only a chunk this write created may become a delta base now: one that was
+            # there already (another writer's, or an older version: a revert) may itself be a
+            # delta whose chain leads back to the parent's chunk
+            if written and later is not None:
+                with self._rewrites_lock:
+                    self.stats.deferred.append(later)
+            if written and rewrite is not None:  # queued once the chunk it depends on is written
                 self._queue_rewrite(rewrite)
+        if self.known_ids is not None:
+            self.known_ids.add(oid)
         if hook is not None and hook.base is not None:
             hook.finish(oid, arr, lambda: self._content(hook.base or "", length))
         if cached and self.cache is not None:
@@ -306,9 +330,11 @@ class TensorWriter:
         content = np.concatenate(parts) if len(parts) > 1 else parts[0]
         oid = object_id(content.data)
         written = 0
-        if not self.objects.has(oid):
+        if not self._stored(oid):
             enc = codecs.encode_elements(content, width)
             written = self.objects.write(oid, envelope.KIND_PACK, content.nbytes, enc)
+        if self.known_ids is not None:
+            self.known_ids.add(oid)
         if self.on_bytes is not None:
             self.on_bytes(content.nbytes)
         return oid, written

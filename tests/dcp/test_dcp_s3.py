@@ -254,3 +254,36 @@ def test_dcp_save_to_s3_defers_the_delta_rewrite_to_compact(
         assert tv.fsck(remote).ok
     finally:
         remote.close()
+
+
+def test_a_save_on_s3_asks_nothing_about_the_parents_objects(
+    s3_url: str, s3_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On object storage each existence check is a HEAD request: the parent's objects are
+    known to be stored (the gc lock keeps them) and any other object is written create-only,
+    so a save that changes one tensor asks about none of the unchanged ones' objects."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    g = torch.Generator().manual_seed(0)
+    state = {"model": {f"l{i}": torch.randn(32, 256, generator=g) for i in range(4)}}
+    repo = tv.Repo.init(s3_url, chunk_size=4096, pack_threshold=1024, **s3_options)
+    try:
+        dcp.save(state, storage_writer=tv.dcp.StorageWriter(repo), no_dist=True)
+        first = repo.get_manifest(repo.get_commit(repo.resolve("main")).manifest).object_ids()
+        asked: list[str] = []
+        has = repo.objects.has
+        monkeypatch.setattr(repo.objects, "has", lambda oid: asked.append(oid) or has(oid))
+        state["model"]["l0"] = state["model"]["l0"] + 1.0  # 8 of its chunks change
+        w = tv.dcp.StorageWriter(repo)
+        dcp.save(state, storage_writer=w, no_dist=True)
+        assert w.last_stats is not None and w.last_stats.new_objects == 8
+        assert w.last_stats.reused_objects == 24
+        assert [o for o in asked if o in first] == []
+        second = repo.get_manifest(repo.get_commit(repo.resolve("main")).manifest).object_ids()
+        assert len(second - first) == 8 and len(set(asked) & second) == 8  # the new ones, once
+        got = tv.dcp.load_state(repo, "main")
+        for k, v in state["model"].items():
+            assert torch.equal(got["model"][k], v), k
+    finally:
+        repo.close()
