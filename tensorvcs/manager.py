@@ -539,7 +539,8 @@ class CheckpointManager:
         repository's pool. Call it when the loop pauses (evaluation, the end of an epoch);
         ``close()`` calls it. Checkpoints that retention dropped meanwhile cost nothing.
         Returns the chunks re-encoded. Nothing reads differently before or after: resuming
-        never depends on it (after a crash the chunks simply stay whole)."""
+        never depends on it (after a crash the chunks simply stay whole, until
+        ``tv.compact(repo)`` / ``tvcs compact`` finds the work in the history)."""
         self._committer.wait()
         with self._lock:
             items, self._deferred = self._deferred, []
