@@ -381,6 +381,44 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# issue 11's time goals, as (goal, op, reference op, at most this ratio of its median time)
+TIME_GOALS = (
+    ("goal 2", "tvcs-commit1", "torch-save", 1.0),  # first commit vs torch.save + fsync
+    ("goal 2", "tvcs-commit1", "st-save", 1.3),  # ... and vs safetensors save_file + fsync
+    ("goal 3", "tvcs-checkout", "torch-load", 1.0),  # full checkout vs torch.load
+    ("goal 3", "cli-checkout", "py-checkout-save", 1.2),  # tvcs checkout -o vs checkout + save
+)
+
+
+def verdicts(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Goals 1-3 of issue 11 over the medians in ``results``: for each goal, whether every
+    figure it covers is within its limit, the figures checked, and those over."""
+    out: dict[str, dict[str, Any]] = {}
+    g1_missed, g1_checked = [], 0
+    for key, per_op in results["results"].items():
+        lim = limit_bytes(float(key.split("/")[0]))
+        for op in TVCS_OPS:
+            if op in per_op:
+                g1_checked += 1
+                if per_op[op]["median"]["extra"] > lim:
+                    g1_missed.append(f"{key} {op}")
+    out["goal1"] = {"met": not g1_missed, "checked": g1_checked, "missed": g1_missed,
+                    "limit": "512 MiB + 0.1 S"}
+    for goal, op, ref, limit in TIME_GOALS:
+        v = out.setdefault(goal.replace(" ", ""), {"met": True, "checked": 0, "missed": [],
+                                                   "ratios": {}})
+        for key, per_op in results["results"].items():
+            if op not in per_op or ref not in per_op:
+                continue
+            r = c.ratio(per_op[op]["median"]["seconds"], per_op[ref]["median"]["seconds"])
+            v["checked"] += 1
+            v["ratios"][f"{key} {op} / {ref}"] = r
+            if not r <= limit:
+                v["missed"].append(f"{key} {op} {r:.2f}x {ref} (limit {limit:g}x)")
+        v["met"] = not v["missed"]
+    return out
+
+
 def render(results: dict[str, Any]) -> str:
     rows = []
     for key, per_op in results["results"].items():
@@ -430,10 +468,18 @@ def render(results: dict[str, Any]) -> str:
              "vs torch: against torch.save+fsync (commits), torch.load (checkout) or the Python "
              "process's checkout + torch.save (tvcs checkout -o); "
              "vs safetensors: save_file+fsync or load_file.")
-    verdict = results["goal1"]
-    tail = (f"goal 1 (extra RSS ≤ 512 MiB + 0.1 S for commits and checkout): "
-            f"{'met' if verdict['met'] else 'MISSED'} ({verdict['checked']} figures, "
-            f"{len(verdict['missed'])} over: {', '.join(verdict['missed']) or 'none'})")
+    what = {"goal1": "goal 1 (extra RSS ≤ 512 MiB + 0.1 S for commits and checkout)",
+            "goal2": "goal 2 (first commit ≤ 1.0x torch.save+fsync and ≤ 1.3x safetensors+fsync)",
+            "goal3": "goal 3 (checkout ≤ 1.0x torch.load; tvcs checkout -o ≤ 1.2x checkout + "
+                     "torch.save)"}
+    lines = []
+    for g, label in what.items():
+        v = results.get(g)
+        if v is None or not v["checked"]:
+            continue
+        lines.append(f"{label}: {'met' if v['met'] else 'MISSED'} ({v['checked']} figures, "
+                     f"{len(v['missed'])} over: {', '.join(v['missed']) or 'none'})")
+    tail = "\n".join(lines)
     bits = results.get("bitwise_equal")
     if bits is not None:
         tail += f"; checkout bitwise equal: {bits}"
@@ -527,16 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         c.remove(work)
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - t_start
-    missed, checked = [], 0
-    for key, per_op in results["results"].items():
-        lim = limit_bytes(float(key.split("/")[0]))
-        for op in TVCS_OPS:
-            if op in per_op:
-                checked += 1
-                if per_op[op]["median"]["extra"] > lim:
-                    missed.append(f"{key} {op}")
-    results["goal1"] = {"met": not missed, "checked": checked, "missed": missed,
-                        "limit": "512 MiB + 0.1 S"}
+    results.update(verdicts(results))
     eq = [v["tvcs-checkout"]["bitwise_equal"] for v in results["results"].values()
           if "bitwise_equal" in v.get("tvcs-checkout", {})]
     results["bitwise_equal"] = all(eq) if eq else None
