@@ -128,7 +128,9 @@ def _kind(environ: dict[str, Any]) -> str:
     return method
 
 
-def counting_app(app: Any, counters: Counters) -> Any:
+def counting_app(app: Any, counters: Counters, latency_s: float = 0.0) -> Any:
+    """``app`` counting requests and body bytes; ``latency_s``: a wait before each request is
+    served (a model of a real store's round trip; the loopback has next to none)."""
     cond_lock = threading.Lock()  # create-if-absent atomic, as on S3 (moto checks, then writes)
 
     def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
@@ -136,6 +138,8 @@ def counting_app(app: Any, counters: Counters) -> Any:
             body = json.dumps(counters.snapshot()).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [body]
+        if latency_s:
+            time.sleep(latency_s)
         kind = _kind(environ)
         with counters.lock:
             counters.requests[kind] = counters.requests.get(kind, 0) + 1
@@ -161,7 +165,7 @@ def counting_app(app: Any, counters: Counters) -> Any:
     return wrapped
 
 
-def start_server(counters: Counters) -> tuple[Any, str]:
+def start_server(counters: Counters, latency_s: float = 0.0) -> tuple[Any, str]:
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
@@ -172,7 +176,8 @@ def start_server(counters: Counters) -> tuple[Any, str]:
 
     class Server(ThreadedMotoServer):  # type: ignore[misc]
         def _server_entry(self) -> None:
-            app = counting_app(DomainDispatcherApplication(create_backend_app), counters)
+            app = counting_app(DomainDispatcherApplication(create_backend_app), counters,
+                               latency_s)
             self._server = make_server(
                 self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
             )
