@@ -27,8 +27,10 @@ def check_name(name: str) -> str:
 class Store(ABC):
     """Named byte files. ``put`` is atomic and durable: a reader sees the old file or the new."""
 
-    # a directory on this machine's file system (False: object storage, where every byte
-    # written is a byte uploaded)
+    # True: this machine's disk or memory, where an existence check is a stat (LocalStore,
+    # file://, memory://); False: object storage, where every check is a request and every
+    # byte written is a byte uploaded (tensor writers then trust known ids, and DCP saves
+    # defer the reverse-delta re-encodings)
     local = False
 
     @abstractmethod

@@ -56,6 +56,8 @@ class FsspecStore(Store):
         self.root = root.rstrip("/")
         protos = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.protocol = "s3" if "s3" in protos else ("file" if "file" in protos else protos[0])
+        # file:// is this machine's disk and memory:// this process: nothing is uploaded
+        self.local = self.protocol in ("file", "memory")
         self.lock_ttl = lock_ttl
         self._append_lock = threading.Lock()
         self.requests = 0  # puts and gets issued (for tests and stats)

@@ -287,3 +287,24 @@ def test_a_save_on_s3_asks_nothing_about_the_parents_objects(
             assert torch.equal(got["model"][k], v), k
     finally:
         repo.close()
+
+
+def test_which_stores_count_as_object_storage(tmp_path: Path, s3_url: str,
+                                              s3_options: dict[str, Any]) -> None:
+    from tensorvcs.store.fsspec_store import FsspecStore
+    from tensorvcs.store.local import LocalStore
+
+    assert LocalStore(tmp_path).local
+    assert FsspecStore(f"file://{tmp_path}/f").local
+    assert FsspecStore("memory://tvcs-which").local
+    assert not FsspecStore(s3_url, **s3_options).local
+    repo = tv.Repo.init(f"file://{tmp_path}/repo")
+    assert tv.dcp.StorageWriter(repo).defer_deltas is False
+    assert repo.tensor_writer(None).known_ids is None
+    remote = tv.Repo.init(s3_url, **s3_options)
+    try:
+        assert tv.dcp.StorageWriter(remote).defer_deltas is True
+        assert tv.dcp.StorageWriter(remote, defer_deltas=False).defer_deltas is False
+        assert remote.tensor_writer(None).known_ids == set()
+    finally:
+        remote.close()
