@@ -34,6 +34,7 @@ from .errors import CorruptObjectError, ObjectNotFoundError
 from .format import codecs
 from .maintenance import root_refs
 from .repo import COMPACT_LOCK, GC_LOCK
+from .revisions import parents_first
 from .state.tensors import dtype_from_name
 
 if TYPE_CHECKING:
@@ -67,21 +68,7 @@ def _commits(repo: Repo, roots: Iterable[str]) -> list[str]:
             continue
         parents[oid] = list(c.parents)
         stack.extend(c.parents)
-    out: list[str] = []
-    done: set[str] = set()
-    for start in sorted(parents):  # post-order: a commit after all of its parents
-        todo = [(start, False)]
-        while todo:
-            oid, ready = todo.pop()
-            if oid in done or oid not in parents:
-                continue
-            if ready:
-                done.add(oid)
-                out.append(oid)
-                continue
-            todo.append((oid, True))
-            todo.extend((p, False) for p in reversed(parents[oid]) if p not in done)
-    return out
+    return parents_first(parents, parents.__getitem__)
 
 
 def _whole(repo: Repo, oid: str) -> tuple[bool, int] | None:

@@ -36,6 +36,7 @@ from .format.ids import is_object_id
 from .format.manifest import Manifest
 from .format.values import path_str, walk_leaves
 from .refs import HEAD, HEADS, TAGS, check_ref_name
+from .revisions import parents_first
 from .store.objects import object_name
 from .store.open import is_url, open_store
 
@@ -226,21 +227,7 @@ def _missing_commits(
             continue
         missing.add(c)
         stack.extend(src.get_commit(c).parents)
-    order: list[str] = []
-    done: set[str] = set()
-    for start in sorted(missing):
-        todo = [(start, False)]
-        while todo:
-            c, expanded = todo.pop()
-            if c in done:
-                continue
-            if expanded:
-                done.add(c)
-                order.append(c)
-                continue
-            todo.append((c, True))
-            todo.extend((p, False) for p in src.get_commit(c).parents if p in missing)
-    return order
+    return parents_first(missing, lambda c: src.get_commit(c).parents)
 
 
 def _complete(src: Repo, commit: str, present: set[str], include: Sequence[str] | None) -> bool:

@@ -23,7 +23,7 @@ Leading or trailing whitespace is refused, not stripped (a name never has any).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from .errors import RevisionNotFoundError, UsageError
 from .format.commit import Commit
@@ -211,3 +211,28 @@ def resolve(
             walked += f"^{n}"
             chain, k = walked, 0
     return oid
+
+
+def parents_first(ids: Iterable[str], parents_of: Callable[[str], Sequence[str]]) -> list[str]:
+    """``ids``, each once, every commit after those of its parents that are among ``ids``:
+    the order the commits were made in along each line of history (first parents first).
+
+    ``parents_of`` gives a commit's parents; parents outside ``ids`` are not followed. The
+    walk is iterative, so a history of any length takes no recursion depth."""
+    members = set(ids)
+    out: list[str] = []
+    done: set[str] = set()
+    for start in sorted(members):
+        todo = [(start, False)]
+        while todo:
+            oid, ready = todo.pop()
+            if oid in done:
+                continue
+            if ready:
+                done.add(oid)
+                out.append(oid)
+                continue
+            todo.append((oid, True))
+            parents = reversed(parents_of(oid))
+            todo.extend((p, False) for p in parents if p in members and p not in done)
+    return out
