@@ -2,7 +2,7 @@
 
 Commits one synthetic state (bench/scale.py's: randn·0.02 matrices) and torch.saves it, then in
 this one process checks it out twice on a single worker thread and loads the file with
-torch.load, and prints each part's thread-CPU seconds: reading the object files, zstd, merging
+torch.load, and prints each part's thread-CPU seconds: mapping the object files, zstd, merging
 byte planes, BLAKE3 verification, and the rest (mostly the first write to freshly allocated
 memory, which decoding pays inside the plane merge). The second checkout runs in memory the
 process has touched before; the difference between the two is the price of fresh pages.
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(state, pt)
         (d / "done").touch()
         del state
-    targets = [(local.LocalStore, "get", "read files"), (codecs, "_unzstd", "zstd"),
+    targets = [(local.LocalStore, "get_view", "map files"), (codecs, "_unzstd_into", "zstd"),
                (codecs, "merge_planes", "merge planes (+ first touch)"),
                (objects, "object_id", "BLAKE3 verify")]
     parts_cpu: dict[str, float] = {}

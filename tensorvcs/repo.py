@@ -43,6 +43,7 @@ from .refs import HEAD, HEADS, TAGS, RefStore, check_ref_name, default_author
 from .revisions import Revision, rev_label
 from .revisions import resolve as resolve_revision
 from .state.basecache import BaseCache
+from .state.workers import default_workers
 from .store.base import Store
 from .store.local import LocalStore
 from .store.objects import ObjectStore
@@ -249,11 +250,9 @@ class Repo:
 
     @property
     def workers(self) -> int:
-        """Threads of the pool commits and checkouts run on (state/writer.py default_workers
-        unless set; computed on first use, as the writer module imports torch)."""
+        """Threads of the pool commits and checkouts run on (state/workers.py
+        default_workers unless set)."""
         if self._workers is None:
-            from .state.writer import default_workers
-
             self._workers = default_workers()
         return self._workers
 

@@ -23,6 +23,7 @@ from tensorvcs.format import envelope
 from tensorvcs.report import build, write_report
 from tensorvcs.report.data import OPTIMIZER, OTHER, WEIGHTS, group_of, module_of
 from tensorvcs.state.writer import TensorWriter
+from tensorvcs.store.base import View
 from tensorvcs.store.local import LocalStore
 from tensorvcs.store.objects import object_name
 
@@ -197,6 +198,10 @@ class CountingStore(LocalStore):
     def get_head(self, name: str, n: int) -> bytes:
         self.reads.append(name)
         return super().get_head(name, n)
+
+    def get_view(self, name: str) -> View:
+        self.reads.append(name)
+        return super().get_view(name)
 
 
 def test_recorded_statistics_read_no_tensor_bytes(run: tv.Repo) -> None:

@@ -47,8 +47,30 @@ MIN_COMPRESS_BYTES = 64
 MAX_EXPANSION = 1 << 17
 MAX_PLANE_WIDTH = 1 << 16  # element width of the planes codec
 NATIVE_MAX_WIDTH = 64  # widths the native merge takes (wider ones: numpy)
+# Decoding's intermediates (zstd'd planes, a delta's difference) up to this size go to
+# buffers each thread keeps and reuses (at most about two chunks per thread): fresh memory
+# costs the kernel a zeroed page per 4 KiB, as much as the decoding itself on small states.
+SCRATCH_MAX = 1 << 23
 
 _local = threading.local()
+
+
+def _scratch(slot: int, n: int) -> np.ndarray:
+    """``n`` bytes of this thread's reusable buffer ``slot`` (a fresh array beyond
+    SCRATCH_MAX). Valid until the thread next asks for the same slot: decode_into's planes
+    use slots 0..width-1, a delta's difference the slot DIFF_SLOT."""
+    if n > SCRATCH_MAX:
+        return np.empty(n, dtype=np.uint8)
+    bufs: dict[int, np.ndarray] | None = getattr(_local, "scratch", None)
+    if bufs is None:
+        bufs = _local.scratch = {}
+    b = bufs.get(slot)
+    if b is None or b.nbytes < n:
+        b = bufs[slot] = np.empty(n, dtype=np.uint8)
+    return b[:n]
+
+
+DIFF_SLOT = -1
 
 
 # Byte planes of tensors have little long-range structure: what shrinks them is the entropy
@@ -289,15 +311,24 @@ def _check_frame(frame: memoryview, n: int) -> None:
         raise ValueError(f"a zstd frame of {len(frame)} bytes cannot hold {n} bytes")
 
 
-def _unzstd(frame: memoryview, n: int) -> bytes:
-    """The content of one zstd frame that must hold ``n`` bytes. The size the frame header
-    declares is checked first: zstd allocates that much, so a corrupt header must not reach it;
-    the output is capped at ``n`` bytes (a frame that expands further is refused)."""
+def _unzstd_into(frame: memoryview, out: np.ndarray) -> None:
+    """Decode one zstd frame straight into ``out``, which it must fill exactly: the size the
+    frame header declares is checked first (_check_frame), a frame that ends early or holds
+    more is refused; nothing is allocated beyond zstd's own window."""
+    n = out.nbytes
     _check_frame(frame, n)
-    data = _decompressor().decompress(frame, max_output_size=n)
-    if len(data) != n:
-        raise ValueError(f"zstd frame holds {len(data)} bytes, expected {n}")
-    return data
+    view = out.data.cast("B")  # uint8, contiguous: readinto fills it in place
+    got = 0
+    with _decompressor().stream_reader(frame) as r:
+        while got < n:
+            k = r.readinto(view[got:])
+            if not k:
+                break
+            got += k
+        if got < n:
+            raise ValueError(f"zstd frame holds {got} bytes, expected {n}")
+        if r.read(1):
+            raise ValueError(f"zstd frame holds more than the {n} bytes expected")
 
 
 def _plane_spec(params: dict[str, Any], n: int) -> tuple[int, list[tuple[str, int]]]:
@@ -355,7 +386,7 @@ def decode_into(
         if codec == CODEC_RAW:
             out[:] = np.frombuffer(payload, dtype=np.uint8)
         elif codec == CODEC_ZSTD:
-            out[:] = np.frombuffer(_unzstd(payload, n), dtype=np.uint8)
+            _unzstd_into(payload, out)
         else:
             width, spec = _plane_spec(params, n)
             m = n // width
@@ -367,7 +398,8 @@ def decode_into(
                 if kind == "raw":
                     plane = np.frombuffer(seg, dtype=np.uint8)
                 else:
-                    plane = np.frombuffer(_unzstd(seg, m), dtype=np.uint8)
+                    plane = _scratch(i, m)
+                    _unzstd_into(seg, plane)
                 if plane.nbytes != m:
                     raise ValueError(f"plane {i} holds {plane.nbytes} bytes, expected {m}")
                 planes.append(plane)
@@ -425,6 +457,6 @@ def decode_delta_into(
     except (ValueError, zstandard.ZstdError) as e:
         msg = f"object {object_id} has bad delta parameters: {e}"
         raise CorruptObjectError(msg, object_id) from e
-    diff = np.empty(out.nbytes, dtype=np.uint8)
+    diff = _scratch(DIFF_SLOT, out.nbytes)
     decode_into(d.inner_codec, d.inner_params, payload, diff, object_id)
     delta_apply(out, diff, d.width)

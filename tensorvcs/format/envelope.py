@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from mmap import mmap
 from typing import Any
 
 import numpy as np
@@ -74,12 +75,12 @@ def pack(kind: int, length: int, enc: codecs.Encoded) -> list[bytes | bytearray 
     return [head + params, *enc.pieces]
 
 
-def header_span(data: bytes | memoryview) -> int:
+def header_span(data: bytes | memoryview | mmap) -> int:
     """Bytes from the file's start through its codec parameters (needs HEADER_SIZE bytes)."""
     return HEADER_SIZE + int(_HEADER.unpack_from(data, 0)[-1])
 
 
-def read_header(data: bytes | memoryview, oid: str) -> Header:
+def read_header(data: bytes | memoryview | mmap, oid: str) -> Header:
     """Parse and check an object's envelope: fields, length bound, codec parameters (a delta's
     base must be a valid id other than the object's own). CorruptObjectError names ``oid``."""
     if len(data) < HEADER_SIZE:

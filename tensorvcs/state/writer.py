@@ -42,7 +42,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,12 +66,6 @@ Rewrite = tuple[str, int, codecs.Encoded, int]  # (parent id, length, delta, old
 Deferred = tuple[str, str, int]  # (parent chunk id, new chunk id, element width), left for later
 # queued delta re-encodings (their encoded bytes) applied together, mid-commit
 REWRITE_BATCH_BYTES = 16 << 20
-
-
-def default_workers() -> int:
-    """Twice the cores (4 to 16): a job spends part of its time in fsync, not on a core, so
-    more jobs than cores keep the cores busy while others wait on the disk."""
-    return max(4, min(16, 2 * (os.cpu_count() or 2)))
 
 
 @dataclass

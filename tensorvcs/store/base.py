@@ -10,10 +10,12 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
+from mmap import mmap
 
 from ..errors import UsageError
 
 Chunk = bytes | bytearray | memoryview
+View = bytes | mmap  # a whole stored file, to read once (Store.get_view)
 _PART = re.compile(r"^[^/\x00]+$")
 
 
@@ -40,6 +42,12 @@ class Store(ABC):
     def get_head(self, name: str, n: int) -> bytes:
         """The first ``n`` bytes of the file (or all of it, if shorter)."""
         return self.get(name)[:n]
+
+    def get_view(self, name: str) -> View:
+        """The whole file as a read-only buffer, for reading it once: ``get``'s bytes, or (a
+        local store) a memory map of the file, valid while it is referenced. Stored files are
+        never changed in place (``put`` replaces them), so a map stays as it was opened."""
+        return self.get(name)
 
     @abstractmethod
     def put(

@@ -10,7 +10,12 @@ two thirds of the time. It is not the default because nothing is left in the pag
 checkout right after the commit reads from the disk (2-2.6x torch.load of a cached file here;
 docs/performance.md). Where O_DIRECT is refused (EINVAL: tmpfs before Linux 6.6, some FUSE and
 network file systems; no O_DIRECT on macOS) the store writes through the page cache from then
-on. Reading is unchanged (the kernel keeps cached pages coherent with direct writes)."""
+on; the kernel keeps cached pages coherent with direct writes.
+
+Decoding reads files of at least MAP_MIN bytes through a read-only memory map (get_view): no copy
+and no fresh memory per chunk. That is safe because a stored file is never changed in place:
+``put`` renames a new file over it and ``delete`` unlinks it, and a map keeps the old inode's
+pages. (A file cut short in place by something else would fault the reading process.)"""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import LockTimeoutError
-from .base import Chunk, Store, check_name
+from .base import Chunk, Store, View, check_name
 
 TMP_DIR = "tmp"
 LOCK_DIR = "locks"
@@ -36,6 +41,8 @@ SYNC_THREADS = 8  # folders fsynced at once by sync(): each fsync mostly waits o
 DIRECT_MIN = 1 << 20  # durable writes of at least this many bytes go around the page cache
 DIRECT_ALIGN = 4096  # offset, length and buffer alignment of a direct write (any block size)
 DIRECT_STAGE = 4 << 20  # the staging buffer of each writing thread
+MAP_MIN = 1 << 18  # get_view maps files at least this large (smaller ones are read)
+MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
 
@@ -128,6 +135,24 @@ class LocalStore(Store):
 
     def get(self, name: str) -> bytes:
         return self.get_head(name, -1)
+
+    def get_view(self, name: str) -> View:
+        """A file of at least MAP_MIN bytes as a read-only memory map of its cached pages:
+        reading a chunk then neither copies it nor takes fresh memory for it (a checkout's
+        only fresh memory is the state it returns). The pages are mapped in one call where the
+        kernel allows it (MADV_POPULATE_READ, else on first touch)."""
+        try:
+            with open(self._path(name), "rb", buffering=0) as f:
+                n = os.fstat(f.fileno()).st_size
+                if n < MAP_MIN:
+                    return f.readall()
+                view = mmap.mmap(f.fileno(), n, access=mmap.ACCESS_READ)
+        except (NotADirectoryError, IsADirectoryError):
+            raise FileNotFoundError(name) from None
+        if hasattr(view, "madvise"):  # not on Windows
+            with contextlib.suppress(OSError):  # older kernels: EINVAL, pages fault in then
+                view.madvise(MADV_POPULATE_READ)
+        return view
 
     def get_head(self, name: str, n: int) -> bytes:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,13 +22,14 @@ from ..errors import (
 from ..format import codecs, envelope
 from ..format.config import MAX_DELTA_CHAIN
 from ..format.ids import Buffer, check_object_id, is_object_id, object_id
-from .base import Store
+from .base import Store, View
 
 OBJECTS = "objects"
 HEAD_BYTES = 4096  # enough for nearly every envelope header and its codec parameters
 
 # one link of a delta chain: (object id, its header, its stored file or None)
 _Link = tuple[str, envelope.Header, Any]
+_V = TypeVar("_V", bytes, View)
 
 
 def object_name(oid: str) -> str:
@@ -77,8 +78,15 @@ class ObjectStore:
 
     def raw(self, oid: str) -> bytes:
         """The stored file of ``oid`` (envelope and payload), not decoded."""
+        return self._stored(oid, self.store.get)
+
+    def _view(self, oid: str) -> View:
+        """The stored file of ``oid`` to decode once (a memory map on a local store)."""
+        return self._stored(oid, self.store.get_view)
+
+    def _stored(self, oid: str, get: Callable[[str], _V]) -> _V:
         try:
-            data = self.store.get(object_name(check_object_id(oid)))
+            data = get(object_name(check_object_id(oid)))
         except FileNotFoundError:
             raise ObjectNotFoundError(f"object {oid} is missing from the store", oid) from None
         with self._lock:
@@ -100,7 +108,7 @@ class ObjectStore:
 
     def read(self, oid: str, *, verify: bool = True) -> tuple[envelope.Header, np.ndarray]:
         """Decode ``oid``; its content must hash to ``oid`` (CorruptObjectError otherwise)."""
-        data = self.raw(oid)
+        data = self._view(oid)
         h = envelope.read_header(data, oid)
         links = self._links(oid, h, data)
         out = envelope.allocate(h, oid)
@@ -112,7 +120,7 @@ class ObjectStore:
 
     def read_into(self, oid: str, out: np.ndarray, *, verify: bool = True) -> envelope.Header:
         """Decode ``oid`` straight into the uint8 array ``out`` and verify its hash there."""
-        data = self.raw(oid)
+        data = self._view(oid)
         h = envelope.read_header(data, oid)
         if h.length != out.nbytes:
             raise CorruptObjectError(
@@ -121,7 +129,7 @@ class ObjectStore:
         self._decode(self._links(oid, h, data), out, verify)
         return h
 
-    def _links(self, oid: str, h: envelope.Header, data: bytes) -> list[_Link]:
+    def _links(self, oid: str, h: envelope.Header, data: View) -> list[_Link]:
         """The delta chain of ``oid`` with every object's stored file, each checked to fit its
         header before anything is allocated."""
         links = self._walk(oid, (h, data), self._fetch)
@@ -130,7 +138,7 @@ class ObjectStore:
         return links
 
     def _fetch(self, oid: str) -> tuple[envelope.Header, Any]:
-        data = self.raw(oid)
+        data = self._view(oid)
         return envelope.read_header(data, oid), data
 
     def _fetch_header(self, oid: str) -> tuple[envelope.Header, Any]:
@@ -349,7 +357,7 @@ class ObjectStore:
         if base is None:
             h, content = self.read(oid)
             return content, h
-        data = self.raw(oid)
+        data = self._view(oid)
         h = envelope.read_header(data, oid)
         if h.length != base.nbytes:
             raise CorruptObjectError(
