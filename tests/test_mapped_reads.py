@@ -167,3 +167,60 @@ def test_results_never_share_scratch(specs: list[tuple[int, int, int]]) -> None:
         results.append((out2, content))
     for out, content in results:
         assert out.tobytes() == content.tobytes()
+
+
+CHAIN_CHILD = """
+import os, resource, sys, hashlib
+import tensorvcs as tv
+from tensorvcs.store import objects
+if len(sys.argv) > 2:
+    objects.MAPPED_LINKS = int(sys.argv[2])
+r = tv.Repo.open(sys.argv[1])
+ids = [c.id for c in r.log()][-1:]  # the oldest commit: the deepest chains
+open_now = len(os.listdir("/proc/self/fd"))
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 24, hard))
+for cid in ids:
+    w = r.checkout(cid)["w"]
+    print(cid, hashlib.sha256(w.numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_deep_chain_of_large_deltas_needs_few_file_descriptors(tmp_path: Path) -> None:
+    """Dense updates give deltas above MAP_MIN; a checkout of the oldest commit decodes a
+    chain of 30 of them on each worker at once. Under a tight RLIMIT_NOFILE (24 beyond what
+    the process holds) it still checks out bitwise: a chain maps at most
+    MAPPED_LINKS files. (With every link mapped, the same run fails: Too many open files.)"""
+    import hashlib
+    import subprocess
+    import sys
+
+    r = tv.Repo.init(tmp_path, chunk_size=1 << 20)
+    r.delta_max_depth = 40
+    w = randn(5, 512, 1024)  # 2 MiB: two chunks per commit
+    want = {}
+    g = torch.Generator().manual_seed(6)
+    for i in range(31):
+        cid = r.commit({"w": w}, message=f"step {i}").id
+        want[cid] = hashlib.sha256(w.numpy().tobytes()).hexdigest()
+        w = w + 1e-4 * torch.randn(w.shape, generator=g)
+    oldest = next(iter(want))
+    m = r.get_manifest(r.get_commit(oldest).manifest)
+    (entry,) = [t for t in m.tensors if t.chunks]
+    chain = r.objects.chain(entry.chunks[0][0])
+    assert len(chain) == 31
+    sizes = [object_path(r, o).stat().st_size for o in chain[:-1]]
+    assert min(sizes) >= MAP_MIN  # every delta of the chain is a mapped size
+    r.close()
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-c", CHAIN_CHILD, str(tmp_path), *extra]
+        return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+    done = run()
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = dict(line.split() for line in done.stdout.splitlines())
+    assert got == {oldest: want[oldest]}
+    unbounded = run(str(10**6))
+    assert unbounded.returncode != 0 and "Too many open files" in unbounded.stderr

@@ -26,6 +26,7 @@ from .base import Store, View
 
 OBJECTS = "objects"
 HEAD_BYTES = 4096  # enough for nearly every envelope header and its codec parameters
+MAPPED_LINKS = 4  # files of one delta chain decoded from memory maps at most (see _links)
 
 # one link of a delta chain: (object id, its header, its stored file or None)
 _Link = tuple[str, envelope.Header, Any]
@@ -131,8 +132,20 @@ class ObjectStore:
 
     def _links(self, oid: str, h: envelope.Header, data: View) -> list[_Link]:
         """The delta chain of ``oid`` with every object's stored file, each checked to fit its
-        header before anything is allocated."""
-        links = self._walk(oid, (h, data), self._fetch)
+        header before anything is allocated. The first MAPPED_LINKS files may be memory maps;
+        deeper bases are read (a map holds a file descriptor while the chain is decoded, and
+        chains may be thousands deep: MAX_DELTA_CHAIN)."""
+        fetched = 1
+
+        def fetch(base: str) -> tuple[envelope.Header, Any]:
+            nonlocal fetched
+            fetched += 1
+            if fetched <= MAPPED_LINKS:
+                return self._fetch(base)
+            raw = self.raw(base)
+            return envelope.read_header(raw, base), raw
+
+        links = self._walk(oid, (h, data), fetch)
         for o, lh, ldata in links:
             envelope.check_fits(lh, memoryview(ldata)[lh.payload_offset :], o)
         return links
