@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.goal6 import verdict  # noqa: E402
 from bench.w8_dcp_s3 import Counters, counters_of, diff, start_server  # noqa: E402
 
 PIECE = 4 << 20
@@ -97,6 +98,11 @@ def main() -> None:
     for r in rows:
         print(f"{r['latency_ms']:>6g}ms {r['objects']:>15} {r['count']:>6} {r['requests']:>9} "
               f"{r['seconds']:>8.2f} {r['mib_per_s']:>7.0f}")
+    by_latency: dict[float, dict[int, float]] = {}
+    for r in rows:
+        by_latency.setdefault(r["latency_ms"], {})[r["count"]] = r["seconds"]
+    print(verdict([(f"{lat:g} ms latency", t[max(t)], t[min(t)])
+                   for lat, t in by_latency.items()]))
 
 
 if __name__ == "__main__":

@@ -50,8 +50,10 @@ def patch(point: str) -> None:
         write = ObjectStore.write
         written_objects = itertools.count(1)
 
-        def write_then_die(self: ObjectStore, oid: str, kind: int, length: int, enc: Any) -> int:
-            n = write(self, oid, kind, length, enc)
+        def write_then_die(
+            self: ObjectStore, oid: str, kind: int, length: int, enc: Any, **kw: Any
+        ) -> int:
+            n = write(self, oid, kind, length, enc, **kw)
             tensor_object = kind in (envelope.KIND_CHUNK, envelope.KIND_PACK)
             if tensor_object and n and next(written_objects) == 2:
                 die()
@@ -109,10 +111,10 @@ def patch(point: str) -> None:
                     break
             die()
 
-        def put_half(self: LocalStore, name: str, data: Iterable[Any]) -> bool:
+        def put_half(self: LocalStore, name: str, data: Iterable[Any], **kw: Any) -> bool:
             if name.startswith("objects/") and next(objects_started) == 3:
                 data = half_then_die(data)
-            return put_if_absent(self, name, data)
+            return put_if_absent(self, name, data, **kw)
 
         LocalStore.put_if_absent = put_half  # type: ignore[method-assign]
     elif point == "object-midwrite-direct":  # the 3rd object dies inside its direct write

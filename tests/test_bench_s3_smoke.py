@@ -44,3 +44,16 @@ def test_object_cost_s3_small(tmp_path: Path) -> None:
     # latency, size, "MiB", "objects", count, requests, seconds, MiB/s: one PUT per object
     assert [(r[1], r[4], r[5]) for r in rows] == [("4", "16", "16"), ("64", "1", "1")]
     assert all(float(r[6]) > 0 for r in rows)
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("goal 6 ")]
+    assert "x at 0 ms latency" in line and ("does not matter" in line or "MATTERS" in line)
+
+
+def test_object_cost_local_small(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "object_cost.py"), "--dir",
+                           str(tmp_path), "--mib", "32", "--reps", "1", "--only", "4,5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "8 files of 4 MiB, written by 8 threads, then fsynced by 8" in proc.stdout
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("goal 6 ")]
+    assert "x at the local disk" in line
+    assert list(tmp_path.iterdir()) == []  # its work folder is removed

@@ -297,7 +297,7 @@ class TensorWriter:
                 seq, rewrite = self._plan_rewrite(base_id, arr, oid, width, hook)
             enc = codecs.encode_elements(arr, width)
             enc = codecs.Encoded(enc.codec, {**enc.params, "seq": seq}, enc.pieces)
-            written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc)
+            written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc, defer=True)
             del enc
             # only a chunk this write created may become a delta base now: one that was
             # there already (another writer's, or an older version: a revert) may itself be a
@@ -323,7 +323,7 @@ class TensorWriter:
         written = 0
         if not self._stored(oid):
             enc = codecs.encode_elements(content, width)
-            written = self.objects.write(oid, envelope.KIND_PACK, content.nbytes, enc)
+            written = self.objects.write(oid, envelope.KIND_PACK, content.nbytes, enc, defer=True)
         if self.known_ids is not None:
             self.known_ids.add(oid)
         if self.on_bytes is not None:

@@ -57,8 +57,11 @@ class Store(ABC):
         ``sync=False`` the new name is durable only after the next ``sync()``."""
 
     @abstractmethod
-    def put_if_absent(self, name: str, data: Iterable[Chunk]) -> bool:
-        """Write unless ``name`` exists; True when this call wrote it."""
+    def put_if_absent(self, name: str, data: Iterable[Chunk], *, defer: bool = False) -> bool:
+        """Write unless ``name`` exists; True when this call wrote it. ``defer=True`` lets the
+        store make the file durable and give it its name only at the next ``sync()`` (a local
+        store does, to fsync many files together); until then only this store object sees it,
+        and a crash loses it whole. The caller must ``sync()`` before anything names it."""
 
     @abstractmethod
     def exists(self, name: str) -> bool: ...

@@ -168,7 +168,8 @@ class FsspecStore(Store):
                 os.fsync(f.fileno())
         return tmp
 
-    def put_if_absent(self, name: str, data: Iterable[Chunk]) -> bool:
+    def put_if_absent(self, name: str, data: Iterable[Chunk], *, defer: bool = False) -> bool:
+        """``defer`` is ignored: each object is stored (durably) when this returns."""
         path = self._path(name)
         body = _join(data)
         self.requests += 1

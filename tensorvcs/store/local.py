@@ -12,6 +12,17 @@ docs/performance.md). Where O_DIRECT is refused (EINVAL: tmpfs before Linux 6.6,
 network file systems; no O_DIRECT on macOS) the store writes through the page cache from then
 on; the kernel keeps cached pages coherent with direct writes.
 
+A new object written with ``put_if_absent(..., defer=True)`` (a commit's chunks and packs) is
+written to a temp file at once but fsynced and linked to its name only at the next ``sync()``,
+which the commit calls before it writes the manifest naming the objects: all of a commit's
+files are written first, then fsynced by SYNC_THREADS threads together. An fsync right after
+each file forces an ext4 journal commit per file; together, one commit covers many files
+(bench/object_cost.py, 8 GiB as 2048 files of 4 MiB: 8.95 s with an fsync after each file,
+4.87 s written first and fsynced after; 128 files of 64 MiB: 5.12 s). Until then only this
+store object sees the file (``exists``, ``get``); no other process does, and a crash leaves
+an unnamed temp file (removed by gc after an hour), never a named object whose bytes are not
+on the disk.
+
 Decoding reads files of at least MAP_MIN bytes through a read-only memory map (get_view): no copy
 and no fresh memory per chunk. That is safe because a stored file is never changed in place:
 ``put`` renames a new file over it and ``delete`` unlinks it, and a map keeps the old inode's
@@ -20,6 +31,7 @@ pages. (A file cut short in place by something else would fault the reading proc
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -27,10 +39,11 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from ..errors import LockTimeoutError
 from .base import Chunk, Store, View, check_name
@@ -121,6 +134,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    f.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    f.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], f)
+
+
+_sync_file_range = _libc_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages; do not wait
+
+
+def _start_writeback(fd: int) -> None:
+    """Have the kernel start writing the file's pages to the disk now, without waiting (a
+    later fsync then mostly finds them written): a deferred commit's files are written back
+    while it encodes the next chunks, not all at its end. A no-op where unavailable."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # failure: the fsync still comes
+
+
 class LocalStore(Store):
     local = True
 
@@ -128,10 +163,18 @@ class LocalStore(Store):
         self.root = Path(root)
         self._dirty_dirs: set[Path] = set()
         self._dirty_lock = threading.Lock()
+        self._pending: dict[str, Path] = {}  # deferred new files: name -> written temp file
         self.direct = bool(O_DIRECT) and os.environ.get("TVCS_DIRECT_IO", "0") == "1"
 
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
+
+    def _read_path(self, name: str) -> Path:
+        """Where ``name``'s bytes are now: its temp file while its install is deferred."""
+        tmp = self._pending.get(name)
+        if tmp is not None and tmp.exists():  # (sync() may install it meanwhile)
+            return tmp
+        return self._path(name)
 
     def get(self, name: str) -> bytes:
         return self.get_head(name, -1)
@@ -142,7 +185,7 @@ class LocalStore(Store):
         only fresh memory is the state it returns). The pages are mapped in one call where the
         kernel allows it (MADV_POPULATE_READ, else on first touch)."""
         try:
-            with open(self._path(name), "rb", buffering=0) as f:
+            with open(self._read_path(name), "rb", buffering=0) as f:
                 n = os.fstat(f.fileno()).st_size
                 if n < MAP_MIN:
                     return f.readall()
@@ -156,13 +199,15 @@ class LocalStore(Store):
 
     def get_head(self, name: str, n: int) -> bytes:
         try:
-            with open(self._path(name), "rb") as f:
+            with open(self._read_path(name), "rb") as f:
                 return f.read(n)
         except (NotADirectoryError, IsADirectoryError):
             # "a/b" where "a" is a file, or "a" where "a/" is a folder: no such file
             raise FileNotFoundError(name) from None
 
-    def _write_tmp(self, data: Iterable[Chunk], durable: bool) -> Path:
+    def _write_tmp(self, data: Iterable[Chunk], durable: bool, start: bool = False) -> Path:
+        """A new temp file holding ``data``: fsynced if ``durable``; with ``start``, its
+        writeback to the disk begun but not waited for (sync_file_range)."""
         tmp_dir = self.root / TMP_DIR
         tmp = tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
         if not tmp_dir.is_dir():
@@ -184,6 +229,9 @@ class LocalStore(Store):
                 if durable:
                     f.flush()
                     os.fsync(f.fileno())
+                elif start:
+                    f.flush()
+                    _start_writeback(f.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -207,10 +255,12 @@ class LocalStore(Store):
         if durable and sync:
             self.sync()
 
-    def put_if_absent(self, name: str, data: Iterable[Chunk]) -> bool:
+    def put_if_absent(self, name: str, data: Iterable[Chunk], *, defer: bool = False) -> bool:
         path = self._path(name)
-        if path.exists():
+        if name in self._pending or path.exists():
             return False
+        if defer and not self.direct:
+            return self._defer(name, self._write_tmp(data, durable=False, start=True))
         tmp = self._write_tmp(data, durable=True)
         try:
             # link() fails if the name exists, so two writers of one object never clobber.
@@ -226,14 +276,46 @@ class LocalStore(Store):
         self._mark_dirty(path.parent)
         return True
 
+    def _defer(self, name: str, tmp: Path) -> bool:
+        """Note ``tmp`` (written, not fsynced) as ``name``'s content, installed by sync()."""
+        with self._dirty_lock:
+            first = name not in self._pending
+            if first:
+                self._pending[name] = tmp
+        if not first:  # another thread of this process wrote the same object meanwhile
+            tmp.unlink(missing_ok=True)
+        return first
+
+    def _install_deferred(self, name: str, tmp: Path) -> None:
+        """Make a deferred file durable, then give it its name (create-only, as
+        put_if_absent): a name is never seen before its bytes are on the disk."""
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path = self._path(name)
+        try:
+            try:
+                os.link(tmp, path)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process stored it meanwhile: the same content (content-addressed)
+        self._mark_dirty(path.parent)
+        with self._dirty_lock:
+            self._pending.pop(name, None)
+        tmp.unlink(missing_ok=True)
+
     def exists(self, name: str) -> bool:
-        return self._path(name).exists()
+        return name in self._pending or self._path(name).exists()
 
     def size(self, name: str) -> int:
-        return self._path(name).stat().st_size
+        return self._read_path(name).stat().st_size
 
     def mtime(self, name: str) -> float | None:
-        return self._path(name).stat().st_mtime
+        return self._read_path(name).stat().st_mtime
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root
@@ -245,6 +327,10 @@ class LocalStore(Store):
                 yield fn if rel == "." else f"{rel}/{fn}"
 
     def delete(self, name: str) -> None:
+        with self._dirty_lock:
+            tmp = self._pending.pop(name, None)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         path = self._path(name)
         path.unlink(missing_ok=True)
         self._mark_dirty(path.parent)
@@ -314,6 +400,14 @@ class LocalStore(Store):
             self._dirty_dirs.add(folder)
 
     def sync(self) -> None:
+        """Install the deferred files (each fsynced, then linked into place), then fsync every
+        folder a durable write touched since the last sync."""
+        with self._dirty_lock:
+            deferred = list(self._pending.items())
+        if deferred:
+            with ThreadPoolExecutor(min(SYNC_THREADS, len(deferred))) as pool:
+                for _ in pool.map(lambda item: self._install_deferred(*item), deferred):
+                    pass
         with self._dirty_lock:
             dirs, self._dirty_dirs = self._dirty_dirs, set()
         dirs = {d for d in dirs if d.exists()}

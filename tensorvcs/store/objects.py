@@ -47,19 +47,22 @@ class ObjectStore:
     def has(self, oid: str) -> bool:
         return self.store.exists(object_name(oid))
 
-    def write(self, oid: str, kind: int, length: int, enc: codecs.Encoded) -> int:
+    def write(
+        self, oid: str, kind: int, length: int, enc: codecs.Encoded, *, defer: bool = False
+    ) -> int:
         """Store an already-encoded object; returns the bytes written (0 when it was present).
         An object larger than readers accept for its kind (envelope.MAX_CONTENT) is refused.
         Callers ask ``has`` before encoding; the store's create-only ``put_if_absent`` is the
         check that counts, so there is no second existence check here (on object storage it
-        was a HEAD request per new object)."""
+        was a HEAD request per new object). ``defer``: see Store.put_if_absent (the caller
+        syncs the store before it writes anything that names the object)."""
         if length > envelope.MAX_CONTENT.get(kind, 0):
             raise UnsupportedValueError(
                 f"cannot store a {envelope.KIND_NAMES.get(kind, kind)} of {length} bytes: "
                 f"readers accept at most {envelope.MAX_CONTENT.get(kind, 0)}"
             )
         pieces = envelope.pack(kind, length, enc)
-        if not self.store.put_if_absent(object_name(oid), pieces):
+        if not self.store.put_if_absent(object_name(oid), pieces, defer=defer):
             return 0
         return sum(len(p) for p in pieces)
 

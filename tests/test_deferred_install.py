@@ -1,0 +1,241 @@
+"""A commit's chunks and packs are written at once and named at the store's next sync
+(LocalStore deferred installs, issue 11: one fsync per file right after writing it cost an
+ext4 journal commit per file).
+
+What must hold: a deferred file is invisible to every other store object (another process)
+until sync, and visible to its own store object at once (exists, get, views, size); sync
+fsyncs each file before it gives it its name, and fsyncs the folders after; a second write of
+a pending name is refused as for a stored one; delete drops a pending file; and a commit
+writes nothing that names an object (manifest, commit) while any object is still pending.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import assert_same_value, randn
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+import tensorvcs as tv
+from tensorvcs.store import local
+from tensorvcs.store.local import TMP_DIR, LocalStore
+
+NAME = "objects/ab/cdef"
+
+
+def test_invisible_elsewhere_until_sync(tmp_path: Path) -> None:
+    mine, other = LocalStore(tmp_path), LocalStore(tmp_path)
+    data = os.urandom(300_000)  # above MAP_MIN: get_view maps it
+    assert mine.put_if_absent(NAME, [data[:1000], data[1000:]], defer=True)
+    assert not (tmp_path / NAME).exists() and not other.exists(NAME)
+    assert mine.exists(NAME) and mine.get(NAME) == data and bytes(mine.get_view(NAME)) == data
+    assert mine.size(NAME) == len(data) and mine.get_head(NAME, 10) == data[:10]
+    assert not mine.put_if_absent(NAME, [b"other bytes"], defer=True)
+    assert not mine.put_if_absent(NAME, [b"other bytes"])
+    assert len(os.listdir(tmp_path / TMP_DIR)) == 1
+    mine.sync()
+    assert other.exists(NAME) and other.get(NAME) == data
+    assert (tmp_path / NAME).read_bytes() == data
+    assert os.listdir(tmp_path / TMP_DIR) == []
+    assert not mine.put_if_absent(NAME, [b"other bytes"], defer=True)
+
+
+def test_sync_fsyncs_each_file_before_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real fsync and link, watched: every name appears only after its inode was fsynced,
+    and each folder that received a name is fsynced after that name appeared."""
+    store = LocalStore(tmp_path)
+    names = [f"objects/{i:02x}/{i:04x}" for i in range(20)]
+    for n in names:
+        assert store.put_if_absent(n, [os.urandom(5000)], defer=True)
+    events: list[tuple[str, Any]] = []
+    fsync, link = os.fsync, os.link
+
+    def watched_fsync(fd: int) -> None:
+        st_ = os.fstat(fd)
+        fsync(fd)
+        events.append(("fsync", (st_.st_ino, st_.st_mode)))
+
+    def watched_link(src: Any, dst: Any) -> None:
+        ino = os.stat(src).st_ino
+        link(src, dst)
+        events.append(("link", (ino, Path(dst).parent)))
+
+    monkeypatch.setattr(local.os, "fsync", watched_fsync)
+    monkeypatch.setattr(local.os, "link", watched_link)
+    store.sync()
+    fsynced_files: set[int] = set()
+    linked_dirs: dict[Path, int] = {}
+    for k, (what, arg) in enumerate(events):
+        if what == "fsync" and not os.path.stat.S_ISDIR(arg[1]):
+            fsynced_files.add(arg[0])
+        elif what == "link":
+            assert arg[0] in fsynced_files, "a name appeared before its bytes were fsynced"
+            linked_dirs.setdefault(arg[1], k)
+    dir_syncs = [
+        k
+        for k, (what, arg) in enumerate(events)
+        if what == "fsync" and os.path.stat.S_ISDIR(arg[1])
+    ]
+    assert len([e for e in events if e[0] == "link"]) == len(names)
+    assert len(dir_syncs) == len(linked_dirs) and min(dir_syncs) > max(linked_dirs.values())
+    for n in names:
+        assert (tmp_path / n).is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_writeback_starts_at_once_on_linux(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deferred file's writeback is begun when it is written (so a commit's files reach the
+    disk while it encodes the next ones), through the real libc call."""
+    assert local._sync_file_range is not None
+    started: list[int] = []
+    real = local._start_writeback
+
+    def watched(fd: int) -> None:
+        started.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(local, "_start_writeback", watched)
+    store = LocalStore(tmp_path)
+    store.put_if_absent(NAME, [b"y" * 12345], defer=True)
+    store.put_if_absent("objects/ab/other", [b"z" * 10])  # not deferred: fsynced at once
+    assert started == [12345]
+
+
+def test_delete_drops_a_pending_file(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    assert store.put_if_absent(NAME, [b"x" * 100], defer=True)
+    store.delete(NAME)
+    assert not store.exists(NAME) and os.listdir(tmp_path / TMP_DIR) == []
+    store.sync()
+    assert not (tmp_path / NAME).exists()
+
+
+def test_direct_writes_are_not_deferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not local.O_DIRECT:
+        pytest.skip("no O_DIRECT on this platform")
+    monkeypatch.setenv("TVCS_DIRECT_IO", "1")
+    store = LocalStore(tmp_path)
+    assert store.put_if_absent(NAME, [os.urandom(local.DIRECT_MIN)], defer=True)
+    assert (tmp_path / NAME).is_file() and LocalStore(tmp_path).exists(NAME)
+
+
+def test_a_commit_names_no_pending_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write that is not a deferred one (the manifest, the commit object, refs) happens
+    with nothing pending: what it names is already fsynced and named."""
+    seen: list[tuple[str, int]] = []
+    put_if_absent, put = LocalStore.put_if_absent, LocalStore.put
+
+    def watched_pia(self: LocalStore, name: str, data: Any, *, defer: bool = False) -> bool:
+        if not defer:
+            seen.append((name, len(self._pending)))
+        return put_if_absent(self, name, data, defer=defer)
+
+    def watched_put(self: LocalStore, name: str, data: Any, **kw: Any) -> None:
+        seen.append((name, len(self._pending)))
+        put(self, name, data, **kw)
+
+    monkeypatch.setattr(LocalStore, "put_if_absent", watched_pia)
+    monkeypatch.setattr(LocalStore, "put", watched_put)
+    r = tv.Repo.init(tmp_path, chunk_size=1 << 16, pack_threshold=1 << 12)
+    states = []
+    for i in range(3):
+        s = {"w": randn(i, 256, 300), "b": randn(10 + i, 50), "step": torch.tensor(i)}
+        states.append(s)
+        r.commit(s, message=f"step {i}")
+    assert seen and all(n == 0 for _, n in seen), [x for x in seen if x[1]]
+    assert os.listdir(tmp_path / ".tvcs" / TMP_DIR) == []
+    fresh = tv.Repo.open(tmp_path)  # another process's view
+    for i, c in enumerate(reversed(fresh.log())):
+        assert_same_value(fresh.checkout(c.id), states[i])
+    assert tv.fsck(fresh).ok
+    r.close()
+    fresh.close()
+
+
+NAMES = st.sampled_from([f"objects/{a}/{b}" for a in "ab" for b in ("c1", "c2")])
+DATA = st.binary(min_size=0, max_size=600)
+
+
+class DeferredInstalls(RuleBasedStateMachine):
+    """Random puts (deferred or not), syncs and deletes on one store; a second store object
+    on the same folder is another process. Model: what this store sees, what the disk has."""
+
+    @initialize()
+    def setup(self) -> None:
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="tvcs-deferred-"))
+        self.mine, self.other = LocalStore(self.root), LocalStore(self.root)
+        self.disk: dict[str, bytes] = {}  # named on the disk
+        self.pending: dict[str, bytes] = {}  # this store's deferred files
+
+    @rule(name=NAMES, data=DATA, defer=st.booleans())
+    def put_if_absent(self, name: str, data: bytes, defer: bool) -> None:
+        wrote = self.mine.put_if_absent(name, [data], defer=defer)
+        assert wrote == (name not in self.disk and name not in self.pending)
+        if wrote:
+            (self.pending if defer else self.disk)[name] = data
+
+    @rule(name=NAMES, data=DATA)
+    def put(self, name: str, data: bytes) -> None:
+        if name in self.pending:
+            return  # (a put over a pending name is not something a commit does)
+        self.mine.put(name, [data])  # a durable put syncs: the pending files are named too
+        self.disk[name] = data
+        self.disk.update(self.pending)
+        self.pending.clear()
+
+    @rule()
+    def sync(self) -> None:
+        self.mine.sync()
+        self.disk.update(self.pending)
+        self.pending.clear()
+
+    @rule(name=NAMES)
+    def delete(self, name: str) -> None:
+        self.mine.delete(name)
+        self.disk.pop(name, None)
+        self.pending.pop(name, None)
+
+    @invariant()
+    def views(self) -> None:
+        if not hasattr(self, "mine"):
+            return
+        for name in [f"objects/{a}/{b}" for a in "ab" for b in ("c1", "c2")]:
+            here = self.pending.get(name, self.disk.get(name))
+            assert self.mine.exists(name) == (here is not None)
+            if here is not None:
+                assert self.mine.get(name) == here and self.mine.size(name) == len(here)
+            there = self.disk.get(name)
+            assert self.other.exists(name) == (there is not None)
+            if there is not None:
+                assert self.other.get(name) == there
+        assert (
+            len(os.listdir(self.root / TMP_DIR)) == len(self.pending)
+            if (self.root / TMP_DIR).is_dir()
+            else not self.pending
+        )
+
+    def teardown(self) -> None:
+        if hasattr(self, "root"):
+            import shutil
+
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+DeferredInstalls.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_deferred_installs = DeferredInstalls.TestCase
