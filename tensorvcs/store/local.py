@@ -126,12 +126,35 @@ def _write_direct(path: Path, pieces: list[memoryview], total: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_path(path: Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    _fsync_path(path, os.O_DIRECTORY)
+
+
+def _into_folder(move: Callable[[Path, Path], None], tmp: Path, path: Path) -> None:
+    """``move(tmp, path)`` (rename or link), making ``path``'s folder first if it is missing."""
+    try:
+        move(tmp, path)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        move(tmp, path)
+
+
+def _link_new(tmp: Path, path: Path) -> bool:
+    """Give ``tmp`` the new name ``path``; False if it exists: link() fails then, so two
+    writers of one object never clobber each other."""
+    try:
+        _into_folder(os.link, tmp, path)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -238,11 +261,7 @@ class LocalStore(Store):
         return tmp
 
     def _install(self, tmp: Path, path: Path, durable: bool) -> None:
-        try:
-            os.replace(tmp, path)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
+        _into_folder(os.replace, tmp, path)
         if durable:
             self._mark_dirty(path.parent)
 
@@ -263,14 +282,8 @@ class LocalStore(Store):
             return self._defer(name, self._write_tmp(data, durable=False, start=True))
         tmp = self._write_tmp(data, durable=True)
         try:
-            # link() fails if the name exists, so two writers of one object never clobber.
-            try:
-                os.link(tmp, path)
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.link(tmp, path)
-        except FileExistsError:
-            return False
+            if not _link_new(tmp, path):
+                return False
         finally:
             tmp.unlink(missing_ok=True)
         self._mark_dirty(path.parent)
@@ -289,20 +302,9 @@ class LocalStore(Store):
     def _install_deferred(self, name: str, tmp: Path) -> None:
         """Make a deferred file durable, then give it its name (create-only, as
         put_if_absent): a name is never seen before its bytes are on the disk."""
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(tmp)
         path = self._path(name)
-        try:
-            try:
-                os.link(tmp, path)
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.link(tmp, path)
-        except FileExistsError:
-            pass  # another process stored it meanwhile: the same content (content-addressed)
+        _link_new(tmp, path)  # False: another process stored it meanwhile, the same content
         self._mark_dirty(path.parent)
         with self._dirty_lock:
             self._pending.pop(name, None)
