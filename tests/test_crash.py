@@ -112,13 +112,13 @@ def test_kill_before_ref_update_keeps_last_good_commit(tmp_path: Path, point: st
     # temp files the dead child left: only its own
     leftovers = sorted((tmp_path / ".tvcs" / "tmp").iterdir())
     assert all(f.name.startswith(f"{child}-") for f in leftovers)
-    deferred = [f.read_bytes() for f in leftovers if f.read_bytes().startswith(MAGIC)]
+    contents = {f: f.read_bytes() for f in leftovers}
+    deferred = [b for b in contents.values() if b.startswith(MAGIC)]
     if point == "tensors":  # the two objects written before the kill, complete, never named
         # (other writer threads may have been cut short mid-file)
         assert sum(map(_complete, deferred)) >= 2
         # the rest were being written (a file is written from its start: the magic first)
-        started = [f for f in leftovers if f.read_bytes()[: len(MAGIC)] != MAGIC]
-        assert all(f.stat().st_size < len(MAGIC) for f in started)
+        assert all(len(b) < len(MAGIC) for b in contents.values() if not b.startswith(MAGIC))
     elif point == "object-midwrite":  # two complete, the third cut short
         assert len(deferred) == len(leftovers) == 3
         short = [b for b in deferred if not _complete(b)]

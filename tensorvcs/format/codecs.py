@@ -51,6 +51,7 @@ NATIVE_MAX_WIDTH = 64  # widths the native merge takes (wider ones: numpy)
 # buffers each thread keeps and reuses (at most about two chunks per thread): fresh memory
 # costs the kernel a zeroed page per 4 KiB, as much as the decoding itself on small states.
 SCRATCH_MAX = 1 << 23
+DIFF_SLOT = -1  # the scratch slot of a delta's difference (planes use 0..width-1)
 
 _local = threading.local()
 
@@ -68,9 +69,6 @@ def _scratch(slot: int, n: int) -> np.ndarray:
     if b is None or b.nbytes < n:
         b = bufs[slot] = np.empty(n, dtype=np.uint8)
     return b[:n]
-
-
-DIFF_SLOT = -1
 
 
 # Byte planes of tensors have little long-range structure: what shrinks them is the entropy

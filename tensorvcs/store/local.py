@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 from ..errors import LockTimeoutError
 from .base import Chunk, Store, View, check_name
@@ -57,6 +57,7 @@ DIRECT_STAGE = 4 << 20  # the staging buffer of each writing thread
 MAP_MIN = 1 << 18  # get_view maps files at least this large (smaller ones are read)
 MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+T = TypeVar("T")
 
 
 class _Stage(threading.local):
@@ -136,6 +137,17 @@ def _fsync_path(path: Path, flags: int = 0) -> None:
 
 def _fsync_dir(path: Path) -> None:
     _fsync_path(path, os.O_DIRECTORY)
+
+
+def _each(fn: Callable[[T], None], items: list[T]) -> None:
+    """``fn`` on every item, up to SYNC_THREADS at once (each mostly waits on the disk)."""
+    if len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(min(SYNC_THREADS, len(items))) as pool:
+        for _ in pool.map(fn, items):
+            pass
 
 
 def _into_folder(move: Callable[[Path, Path], None], tmp: Path, path: Path) -> None:
@@ -275,9 +287,9 @@ class LocalStore(Store):
             self.sync()
 
     def put_if_absent(self, name: str, data: Iterable[Chunk], *, defer: bool = False) -> bool:
-        path = self._path(name)
-        if name in self._pending or path.exists():
+        if self.exists(name):
             return False
+        path = self._path(name)
         if defer and not self.direct:
             return self._defer(name, self._write_tmp(data, durable=False, start=True))
         tmp = self._write_tmp(data, durable=True)
@@ -406,17 +418,7 @@ class LocalStore(Store):
         folder a durable write touched since the last sync."""
         with self._dirty_lock:
             deferred = list(self._pending.items())
-        if deferred:
-            with ThreadPoolExecutor(min(SYNC_THREADS, len(deferred))) as pool:
-                for _ in pool.map(lambda item: self._install_deferred(*item), deferred):
-                    pass
+        _each(lambda item: self._install_deferred(*item), deferred)
         with self._dirty_lock:
             dirs, self._dirty_dirs = self._dirty_dirs, set()
-        dirs = {d for d in dirs if d.exists()}
-        if len(dirs) <= 1:
-            for d in dirs:
-                _fsync_dir(d)
-            return
-        with ThreadPoolExecutor(min(SYNC_THREADS, len(dirs))) as pool:
-            for _ in pool.map(_fsync_dir, dirs):
-                pass
+        _each(_fsync_dir, [d for d in dirs if d.exists()])

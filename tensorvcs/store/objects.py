@@ -143,18 +143,15 @@ class ObjectStore:
         def fetch(base: str) -> tuple[envelope.Header, Any]:
             nonlocal fetched
             fetched += 1
-            if fetched <= MAPPED_LINKS:
-                return self._fetch(base)
-            raw = self.raw(base)
-            return envelope.read_header(raw, base), raw
+            return self._fetch(base, mapped=fetched <= MAPPED_LINKS)
 
         links = self._walk(oid, (h, data), fetch)
         for o, lh, ldata in links:
             envelope.check_fits(lh, memoryview(ldata)[lh.payload_offset :], o)
         return links
 
-    def _fetch(self, oid: str) -> tuple[envelope.Header, Any]:
-        data = self._view(oid)
+    def _fetch(self, oid: str, *, mapped: bool = True) -> tuple[envelope.Header, Any]:
+        data = self._view(oid) if mapped else self.raw(oid)
         return envelope.read_header(data, oid), data
 
     def _fetch_header(self, oid: str) -> tuple[envelope.Header, Any]:
