@@ -97,6 +97,16 @@ def crash_state(seed: int) -> dict[str, Any]:
 CRASH_REPO = {"chunk_size": 65536, "pack_threshold": 4096}
 
 
+def nudged_state(seed: int) -> dict[str, Any]:
+    """crash_state(seed) after a small training-like update of its chunked tensors: every
+    chunk changes, and the parent's chunks become deltas against the new ones."""
+    s = crash_state(seed)
+    for k in ("w1", "w2"):
+        s["model"][k] = s["model"][k] * (1 + 1e-4)
+    s["epoch"] = seed + 1
+    return s
+
+
 def worker_state(proc: int, i: int) -> dict[str, Any]:
     """What process ``proc`` commits as its ``i``-th commit in the concurrency tests."""
     tag = proc * 1000 + i

@@ -1,6 +1,7 @@
 """Child-process roles for the crash and concurrency tests (run as a script, not collected).
 
     proc_worker.py crash REPO POINT SEED     commit crash_state(SEED), SIGKILLed at POINT
+                                             (delta-* points: nudged_state(SEED))
     proc_worker.py gc-crash REPO             run gc, SIGKILLed after its first deletion
     proc_worker.py commit REPO PROC N GO     wait for file GO, commit worker_state(PROC, i) N times
     proc_worker.py reuse REPO PROC N GO      like commit, but each state is first committed to a
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from helpers import crash_state, worker_state
+from helpers import crash_state, nudged_state, worker_state
 
 import tensorvcs as tv
 from tensorvcs.format import envelope
@@ -133,6 +134,19 @@ def patch(point: str) -> None:
             return write(fd, data)
 
         local.os.write = write_half_then_die  # type: ignore[assignment]
+    elif point.startswith("delta-rename-"):  # the sync dies before its K-th re-encoding lands
+        install = LocalStore._install
+        renames = itertools.count(1)
+        k = int(point.rsplit("-", 1)[1])
+
+        def rename_or_die(self: LocalStore, tmp: Path, path: Path, durable: bool) -> None:
+            # a commit renames object files only to put re-encodings in place (new objects
+            # are linked): the sync's replacement step
+            if path.is_relative_to(self.root / "objects") and next(renames) == k:
+                die()
+            install(self, tmp, path, durable)
+
+        LocalStore._install = rename_or_die  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 
@@ -153,7 +167,8 @@ def main(argv: list[str]) -> int:
         patch(point)
         if point.endswith("-direct"):
             repo.store.direct = True  # as TVCS_DIRECT_IO=1 sets it
-        repo.commit(crash_state(seed), f"crash {seed}")
+        state = nudged_state(seed) if point.startswith("delta-") else crash_state(seed)
+        repo.commit(state, f"crash {seed}")
         return 3
     if role == "gc-crash":
         delete = ObjectStore.delete

@@ -52,6 +52,29 @@ def test_encode_elements_round_trip(run: tuple[bytes, int]) -> None:
 
 
 @FAST
+@given(element_runs(), element_runs())
+def test_reused_buffers_encode_the_same_bytes(a: tuple[bytes, int], b: tuple[bytes, int]) -> None:
+    """``reuse=True`` (a writer's scratch planes and differences) gives the bytes the fresh
+    path gives, for whole encodings and deltas one after another in the same thread, as long
+    as each is written before the next (what TensorWriter does)."""
+    (data, width), (other, _) = a, b
+    base = np.resize(np.frombuffer(other or b"\0", dtype=np.uint8), len(data))
+    arr = np.frombuffer(data, dtype=np.uint8)
+    lane = codecs.delta_lane(width)
+    for _ in range(2):
+        whole = codecs.encode_elements(arr, width, reuse=True)
+        assert (whole.codec, whole.params, whole.payload) == (
+            (f := codecs.encode_elements(arr, width)).codec, f.params, f.payload
+        )
+        if len(data) % lane == 0:
+            delta = codecs.encode_delta(base, arr, width, "y" * 64, 1, reuse=True)
+            fresh = codecs.encode_delta(base, arr, width, "y" * 64, 1)
+            assert (delta.codec, delta.params, delta.payload) == (
+                fresh.codec, fresh.params, fresh.payload
+            )
+
+
+@FAST
 @given(element_runs())
 def test_encode_elements_accepts_ndarray(run: tuple[bytes, int]) -> None:
     data, width = run

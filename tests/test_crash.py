@@ -21,12 +21,13 @@ from helpers import (
     assert_same_value,
     crash_state,
     kinds,
+    nudged_state,
     object_ids,
     start_worker,
 )
 
 import tensorvcs as tv
-from tensorvcs.format import envelope
+from tensorvcs.format import codecs, envelope
 from tensorvcs.format.envelope import HEADER_SIZE, KIND_COMMIT, MAGIC
 from tensorvcs.maintenance import TMP_GRACE_SECONDS
 from tensorvcs.refs import HEADS
@@ -167,6 +168,59 @@ def test_kill_before_ref_update_keeps_last_good_commit(tmp_path: Path, point: st
     assert [c.id for c in repo.log()] == [c4.id, c2, c1]
     assert_same_value(repo.checkout(c1), crash_state(1))
     assert_same_value(repo.checkout(c2), crash_state(2))
+    repo.close()
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_kill_while_the_sync_puts_re_encodings_in_place(tmp_path: Path, k: int) -> None:
+    """The next commit changes every chunk slightly, so its sync names the new chunks and then
+    renames the parent's chunks, re-encoded as deltas on them, into place. Killed before the
+    k-th rename: the re-encodings before it are in place (their bases named and durable), the
+    rest are temp files; every commit still checks out bit for bit, fsck is clean, gc keeps
+    the new chunks the deltas need, and the commit goes through when retried."""
+    c1, c2 = _two_commits(tmp_path)
+    with tv.Repo.open(tmp_path) as repo:
+        before = object_ids(repo)
+        parent_chunks = [
+            oid
+            for e in repo.get_manifest(repo.get_commit(c2).manifest).tensors
+            if e.chunks
+            for oid, _ in e.chunks
+        ]
+    assert len(parent_chunks) == TENSOR_OBJECTS["chunk"]
+
+    child = _kill_child(["crash", tmp_path, f"delta-rename-{k}", 2])
+
+    repo = tv.Repo.open(tmp_path)
+    deltas = [o for o in parent_chunks if repo.objects.header(o).codec == codecs.CODEC_DELTA]
+    assert len(deltas) == k - 1
+    orphans = object_ids(repo) - before
+    assert kinds(repo, orphans) == {"chunk": TENSOR_OBJECTS["chunk"]}  # named at the sync
+    for o in deltas:
+        assert repo.objects.header(o).params["base"] in orphans
+    leftovers = sorted((tmp_path / ".tvcs" / "tmp").iterdir())
+    assert len(leftovers) == TENSOR_OBJECTS["chunk"] - (k - 1)  # the renames not done
+    assert all(f.name.startswith(f"{child}-") for f in leftovers)
+    report = tv.fsck(repo)
+    assert report.ok, [str(p) for p in report.problems]
+    _assert_good_history(repo, c1, c2)
+    _assert_no_stale_lock(repo)
+
+    old = time.time() - 2 * TMP_GRACE_SECONDS
+    for f in leftovers:
+        os.utime(f, (old, old))
+    gc = tv.gc(repo, prune="now", reflog_expire="now")
+    # the deltas' bases are needed by nothing else: gc re-encodes the deltas on their own first
+    assert gc.deleted_objects == len(orphans) and gc.rewritten_objects == len(deltas)
+    assert not any((tmp_path / ".tvcs" / "tmp").iterdir())
+    assert tv.fsck(repo).ok
+    _assert_good_history(repo, c1, c2)
+    c3 = repo.commit(nudged_state(2), "retried", step=3)
+    assert_same_value(repo.checkout(c3.id), nudged_state(2))
+    assert all(repo.objects.header(o).codec == codecs.CODEC_DELTA for o in parent_chunks)
+    assert_same_value(repo.checkout(c2), crash_state(2))
+    assert_same_value(repo.checkout(c1), crash_state(1))
+    assert tv.fsck(repo).ok
     repo.close()
 
 

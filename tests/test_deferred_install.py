@@ -7,6 +7,9 @@ until sync, and visible to its own store object at once (exists, get, views, siz
 fsyncs each file before it gives it its name, and fsyncs the folders after; a second write of
 a pending name is refused as for a stored one; delete drops a pending file; and a commit
 writes nothing that names an object (manifest, commit) while any object is still pending.
+A deferred replacement (a parent chunk's re-encoding as a delta) is read as the old file by
+everyone until the sync, which renames it into place only after the new files are named and
+their folders fsynced (its delta base may be one of them).
 """
 
 from __future__ import annotations
@@ -110,6 +113,74 @@ def test_writeback_starts_at_once_on_linux(tmp_path: Path, monkeypatch: pytest.M
     assert started == [12345]
 
 
+def test_sync_puts_replacements_in_place_after_the_new_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deferred replacement (a parent chunk re-encoded as a delta on a new chunk) is read
+    as the old file by everyone until sync; sync fsyncs its file, and renames it into place
+    only after every new file of the sync is named and every folder they went to is fsynced;
+    its own folder is fsynced after the rename."""
+    store, other = LocalStore(tmp_path), LocalStore(tmp_path)
+    olds = [f"objects/{i:02x}/old" for i in range(6)]
+    for n in olds:
+        store.put(n, [b"old " + n.encode()])
+    news = [f"objects/{i:02x}/new" for i in range(6, 12)]
+    for i, (o, n) in enumerate(zip(olds, news, strict=True)):
+        assert store.put_if_absent(n, [os.urandom(3000 + i)], defer=True)
+        store.put(o, [b"re-encoded " + o.encode()], sync=False, defer=True)
+    for o in olds:
+        assert store.get(o) == other.get(o) == b"old " + o.encode()
+    assert len(os.listdir(tmp_path / TMP_DIR)) == 12
+    events: list[tuple[str, Any]] = []
+    fsync, link, replace = os.fsync, os.link, os.replace
+
+    def watched_fsync(fd: int) -> None:
+        st_ = os.fstat(fd)
+        fsync(fd)
+        events.append(("fsync", (st_.st_ino, os.path.stat.S_ISDIR(st_.st_mode))))
+
+    def watched_link(src: Any, dst: Any) -> None:
+        link(src, dst)
+        events.append(("link", Path(dst).parent.stat().st_ino))
+
+    def watched_replace(src: Any, dst: Any) -> None:
+        ino = os.stat(src).st_ino
+        replace(src, dst)
+        events.append(("rename", (ino, Path(dst).parent.stat().st_ino)))
+
+    monkeypatch.setattr(local.os, "fsync", watched_fsync)
+    monkeypatch.setattr(local.os, "link", watched_link)
+    monkeypatch.setattr(local.os, "replace", watched_replace)
+    store.sync()
+    renames = [k for k, (what, _) in enumerate(events) if what == "rename"]
+    links = [k for k, (what, _) in enumerate(events) if what == "link"]
+    assert len(renames) == 6 and len(links) == 6
+    assert min(renames) > max(links)
+    for k in renames:
+        ino, _ = events[k][1]
+        assert ("fsync", (ino, False)) in events[:k], "renamed before its bytes were fsynced"
+    for k in links:  # each new name's folder fsynced before any replacement lands
+        assert ("fsync", (events[k][1], True)) in events[max(links) : min(renames)]
+    for k in renames:
+        assert ("fsync", (events[k][1][1], True)) in events[k:]
+    for o in olds:
+        assert other.get(o) == b"re-encoded " + o.encode()
+    assert os.listdir(tmp_path / TMP_DIR) == []
+
+
+def test_a_put_or_delete_drops_an_older_deferred_replacement(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put(NAME, [b"one"])
+    store.put(NAME, [b"two"], defer=True)
+    store.put(NAME, [b"three"])  # a write after the deferred one: it wins
+    store.sync()
+    assert store.get(NAME) == b"three" and os.listdir(tmp_path / TMP_DIR) == []
+    store.put(NAME, [b"four"], defer=True)
+    store.delete(NAME)
+    store.sync()
+    assert not store.exists(NAME) and os.listdir(tmp_path / TMP_DIR) == []
+
+
 def test_delete_drops_a_pending_file(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     assert store.put_if_absent(NAME, [b"x" * 100], defer=True)
@@ -140,7 +211,8 @@ def test_a_commit_names_no_pending_object(tmp_path: Path, monkeypatch: pytest.Mo
         return put_if_absent(self, name, data, defer=defer)
 
     def watched_put(self: LocalStore, name: str, data: Any, **kw: Any) -> None:
-        seen.append((name, len(self._pending)))
+        if not kw.get("defer"):  # (a deferred re-encoding is put in place after the installs)
+            seen.append((name, len(self._pending)))
         put(self, name, data, **kw)
 
     monkeypatch.setattr(LocalStore, "put_if_absent", watched_pia)
@@ -166,8 +238,9 @@ DATA = st.binary(min_size=0, max_size=600)
 
 
 class DeferredInstalls(RuleBasedStateMachine):
-    """Random puts (deferred or not), syncs and deletes on one store; a second store object
-    on the same folder is another process. Model: what this store sees, what the disk has."""
+    """Random puts (deferred or not, new files and replacements), syncs and deletes on one
+    store; a second store object on the same folder is another process. Model: what this
+    store sees, what the disk has."""
 
     @initialize()
     def setup(self) -> None:
@@ -177,6 +250,7 @@ class DeferredInstalls(RuleBasedStateMachine):
         self.mine, self.other = LocalStore(self.root), LocalStore(self.root)
         self.disk: dict[str, bytes] = {}  # named on the disk
         self.pending: dict[str, bytes] = {}  # this store's deferred files
+        self.replacing: dict[str, bytes] = {}  # this store's deferred replacements
 
     @rule(name=NAMES, data=DATA, defer=st.booleans())
     def put_if_absent(self, name: str, data: bytes, defer: bool) -> None:
@@ -190,21 +264,32 @@ class DeferredInstalls(RuleBasedStateMachine):
         if name in self.pending:
             return  # (a put over a pending name is not something a commit does)
         self.mine.put(name, [data])  # a durable put syncs: the pending files are named too
+        self.replacing.pop(name, None)  # (an older deferred replacement is dropped)
         self.disk[name] = data
+        self._synced()
+
+    @rule(name=NAMES, data=DATA)
+    def put_deferred(self, name: str, data: bytes) -> None:
+        self.mine.put(name, [data], defer=True)
+        (self.pending if name in self.pending else self.replacing)[name] = data
+
+    def _synced(self) -> None:
         self.disk.update(self.pending)
+        self.disk.update(self.replacing)
         self.pending.clear()
+        self.replacing.clear()
 
     @rule()
     def sync(self) -> None:
         self.mine.sync()
-        self.disk.update(self.pending)
-        self.pending.clear()
+        self._synced()
 
     @rule(name=NAMES)
     def delete(self, name: str) -> None:
         self.mine.delete(name)
         self.disk.pop(name, None)
         self.pending.pop(name, None)
+        self.replacing.pop(name, None)
 
     @invariant()
     def views(self) -> None:
@@ -219,10 +304,11 @@ class DeferredInstalls(RuleBasedStateMachine):
             assert self.other.exists(name) == (there is not None)
             if there is not None:
                 assert self.other.get(name) == there
+        waiting = len(self.pending) + len(self.replacing)
         assert (
-            len(os.listdir(self.root / TMP_DIR)) == len(self.pending)
+            len(os.listdir(self.root / TMP_DIR)) == waiting
             if (self.root / TMP_DIR).is_dir()
-            else not self.pending
+            else not waiting
         )
 
     def teardown(self) -> None:

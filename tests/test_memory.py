@@ -25,7 +25,6 @@ import torch
 
 import tensorvcs as tv
 from tensorvcs.format import envelope
-from tensorvcs.state import writer as writer_mod
 from tensorvcs.store.objects import object_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,21 +103,17 @@ def _states() -> list[dict[str, Any]]:
     return [s1, s2, s3]
 
 
-def _run(path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> tuple[tv.Repo, list[str]]:
+def _run(path: Path, how: str) -> tuple[tv.Repo, list[str]]:
     repo = tv.Repo.init(path, chunk_size=4096, pack_threshold=1024)
-    with monkeypatch.context() as m:
-        if how == "store":
-            repo.base_cache.budget = 0
-        elif how == "batched":
-            repo.base_cache.budget = 0
-            m.setattr(writer_mod, "REWRITE_BATCH_BYTES", 1)  # apply each one as it comes
-        else:
-            repo.base_cache.budget = 1 << 30
-        ids = []
-        for s in _states():
-            if how == "owned":
-                s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-            ids.append(repo.commit(s, f"step {s['step']}", owned=how == "owned").id)
+    if how == "store":
+        repo.base_cache.budget = 0
+    else:
+        repo.base_cache.budget = 1 << 30
+    ids = []
+    for s in _states():
+        if how == "owned":
+            s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+        ids.append(repo.commit(s, f"step {s['step']}", owned=how == "owned").id)
     return repo, ids
 
 
@@ -136,16 +131,14 @@ def _chunk_objects(repo: tv.Repo, ids: list[str]) -> dict[str, tuple[int, int, A
     return out
 
 
-@pytest.mark.parametrize("how", ["store", "owned", "batched"])
-def test_deltas_do_not_depend_on_where_the_base_comes_from(
-    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ref, ref_ids = _run(tmp_path / "cache", "cache", monkeypatch)
-    other, other_ids = _run(tmp_path / how, how, monkeypatch)
+@pytest.mark.parametrize("how", ["store", "owned"])
+def test_deltas_do_not_depend_on_where_the_base_comes_from(tmp_path: Path, how: str) -> None:
+    ref, ref_ids = _run(tmp_path / "cache", "cache")
+    other, other_ids = _run(tmp_path / how, how)
     try:
         # the in-memory path was taken by the reference, the store by the others
         assert ref.base_cache.nbytes > 0
-        if how in ("store", "batched"):
+        if how == "store":
             assert other.base_cache.nbytes == 0
         want = _chunk_objects(ref, ref_ids)
         got = _chunk_objects(other, other_ids)
@@ -162,6 +155,56 @@ def test_deltas_do_not_depend_on_where_the_base_comes_from(
     finally:
         ref.close()
         other.close()
+
+
+def test_cache_reuses_its_copies_and_never_a_callers_tensor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that changes every chunk takes each parent chunk from the cache for its delta
+    and hands the buffer back for the new chunk's copy: no new memory. An owned snapshot's
+    tensors, which the cache keeps uncopied, are never handed out for a copy: they keep their
+    values through later commits."""
+    from tensorvcs.state import basecache
+
+    made = {"n": 0}
+    real = basecache.offheap
+
+    def counted(n: int) -> Any:
+        made["n"] += 1
+        return real(n)
+
+    monkeypatch.setattr(basecache, "offheap", counted)
+    repo = tv.Repo.init(tmp_path / "copied", chunk_size=4096, pack_threshold=1024)
+    try:
+        repo.base_cache.budget = 1 << 30
+        w = torch.randn(64, 256)  # 16 chunks
+        saved = [(repo.commit({"w": w}, "one").id, w.clone())]
+        assert made["n"] == 16
+        for i in range(3):
+            w.mul_(1 + 1e-3)  # every chunk changes (the caller's tensor, changed in place)
+            saved.append((repo.commit({"w": w}, f"step {i}").id, w.clone()))
+        assert made["n"] == 16  # each copy went into a buffer the delta just used
+        for cid, v in saved:
+            assert torch.equal(repo.checkout(cid)["w"], v)
+    finally:
+        repo.close()
+    repo = tv.Repo.init(tmp_path / "owned", chunk_size=4096, pack_threshold=1024)
+    try:
+        repo.base_cache.budget = 1 << 30
+        snaps = [torch.randn(64, 256)]
+        for _ in range(3):
+            snaps.append(snaps[-1] * (1 + 1e-3))
+        want = [t.clone() for t in snaps]
+        ids = [repo.commit({"w": t}, "snap", owned=True).id for t in snaps]
+        assert made["n"] == 16  # owned: nothing copied
+        live = snaps[-1] * (1 + 1e-3)  # then a live state: its chunks are copied
+        repo.commit({"w": live}, "live")
+        assert made["n"] == 32  # into new buffers, not into the snapshot it took its bases from
+        for t, v, cid in zip(snaps, want, ids, strict=True):
+            assert torch.equal(t, v)  # the caller's memory was never written
+            assert torch.equal(repo.checkout(cid)["w"], v)
+    finally:
+        repo.close()
 
 
 def test_cache_keeps_whole_tensors_within_its_budget(tmp_path: Path) -> None:
@@ -181,17 +224,20 @@ def test_cache_keeps_whole_tensors_within_its_budget(tmp_path: Path) -> None:
         repo.close()
 
 
-def test_a_commit_failing_after_a_batch_of_rewrites_loses_nothing(
+def test_a_commit_failing_midway_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Re-encodings applied mid-commit, then the commit fails: the parent still checks out
-    bit for bit, fsck and gc are clean, and the commit goes through when retried."""
+    """A commit fails after some chunks and parent re-encodings were written: nothing was put
+    in place (the deltas wait for the store's sync, after their new bases), the parent still
+    checks out bit for bit, fsck and gc are clean, and the commit goes through when retried."""
     repo = tv.Repo.init(tmp_path, chunk_size=4096, pack_threshold=1024)
     try:
         repo.base_cache.budget = 0
         s1, s2, _ = _states()
         c1 = repo.commit(s1, "one")
-        monkeypatch.setattr(writer_mod, "REWRITE_BATCH_BYTES", 1)
+        parent_chunks = [
+            oid for e in repo.get_manifest(c1.manifest).tensors for oid in e.object_ids()
+        ]
         real_write = repo.objects.write
         calls = {"n": 0}
 
@@ -205,11 +251,8 @@ def test_a_commit_failing_after_a_batch_of_rewrites_loses_nothing(
         with pytest.raises(OSError):
             repo.commit(s2, "two")
         monkeypatch.setattr(repo.objects, "write", real_write)
-        rewritten = [
-            oid for e in repo.get_manifest(c1.manifest).tensors for oid in e.object_ids()
-            if repo.objects.header(oid).codec == 3
-        ]
-        assert rewritten  # some parent chunks became deltas before the failure
+        assert repo.store._replacing  # re-encodings were written before the failure
+        assert all(repo.objects.header(o).codec != 3 for o in parent_chunks)  # none in place
         assert repo.resolve("HEAD") == c1.id
         for k in ("w", "e", "b"):
             assert torch.equal(repo.checkout()[k].view(torch.uint8), s1[k].view(torch.uint8))

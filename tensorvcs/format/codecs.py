@@ -52,6 +52,10 @@ NATIVE_MAX_WIDTH = 64  # widths the native merge takes (wider ones: numpy)
 # costs the kernel a zeroed page per 4 KiB, as much as the decoding itself on small states.
 SCRATCH_MAX = 1 << 23
 DIFF_SLOT = -1  # the scratch slot of a delta's difference (planes use 0..width-1)
+# Encoding with ``reuse=True`` (a writer that writes each encoding before it encodes again in
+# the same thread) puts its planes and a delta's difference into these slots as well.
+ENC_PLANES_SLOT = -2
+ENC_DIFF_SLOTS = (-3, -4)
 
 _local = threading.local()
 
@@ -153,8 +157,13 @@ def encode_bytes(data: bytes | bytearray | memoryview) -> Encoded:
     return Encoded(CODEC_ZSTD, {"level": ZSTD_LEVEL}, (z,))
 
 
-def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: int) -> Encoded:
-    """Encode a run of ``width``-byte elements with the byte-plane codec (or raw)."""
+def encode_elements(
+    data: bytes | bytearray | memoryview | np.ndarray, width: int, *, reuse: bool = False
+) -> Encoded:
+    """Encode a run of ``width``-byte elements with the byte-plane codec (or raw).
+
+    ``reuse=True``: the planes go into this thread's scratch buffer (no fresh memory), so
+    the result is valid only until the thread next encodes with ``reuse`` (write it first)."""
     u8 = _as_u8(data)
     n = u8.nbytes
     if width <= 1 or n % width != 0 or n < MIN_COMPRESS_BYTES:
@@ -162,7 +171,8 @@ def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: in
         if z is None:
             return Encoded(CODEC_RAW, {}, (u8.data,))
         return Encoded(CODEC_ZSTD, {}, (z,))
-    planes = split_planes(u8, width)
+    out = _scratch(ENC_PLANES_SLOT, n).reshape(width, n // width) if reuse else None
+    planes = split_planes(u8, width, out)
     segments: list[bytes | memoryview] = []
     spec: list[list[Any]] = []
     any_compressed = False
@@ -186,13 +196,15 @@ def encode_elements(data: bytes | bytearray | memoryview | np.ndarray, width: in
 PLANE_BLOCK = 1 << 16
 
 
-def split_planes(u8: np.ndarray, width: int) -> np.ndarray:
+def split_planes(u8: np.ndarray, width: int, out: np.ndarray | None = None) -> np.ndarray:
     """The byte planes of a run of ``width``-byte elements: row ``i`` holds byte ``i`` of every
-    element. For 2-, 4- and 8-byte elements a plane is a shift and a truncating cast of the
-    integer lanes (contiguous, vectorised: 3-6x numpy's strided byte gather); other widths use
-    a blocked transposed copy."""
+    element (into ``out``, shape (width, n / width), when given). For 2-, 4- and 8-byte
+    elements a plane is a shift and a truncating cast of the integer lanes (contiguous,
+    vectorised: 3-6x numpy's strided byte gather); other widths use a blocked transposed
+    copy."""
     m = u8.nbytes // width
-    out = np.empty((width, m), dtype=np.uint8)
+    if out is None:
+        out = np.empty((width, m), dtype=np.uint8)
     if native is not None and u8.flags.c_contiguous:  # one pass in C (tensorvcs/_native.c)
         native.split_planes(u8, width, out)
         return out
@@ -250,13 +262,20 @@ def delta_lane(width: int) -> int:
     return width
 
 
-def delta_diff(content: np.ndarray, base: np.ndarray, width: int) -> np.ndarray:
+def delta_diff(
+    content: np.ndarray, base: np.ndarray, width: int, *, reuse: bool = False
+) -> np.ndarray:
     """zigzag(content - base), element-wise in ``width``-byte little-endian integer lanes,
     wrapping. Small changes of a float's bit pattern become small unsigned numbers, whose high
-    byte planes are nearly all zero."""
+    byte planes are nearly all zero. ``reuse``: computed in this thread's scratch buffers
+    (valid until the thread's next ``reuse`` encoding)."""
     lane = _LANES[width]
-    d = np.subtract(content.view(lane), base.view(lane))  # wraps: unsigned arithmetic
-    z = np.left_shift(d, 1)
+    d_out = z_out = None
+    if reuse:
+        n = content.nbytes
+        d_out, z_out = (_scratch(slot, n).view(lane) for slot in ENC_DIFF_SLOTS)
+    d = np.subtract(content.view(lane), base.view(lane), out=d_out)  # wraps: unsigned
+    z = np.left_shift(d, 1, out=z_out)
     signed = d.view(np.dtype(f"i{width}"))
     np.right_shift(signed, 8 * width - 1, out=signed)  # all ones where d < 0, else zero
     np.bitwise_xor(z, d, out=z)
@@ -277,12 +296,19 @@ def delta_apply(base_then_out: np.ndarray, diff: np.ndarray, width: int) -> None
 
 
 def encode_delta(
-    content: np.ndarray, base: np.ndarray, width: int, base_id: str, depth: int
+    content: np.ndarray,
+    base: np.ndarray,
+    width: int,
+    base_id: str,
+    depth: int,
+    *,
+    reuse: bool = False,
 ) -> Encoded:
     """The delta codec: the byte-plane encoding of ``delta_diff(content, base)``; ``depth`` is
-    the number of deltas down to a full (non-delta) object, this one included."""
+    the number of deltas down to a full (non-delta) object, this one included. ``reuse``: as
+    for encode_elements."""
     lane = delta_lane(width)
-    inner = encode_elements(delta_diff(content, base, lane), lane)
+    inner = encode_elements(delta_diff(content, base, lane, reuse=reuse), lane, reuse=reuse)
     params = {
         "base": base_id,
         "depth": depth,

@@ -75,6 +75,10 @@ class BaseCache:
         self._current: dict[str, np.ndarray] = {}
         self._next: dict[str, np.ndarray] = {}
         self._next_bytes = 0  # reserved for the next generation (whole tensors)
+        # the copies this cache made (id -> array; the array keeps its id unique), and those
+        # of them taken and handed back (recycle) for the next copies of the same size
+        self._mine: dict[int, np.ndarray] = {}
+        self._free: list[np.ndarray] = []
         self._lock = threading.Lock()
 
     def get(self, oid: str) -> np.ndarray | None:
@@ -109,20 +113,48 @@ class BaseCache:
                 self._next[oid] = old  # a private copy already
                 return
         if copy:
-            kept = offheap(content.nbytes)
+            kept = self._buffer(content.nbytes)
             kept[:] = content
         else:
             kept = content
         with self._lock:
-            self._next.setdefault(oid, kept)
+            if self._next.setdefault(oid, kept) is not kept and copy:
+                self._free.append(kept)  # another thread kept it first: ours is spare
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        """Memory for a copy: a recycled buffer of the size, else a new mapping."""
+        with self._lock:
+            for i, b in enumerate(self._free):
+                if b.nbytes == nbytes:
+                    return self._free.pop(i)
+        b = offheap(nbytes)
+        with self._lock:
+            self._mine[id(b)] = b
+        return b
+
+    def recycle(self, content: np.ndarray) -> None:
+        """Hand back an array ``take`` returned, once its user is done with it: a copy this
+        cache made is reused for the next copy of its size in this commit (fresh memory costs
+        a zeroed page per 4 KiB, more than the copy); anything else (an owned snapshot's
+        tensor) is only let go."""
+        with self._lock:
+            if self._mine.get(id(content)) is content:
+                self._free.append(content)
+
+    def _keep_mine(self, live: dict[str, np.ndarray]) -> None:
+        """Forget the spare buffers and the copies no longer held (called under the lock)."""
+        self._free = []
+        self._mine = {id(a): a for a in live.values() if self._mine.get(id(a)) is a}
 
     def promote(self) -> None:
         with self._lock:
             self._current, self._next, self._next_bytes = self._next, {}, 0
+            self._keep_mine(self._current)
 
     def discard(self) -> None:
         with self._lock:
             self._next, self._next_bytes = {}, 0
+            self._keep_mine(self._current)
 
     @property
     def nbytes(self) -> int:

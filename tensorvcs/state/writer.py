@@ -17,14 +17,19 @@
   depend on where they came from.
 - Memory stays bounded (issue 11, goal 1: 512 MiB + 0.1 × S): nothing holds a copy of the
   state. At most ``workers`` chunks are in flight, each with its encodings and, for a changed
-  chunk, the parent's content; the queued delta re-encodings of parent chunks are applied in
-  batches of REWRITE_BATCH_BYTES (a folder fsync first, so the chunks they depend on are
-  durable) rather than all at the end of the commit, where a commit that changes every chunk
-  would hold a compressed delta of the whole state. Every batch is applied before ``write``
-  returns: nothing is left for later, so resuming from a commit never depends on deferred
-  work. A commit that fails after a batch leaves some parent chunks as deltas on new chunks
-  no manifest names yet — the state a crash after the re-encodings always could leave: the
-  content under each id is unchanged, and gc keeps the delta bases of what it keeps.
+  chunk, the parent's content. A parent chunk's delta is written to a file at once and put in
+  place by the store's sync at the end of the write (Store.put ``defer``), after the new
+  chunks, its bases, are durable and named: no encoded delta waits in memory, and the files
+  are fsynced together (one fsync each right after writing cost an ext4 journal commit per
+  file). Nothing is left for later when ``write`` returns, so resuming from a commit never
+  depends on deferred work. A commit that fails leaves temp files, which the next sync of the
+  same store puts in place as it would have (new chunks first, then the deltas on them: the
+  content under each id is unchanged) or gc removes; gc keeps the delta bases of what it
+  keeps.
+- Buffers are reused: a parent chunk taken from the cache goes back to it for the new
+  chunk's copy (BaseCache.recycle), and the encodings' planes and differences live in each
+  thread's scratch buffers (codecs ``reuse``), written before the thread encodes again. Fresh
+  memory costs the kernel a zeroed page per 4 KiB: on a W3 commit, more than the encoding.
 - ``defer_deltas`` (a commit in the background of a training loop, issue 11 goal 4): the
   re-encodings are not done but listed in ``stats.deferred``, to be done later by
   ``rewrite_deferred`` (``Repo.apply_deferred_deltas``); the new chunks get the same version
@@ -56,16 +61,13 @@ from ..format.ids import object_id
 from ..format.manifest import TensorEntry
 from ..format.values import path_str
 from ..store.objects import ObjectStore
-from .basecache import BaseCache, offheap
+from .basecache import BaseCache
 from .encode import PendingTensor
 from .stats import ChunkHook, StatsRecorder, TensorHook
 from .tensors import byte_view, dtype_name
 
 Location = tuple[str, int]  # (pack id, offset)
-Rewrite = tuple[str, int, codecs.Encoded, int]  # (parent id, length, delta, old stored size)
 Deferred = tuple[str, str, int]  # (parent chunk id, new chunk id, element width), left for later
-# queued delta re-encodings (their encoded bytes) applied together, mid-commit
-REWRITE_BATCH_BYTES = 16 << 20
 
 
 @dataclass
@@ -114,14 +116,7 @@ class TensorWriter:
         # stored (the parent's objects, which the gc lock held by the caller keeps, and what
         # this writer stored); any other id is written create-only without asking first
         self.known_ids: set[str] | None = None
-        # reverse deltas: a new chunk is stored whole and the parent's chunk is rewritten as a
-        # delta against it, so the newest version (the one resumed from) is never a chain
-        self._rewrites: list[Rewrite] = []
-        self._rewrites_bytes = 0
-        self._rewrites_lock = threading.Lock()
-        # one batch at a time: a batch's sync must not return while another thread's sync,
-        # which took the folders of this batch's chunks, is still fsyncing them
-        self._apply_lock = threading.Lock()
+        self._stats_lock = threading.Lock()  # the pool's jobs update the stats
         self.stats = WriteStats()
         # progress (the CLI's bars): on_phase(name, total bytes) when a phase begins —
         # 'encoding' with the tensors' bytes, then 'syncing' (total 0) before the final
@@ -144,44 +139,52 @@ class TensorWriter:
             return None
         return content
 
-    def _plan_rewrite(
-        self, parent: str, content: np.ndarray, oid: str, width: int, seen: ChunkHook | None = None
-    ) -> tuple[int, Rewrite | None]:
-        """The new chunk ``oid``'s version number, and the re-encoding of the parent's chunk
-        as a delta against it if that is smaller (to be queued once ``oid`` is written).
-
-        Every ``max_depth + 1``-th version of a chunk is left whole, which bounds the chains
-        of older versions to ``max_depth`` deltas."""
+    def _version(self, parent: str) -> tuple[int, envelope.Header | None]:
+        """The version number of a new chunk whose predecessor is the parent's chunk
+        ``parent``, and the parent's header when that chunk is to become a delta against the
+        new one. Every ``max_depth + 1``-th version of a chunk is left whole (a keyframe),
+        which bounds the chains of older versions to ``max_depth`` deltas; a chunk that is a
+        delta already (another writer's) is left as it is."""
         try:
             h = self.objects.header(parent)
         except (ObjectNotFoundError, CorruptObjectError):
             return 0, None  # a partial clone lacks it, or fsck's business: store this whole
         seq = int(h.params.get("seq", 0))
         if h.codec == codecs.CODEC_DELTA or seq % (self.max_depth + 1) == self.max_depth:
-            return seq + 1, None  # already a delta (another writer), or a keyframe: leave it
+            return seq + 1, None
+        return seq + 1, h
+
+    def _rewrite(
+        self,
+        parent: str,
+        h: envelope.Header,
+        content: np.ndarray,
+        oid: str,
+        width: int,
+        seen: ChunkHook | None = None,
+    ) -> None:
+        """Re-encode the parent's chunk ``parent`` as a delta against the new chunk ``oid``
+        (written by this writer: its install is pending or done) if that is smaller. The new
+        file goes in place at the store's next sync, after the chunk it depends on is durable
+        and named (Store.put ``defer``): nothing is held in memory meanwhile."""
         old_content = self._content(parent, content.nbytes)
         if old_content is None:
-            return 0, None
+            return
         if seen is not None:  # the statistics' change norm, from the bytes in hand
             seen.base_seen(content, old_content)
-        delta = codecs.encode_delta(old_content, content, width, oid, 1)
+        delta = codecs.encode_delta(old_content, content, width, oid, 1, reuse=True)
+        if self.cache is not None:
+            self.cache.recycle(old_content)
         del old_content
         old = self.objects.stored_size(parent)
-        if delta.size < old - h.payload_offset:
-            return seq + 1, (parent, content.nbytes, _compact(delta), old)
-        return seq + 1, None
-
-    def _defer_rewrite(self, parent: str, oid: str, width: int) -> tuple[int, Deferred | None]:
-        """The new chunk ``oid``'s version number, as ``_plan_rewrite`` gives it, without the
-        re-encoding; and the item for ``stats.deferred`` when it would be planned."""
-        try:
-            h = self.objects.header(parent)
-        except (ObjectNotFoundError, CorruptObjectError):
-            return 0, None
-        seq = int(h.params.get("seq", 0))
-        if h.codec != codecs.CODEC_DELTA and seq % (self.max_depth + 1) != self.max_depth:
-            return seq + 1, (parent, oid, width)
-        return seq + 1, None
+        if delta.size >= old - h.payload_offset:
+            return
+        new = self.objects.replace(
+            parent, envelope.KIND_CHUNK, content.nbytes, delta, sync=False, defer=True
+        )
+        with self._stats_lock:
+            self.stats.new_stored_bytes += new - old
+            self.stats.rewritten_objects += 1
 
     def _stored(self, oid: str) -> bool:
         """Whether ``oid`` is stored already: asked of the store, or, with ``known_ids``,
@@ -198,61 +201,24 @@ class TensorWriter:
         parent is a delta already are skipped. Returns the parent chunks re-encoded. The
         caller holds off gc (the repository's gc lock, shared) while this runs. The items run
         on the writer's pool (reads and encodings overlap; on object storage each read is a
-        round trip), each job holding two chunks."""
+        round trip), each job holding two chunks; the re-encodings are in place when this
+        returns (the store's sync)."""
 
         def one(item: Deferred) -> None:
             parent, oid, width = item
-            try:  # a chunk gc removed raises here (and the parent's in _plan_rewrite): skipped
+            try:  # a chunk gc removed raises here (and the parent's in _version): skipped
                 content = np.empty(self.objects.header(oid).length, dtype=np.uint8)
                 self.objects.read_into(oid, content)
             except (ObjectNotFoundError, CorruptObjectError):
                 return
-            _, rewrite = self._plan_rewrite(parent, content, oid, width)
-            del content
-            if rewrite is not None:
-                self._queue_rewrite(rewrite)
+            _, h = self._version(parent)
+            if h is not None:
+                self._rewrite(parent, h, content, oid, width)
 
         for _ in self.pool.map(one, items):
             pass
-        self._apply_rewrites()
-        return self.stats.rewritten_objects
-
-    def _queue_rewrite(self, item: Rewrite) -> None:
-        """Queue a re-encoding whose new chunk is written; past REWRITE_BATCH_BYTES queued,
-        this thread applies the batch (so a commit never holds more than that of deltas)."""
-        with self._rewrites_lock:
-            self._rewrites.append(item)
-            self._rewrites_bytes += item[2].size
-            if self._rewrites_bytes < REWRITE_BATCH_BYTES:
-                return
-            batch, self._rewrites, self._rewrites_bytes = self._rewrites, [], 0
-        self._apply(batch, None)
-
-    def _rewrite_one(self, item: Rewrite) -> int:
-        parent, length, enc, old = item
-        self.objects.replace(parent, envelope.KIND_CHUNK, length, enc, sync=False)
-        return self.objects.stored_size(parent) - old
-
-    def _apply(self, batch: list[Rewrite], pool: ThreadPoolExecutor | None) -> None:
-        """Re-encode the parent chunks of ``batch`` as deltas, each by an atomic replace (same
-        id, same content): only after the chunks they now depend on are durable (written
-        before they were queued; the sync makes their folders durable)."""
-        if not batch:
-            return
-        with self._apply_lock:
-            self.objects.store.sync()
-            changes = pool.map(self._rewrite_one, batch) if pool else map(self._rewrite_one, batch)
-            total = sum(changes)
-        with self._rewrites_lock:
-            self.stats.new_stored_bytes += total
-            self.stats.rewritten_objects += len(batch)
-
-    def _apply_rewrites(self) -> None:
-        """Apply what is still queued, then make the replacements durable."""
-        with self._rewrites_lock:
-            batch, self._rewrites, self._rewrites_bytes = self._rewrites, [], 0
-        self._apply(batch, self.pool)
         self.objects.store.sync()
+        return self.stats.rewritten_objects
 
     def _held_bytes(self, t: torch.Tensor, src: torch.Tensor) -> int:
         """The memory the cache holds when it keeps this tensor's chunks: copies of its bytes,
@@ -290,23 +256,22 @@ class TensorWriter:
             hook.values(arr)
         written = 0
         if not self._stored(oid):
-            seq, rewrite, later = 0, None, None
-            if base_id and base_id != oid and self.defer_deltas:
-                seq, later = self._defer_rewrite(base_id, oid, width)
-            elif base_id and base_id != oid:
-                seq, rewrite = self._plan_rewrite(base_id, arr, oid, width, hook)
-            enc = codecs.encode_elements(arr, width)
+            seq, h = 0, None
+            if base_id and base_id != oid:
+                seq, h = self._version(base_id)
+            enc = codecs.encode_elements(arr, width, reuse=True)
             enc = codecs.Encoded(enc.codec, {**enc.params, "seq": seq}, enc.pieces)
             written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc, defer=True)
             del enc
-            # only a chunk this write created may become a delta base now: one that was
-            # there already (another writer's, or an older version: a revert) may itself be a
+            # only a chunk this write created may become a delta base: one that was there
+            # already (another writer's, or an older version: a revert) may itself be a
             # delta whose chain leads back to the parent's chunk
-            if written and later is not None:
-                with self._rewrites_lock:
-                    self.stats.deferred.append(later)
-            if written and rewrite is not None:  # queued once the chunk it depends on is written
-                self._queue_rewrite(rewrite)
+            if written and h is not None and base_id:
+                if self.defer_deltas:
+                    with self._stats_lock:
+                        self.stats.deferred.append((base_id, oid, width))
+                else:
+                    self._rewrite(base_id, h, arr, oid, width, hook)
         if self.known_ids is not None:
             self.known_ids.add(oid)
         if hook is not None and hook.base is not None:
@@ -432,7 +397,7 @@ class TensorWriter:
                 e.pack, e.offset = self.known_small[e.id]
         if self.on_phase is not None:
             self.on_phase("syncing", 0)
-        self._apply_rewrites()
+        self.objects.store.sync()  # the new objects named, then the re-encodings in place
         for p, e in zip(pending, entries, strict=True):
             if e.stats is not None and e.stats.delta_norm is not None:
                 if e.stats.delta_norm > 0:  # unchanged tensors are not named (see with_change)
@@ -442,26 +407,12 @@ class TensorWriter:
         return entries
 
     def _count(self, written: int) -> None:
-        with self._rewrites_lock:  # workers applying a batch of rewrites update stats too
+        with self._stats_lock:
             if written:
                 self.stats.new_objects += 1
                 self.stats.new_stored_bytes += written
             else:
                 self.stats.reused_objects += 1
-
-
-def _compact(enc: codecs.Encoded) -> codecs.Encoded:
-    """``enc`` with its pieces copied into one off-heap buffer of its exact size: a queued
-    re-encoding waits for its batch while the jobs allocate and free around it."""
-    buf = offheap(enc.size)
-    pieces: list[memoryview] = []
-    off = 0
-    for p in enc.pieces:
-        m = memoryview(p).cast("B")
-        buf[off : off + m.nbytes] = np.frombuffer(m, dtype=np.uint8)
-        pieces.append(buf.data[off : off + m.nbytes])
-        off += m.nbytes
-    return codecs.Encoded(enc.codec, enc.params, tuple(pieces))
 
 
 def _base_id(bases: list[tuple[str, int]] | None, k: int, length: int) -> str | None:

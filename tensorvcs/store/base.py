@@ -51,10 +51,19 @@ class Store(ABC):
 
     @abstractmethod
     def put(
-        self, name: str, data: Iterable[Chunk], *, durable: bool = True, sync: bool = True
+        self,
+        name: str,
+        data: Iterable[Chunk],
+        *,
+        durable: bool = True,
+        sync: bool = True,
+        defer: bool = False,
     ) -> None:
         """Write ``data`` (pieces, concatenated) as ``name``, replacing it atomically; with
-        ``sync=False`` the new name is durable only after the next ``sync()``."""
+        ``sync=False`` the new name is durable only after the next ``sync()``. ``defer=True``
+        (a replacement with the same content: a re-encoding) lets the store write the file
+        now and put it in place only at the next ``sync()``, after the files that sync makes
+        durable and names; until then readers see the old file. A store may do it at once."""
 
     @abstractmethod
     def put_if_absent(self, name: str, data: Iterable[Chunk], *, defer: bool = False) -> bool:

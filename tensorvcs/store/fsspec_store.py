@@ -145,8 +145,15 @@ class FsspecStore(Store):
 
     # -- writing -----------------------------------------------------------------------------
     def put(
-        self, name: str, data: Iterable[Chunk], *, durable: bool = True, sync: bool = True
+        self,
+        name: str,
+        data: Iterable[Chunk],
+        *,
+        durable: bool = True,
+        sync: bool = True,
+        defer: bool = False,
     ) -> None:
+        """``defer`` is ignored: the file is replaced (durably) when this returns."""
         path = self._path(name)
         body = _join(data)
         self.requests += 1

@@ -23,6 +23,12 @@ store object sees the file (``exists``, ``get``); no other process does, and a c
 an unnamed temp file (removed by gc after an hour), never a named object whose bytes are not
 on the disk.
 
+A replacement written with ``put(..., defer=True)`` (a parent chunk re-encoded as a delta
+against a new chunk of the same commit) is written and its writeback begun at once too; the
+same sync fsyncs it with the new files and renames it over the old file only after every new
+file is named and its folder fsynced, so a delta never lands before its base. Until then
+every reader, this store object included, reads the old file (the same content).
+
 Decoding reads files of at least MAP_MIN bytes through a read-only memory map (get_view): no copy
 and no fresh memory per chunk. That is safe because a stored file is never changed in place:
 ``put`` renames a new file over it and ``delete`` unlinks it, and a map keeps the old inode's
@@ -42,6 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -199,6 +206,7 @@ class LocalStore(Store):
         self._dirty_dirs: set[Path] = set()
         self._dirty_lock = threading.Lock()
         self._pending: dict[str, Path] = {}  # deferred new files: name -> written temp file
+        self._replacing: dict[str, Path] = {}  # deferred replacements: name -> written temp
         self.direct = bool(O_DIRECT) and os.environ.get("TVCS_DIRECT_IO", "0") == "1"
 
     def _path(self, name: str) -> Path:
@@ -278,13 +286,40 @@ class LocalStore(Store):
             self._mark_dirty(path.parent)
 
     def put(
-        self, name: str, data: Iterable[Chunk], *, durable: bool = True, sync: bool = True
+        self,
+        name: str,
+        data: Iterable[Chunk],
+        *,
+        durable: bool = True,
+        sync: bool = True,
+        defer: bool = False,
     ) -> None:
         path = self._path(name)
+        if defer and durable:
+            # written now (writeback begun, or direct and fsynced), renamed over ``name`` at
+            # the next sync(): after that sync's new files are durable and named
+            self._defer_replace(name, self._write_tmp(data, self.direct, start=not self.direct))
+            return
         tmp = self._write_tmp(data, durable)
+        with self._dirty_lock:  # a deferred replacement of the name is older: dropped
+            stale = self._replacing.pop(name, None)
+        if stale is not None:
+            stale.unlink(missing_ok=True)
         self._install(tmp, path, durable)
         if durable and sync:
             self.sync()
+
+    def _defer_replace(self, name: str, tmp: Path) -> None:
+        old: Path | None
+        with self._dirty_lock:
+            if name in self._pending:  # not named yet: its deferred install takes the new file
+                old = self._pending[name]
+                self._pending[name] = tmp
+            else:
+                old = self._replacing.get(name)
+                self._replacing[name] = tmp
+        if old is not None:
+            old.unlink(missing_ok=True)
 
     def put_if_absent(self, name: str, data: Iterable[Chunk], *, defer: bool = False) -> bool:
         if self.exists(name):
@@ -342,9 +377,10 @@ class LocalStore(Store):
 
     def delete(self, name: str) -> None:
         with self._dirty_lock:
-            tmp = self._pending.pop(name, None)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            tmps = [self._pending.pop(name, None), self._replacing.pop(name, None)]
+        for tmp in tmps:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         path = self._path(name)
         path.unlink(missing_ok=True)
         self._mark_dirty(path.parent)
@@ -414,11 +450,29 @@ class LocalStore(Store):
             self._dirty_dirs.add(folder)
 
     def sync(self) -> None:
-        """Install the deferred files (each fsynced, then linked into place), then fsync every
-        folder a durable write touched since the last sync."""
+        """Install the deferred files (each fsynced, then linked into place) and fsync the
+        deferred replacements' files, all together; fsync every folder a durable write touched
+        since the last sync; then rename the replacements into place and fsync their folders.
+        A replacement (a parent chunk re-encoded as a delta) may depend on a new file of the
+        same sync (its delta base): it is renamed only once every new name is durable."""
         with self._dirty_lock:
             deferred = list(self._pending.items())
-        _each(lambda item: self._install_deferred(*item), deferred)
+            replacing = list(self._replacing.items())
+        jobs: list[Callable[[], None]] = [partial(self._install_deferred, *d) for d in deferred]
+        jobs += [partial(_fsync_path, t) for _, t in replacing]
+        _each(lambda job: job(), jobs)
+        self._sync_dirs()
+        if not replacing:
+            return
+        for name, tmp in replacing:
+            with self._dirty_lock:
+                if self._replacing.get(name) != tmp:  # replaced again, or deleted, meanwhile
+                    continue
+                del self._replacing[name]
+            self._install(tmp, self._path(name), durable=True)
+        self._sync_dirs()
+
+    def _sync_dirs(self) -> None:
         with self._dirty_lock:
             dirs, self._dirty_dirs = self._dirty_dirs, set()
         _each(_fsync_dir, [d for d in dirs if d.exists()])

@@ -67,11 +67,23 @@ class ObjectStore:
         return sum(len(p) for p in pieces)
 
     def replace(
-        self, oid: str, kind: int, length: int, enc: codecs.Encoded, *, sync: bool = True
-    ) -> None:
-        """Atomically swap the stored encoding of an existing object (same content, same id).
-        ``sync=False`` leaves the folder fsync to the caller's next ``store.sync()``."""
-        self.store.put(object_name(oid), envelope.pack(kind, length, enc), sync=sync)
+        self,
+        oid: str,
+        kind: int,
+        length: int,
+        enc: codecs.Encoded,
+        *,
+        sync: bool = True,
+        defer: bool = False,
+    ) -> int:
+        """Atomically swap the stored encoding of an existing object (same content, same id);
+        returns the bytes of the new file. ``sync=False`` leaves the folder fsync to the
+        caller's next ``store.sync()``; ``defer=True`` the swap itself (Store.put): it then
+        happens after that sync has made the objects written before it durable, so a
+        re-encoding may depend on them (a delta on its new base)."""
+        pieces = envelope.pack(kind, length, enc)
+        self.store.put(object_name(oid), pieces, sync=sync, defer=defer)
+        return sum(len(p) for p in pieces)
 
     def put_bytes(self, kind: int, content: Buffer) -> str:
         """Hash, encode (zstd when it pays) and store untyped content; returns its id."""
