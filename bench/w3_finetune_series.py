@@ -80,8 +80,27 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             "mean_all_commits": res["mean_over_raw"],
             "steady_commits_over_limit": steady_over(res, TARGET),
             "met": bool(v <= TARGET),
-        }
+        },
+        time_target(res, NAME),
     ]
+
+
+TIME_LIMIT = 1.0  # issue 11 goal 2: a steady commit at most torch.save+fsync of the state
+
+
+def time_target(res: dict[str, Any], workload: str) -> dict[str, Any]:
+    """Issue 11 goal 2 for a series' steady commits: the median commit time over commits
+    2..N against the median torch.save+fsync of the same states, measured in the same run."""
+    v = res["tvcs_over_torch_save_time"]
+    return {
+        "workload": workload,
+        "target": "issue 11 goal 2: steady commit time ≤ 1.0× torch.save+fsync (medians)",
+        "limit": TIME_LIMIT,
+        "measured": v,
+        "tvcs_seconds": res["tvcs_commit_seconds_steady_median"],
+        "torch_save_seconds": res["torch_save_seconds_steady_median"],
+        "met": bool(v <= TIME_LIMIT),
+    }
 
 
 def steady_over(res: dict[str, Any], limit: float) -> list[int]:

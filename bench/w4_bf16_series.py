@@ -10,7 +10,14 @@ from typing import Any
 
 from . import common as c
 from . import minilm, series
-from .w3_finetune_series import EVERY, bf16_commits, commits, steady_over, summary_rows
+from .w3_finetune_series import (
+    EVERY,
+    bf16_commits,
+    commits,
+    steady_over,
+    summary_rows,
+    time_target,
+)
 
 NAME = "W4"
 TITLE = "bf16 weight series (bf16 copies of AdamW-updated fp32 masters)"
@@ -47,5 +54,6 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             "mean_all_commits": res["mean_over_raw"],
             "steady_commits_over_limit": steady_over(res, TARGET),
             "met": bool(v <= TARGET),
-        }
+        },
+        time_target(res, NAME),
     ]

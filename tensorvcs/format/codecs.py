@@ -56,11 +56,12 @@ DIFF_SLOT = -1  # the scratch slot of a delta's difference (planes use 0..width-
 # the same thread) puts its planes and a delta's difference into these slots as well.
 ENC_PLANES_SLOT = -2
 ENC_DIFF_SLOTS = (-3, -4)
+BASE_SLOT = -5  # a writer's copy of a parent chunk read back from the store (a delta base)
 
 _local = threading.local()
 
 
-def _scratch(slot: int, n: int) -> np.ndarray:
+def scratch(slot: int, n: int) -> np.ndarray:
     """``n`` bytes of this thread's reusable buffer ``slot`` (a fresh array beyond
     SCRATCH_MAX). Valid until the thread next asks for the same slot: decode_into's planes
     use slots 0..width-1, a delta's difference the slot DIFF_SLOT."""
@@ -171,7 +172,7 @@ def encode_elements(
         if z is None:
             return Encoded(CODEC_RAW, {}, (u8.data,))
         return Encoded(CODEC_ZSTD, {}, (z,))
-    out = _scratch(ENC_PLANES_SLOT, n).reshape(width, n // width) if reuse else None
+    out = scratch(ENC_PLANES_SLOT, n).reshape(width, n // width) if reuse else None
     planes = split_planes(u8, width, out)
     segments: list[bytes | memoryview] = []
     spec: list[list[Any]] = []
@@ -273,7 +274,7 @@ def delta_diff(
     d_out = z_out = None
     if reuse:
         n = content.nbytes
-        d_out, z_out = (_scratch(slot, n).view(lane) for slot in ENC_DIFF_SLOTS)
+        d_out, z_out = (scratch(slot, n).view(lane) for slot in ENC_DIFF_SLOTS)
     d = np.subtract(content.view(lane), base.view(lane), out=d_out)  # wraps: unsigned
     z = np.left_shift(d, 1, out=z_out)
     signed = d.view(np.dtype(f"i{width}"))
@@ -422,7 +423,7 @@ def decode_into(
                 if kind == "raw":
                     plane = np.frombuffer(seg, dtype=np.uint8)
                 else:
-                    plane = _scratch(i, m)
+                    plane = scratch(i, m)
                     _unzstd_into(seg, plane)
                 if plane.nbytes != m:
                     raise ValueError(f"plane {i} holds {plane.nbytes} bytes, expected {m}")
@@ -481,6 +482,6 @@ def decode_delta_into(
     except (ValueError, zstandard.ZstdError) as e:
         msg = f"object {object_id} has bad delta parameters: {e}"
         raise CorruptObjectError(msg, object_id) from e
-    diff = _scratch(DIFF_SLOT, out.nbytes)
+    diff = scratch(DIFF_SLOT, out.nbytes)
     decode_into(d.inner_codec, d.inner_params, payload, diff, object_id)
     delta_apply(out, diff, d.width)

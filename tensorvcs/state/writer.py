@@ -130,7 +130,8 @@ class TensorWriter:
         hit = self.cache.take(oid) if self.cache is not None else None
         if hit is not None and hit.nbytes == length:
             return hit
-        content = np.empty(length, dtype=np.uint8)
+        # this thread's buffer: each use of the parent's content ends before the next read
+        content = codecs.scratch(codecs.BASE_SLOT, length)
         try:
             self.objects.read_into(oid, content)
         except ObjectNotFoundError:  # a partial clone lacks it (docs/remotes.md): no delta
