@@ -168,6 +168,39 @@ def test_sync_puts_replacements_in_place_after_the_new_files(
     assert os.listdir(tmp_path / TMP_DIR) == []
 
 
+def test_concurrent_syncs_install_everything_once(tmp_path: Path) -> None:
+    """Syncs from several threads at once (a commit's workers syncing early, another commit
+    on the same store object): each pending file is installed once, none is lost, no sync
+    fails on a temp file another one already moved."""
+    import threading
+
+    store = LocalStore(tmp_path)
+    names = [f"objects/{i % 16:02x}/{i:04x}" for i in range(200)]
+    for n in names:
+        assert store.put_if_absent(n, [n.encode() * 50], defer=True)
+        store.put(n.replace("objects", "objects/r"), [b"r" + n.encode()], defer=True)
+    assert store.deferred_replacement_bytes() == sum(len(b"r" + n.encode()) for n in names)
+    errors: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            store.sync()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=sync) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    other = LocalStore(tmp_path)
+    for n in names:
+        assert other.get(n) == n.encode() * 50
+        assert other.get(n.replace("objects", "objects/r")) == b"r" + n.encode()
+    assert store.deferred_replacement_bytes() == 0 and os.listdir(tmp_path / TMP_DIR) == []
+
+
 def test_a_put_or_delete_drops_an_older_deferred_replacement(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     store.put(NAME, [b"one"])

@@ -25,6 +25,7 @@ import torch
 
 import tensorvcs as tv
 from tensorvcs.format import envelope
+from tensorvcs.state import writer as writer_mod
 from tensorvcs.store.objects import object_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,17 +104,17 @@ def _states() -> list[dict[str, Any]]:
     return [s1, s2, s3]
 
 
-def _run(path: Path, how: str) -> tuple[tv.Repo, list[str]]:
+def _run(path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> tuple[tv.Repo, list[str]]:
     repo = tv.Repo.init(path, chunk_size=4096, pack_threshold=1024)
-    if how == "store":
-        repo.base_cache.budget = 0
-    else:
-        repo.base_cache.budget = 1 << 30
+    repo.base_cache.budget = 0 if how in ("store", "batched") else 1 << 30
     ids = []
-    for s in _states():
-        if how == "owned":
-            s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-        ids.append(repo.commit(s, f"step {s['step']}", owned=how == "owned").id)
+    with monkeypatch.context() as m:
+        if how == "batched":  # the re-encodings put in place as they come, mid-commit
+            m.setattr(writer_mod, "REPLACE_BATCH_BYTES", 1)
+        for s in _states():
+            if how == "owned":
+                s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+            ids.append(repo.commit(s, f"step {s['step']}", owned=how == "owned").id)
     return repo, ids
 
 
@@ -131,14 +132,16 @@ def _chunk_objects(repo: tv.Repo, ids: list[str]) -> dict[str, tuple[int, int, A
     return out
 
 
-@pytest.mark.parametrize("how", ["store", "owned"])
-def test_deltas_do_not_depend_on_where_the_base_comes_from(tmp_path: Path, how: str) -> None:
-    ref, ref_ids = _run(tmp_path / "cache", "cache")
-    other, other_ids = _run(tmp_path / how, how)
+@pytest.mark.parametrize("how", ["store", "owned", "batched"])
+def test_deltas_do_not_depend_on_where_the_base_comes_from(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, ref_ids = _run(tmp_path / "cache", "cache", monkeypatch)
+    other, other_ids = _run(tmp_path / how, how, monkeypatch)
     try:
         # the in-memory path was taken by the reference, the store by the others
         assert ref.base_cache.nbytes > 0
-        if how == "store":
+        if how in ("store", "batched"):
             assert other.base_cache.nbytes == 0
         want = _chunk_objects(ref, ref_ids)
         got = _chunk_objects(other, other_ids)

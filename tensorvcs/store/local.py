@@ -207,6 +207,8 @@ class LocalStore(Store):
         self._dirty_lock = threading.Lock()
         self._pending: dict[str, Path] = {}  # deferred new files: name -> written temp file
         self._replacing: dict[str, Path] = {}  # deferred replacements: name -> written temp
+        self._replacing_bytes = 0
+        self._sync_lock = threading.Lock()  # one sync at a time (each takes all pending)
         self.direct = bool(O_DIRECT) and os.environ.get("TVCS_DIRECT_IO", "0") == "1"
 
     def _path(self, name: str) -> Path:
@@ -298,7 +300,10 @@ class LocalStore(Store):
         if defer and durable:
             # written now (writeback begun, or direct and fsynced), renamed over ``name`` at
             # the next sync(): after that sync's new files are durable and named
-            self._defer_replace(name, self._write_tmp(data, self.direct, start=not self.direct))
+            pieces = list(data)
+            self._defer_replace(name, self._write_tmp(pieces, self.direct, start=not self.direct))
+            with self._dirty_lock:
+                self._replacing_bytes += sum(memoryview(p).nbytes for p in pieces)
             return
         tmp = self._write_tmp(data, durable)
         with self._dirty_lock:  # a deferred replacement of the name is older: dropped
@@ -455,9 +460,17 @@ class LocalStore(Store):
         since the last sync; then rename the replacements into place and fsync their folders.
         A replacement (a parent chunk re-encoded as a delta) may depend on a new file of the
         same sync (its delta base): it is renamed only once every new name is durable."""
+        with self._sync_lock:
+            self._sync()
+
+    def deferred_replacement_bytes(self) -> int:
+        return self._replacing_bytes
+
+    def _sync(self) -> None:
         with self._dirty_lock:
             deferred = list(self._pending.items())
             replacing = list(self._replacing.items())
+            self._replacing_bytes = 0
         jobs: list[Callable[[], None]] = [partial(self._install_deferred, *d) for d in deferred]
         jobs += [partial(_fsync_path, t) for _, t in replacing]
         _each(lambda job: job(), jobs)
