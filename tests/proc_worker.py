@@ -134,6 +134,21 @@ def patch(point: str) -> None:
             return write(fd, data)
 
         local.os.write = write_half_then_die  # type: ignore[assignment]
+    elif point == "delta-early-sync":  # re-encodings put in place as they come; dies mid-commit
+        from tensorvcs.state import writer
+
+        writer.REPLACE_BATCH_BYTES = 1  # every re-encoding makes its worker sync
+        write = ObjectStore.write
+        chunks = itertools.count(1)
+
+        def write_then_die(
+            self: ObjectStore, oid: str, kind: int, length: int, enc: Any, **kw: Any
+        ) -> int:
+            if kind == envelope.KIND_CHUNK and next(chunks) == 4:
+                die()  # the 4th new chunk: three written, re-encoded and synced before
+            return write(self, oid, kind, length, enc, **kw)
+
+        ObjectStore.write = write_then_die  # type: ignore[method-assign]
     elif point.startswith("delta-rename-"):  # the sync dies before its K-th re-encoding lands
         install = LocalStore._install
         renames = itertools.count(1)
@@ -162,7 +177,7 @@ def main(argv: list[str]) -> int:
     repo = tv.Repo.open(repo_path)
     if role == "crash":
         point, seed = argv[2], int(argv[3])
-        if point.startswith("object-midwrite"):
+        if point.startswith("object-midwrite") or point == "delta-early-sync":
             repo.workers = 1  # one writer thread: objects 1 and 2 complete, 3 half written
         patch(point)
         if point.endswith("-direct"):

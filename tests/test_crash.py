@@ -224,6 +224,46 @@ def test_kill_while_the_sync_puts_re_encodings_in_place(tmp_path: Path, k: int) 
     repo.close()
 
 
+def test_kill_after_early_syncs_of_re_encodings(tmp_path: Path) -> None:
+    """A commit whose waiting re-encodings pass REPLACE_BATCH_BYTES syncs mid-commit (here
+    after each one, one writer thread): killed at its 4th new chunk, three new chunks are
+    named and three parent chunks are deltas on them, and no manifest names them. Every
+    commit still checks out bit for bit, fsck is clean, gc frees the three (re-encoding the
+    deltas on their own first), and the commit goes through when retried."""
+    c1, c2 = _two_commits(tmp_path)
+    with tv.Repo.open(tmp_path) as repo:
+        before = object_ids(repo)
+        parent_chunks = [
+            oid
+            for e in repo.get_manifest(repo.get_commit(c2).manifest).tensors
+            if e.chunks
+            for oid, _ in e.chunks
+        ]
+
+    _kill_child(["crash", tmp_path, "delta-early-sync", 2])
+
+    repo = tv.Repo.open(tmp_path)
+    orphans = object_ids(repo) - before
+    assert kinds(repo, orphans) == {"chunk": 3}
+    deltas = [o for o in parent_chunks if repo.objects.header(o).codec == codecs.CODEC_DELTA]
+    assert len(deltas) == 3
+    assert {repo.objects.header(o).params["base"] for o in deltas} == orphans
+    report = tv.fsck(repo)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.dangling == 0  # each of the three is the base of a reachable delta
+    _assert_good_history(repo, c1, c2)
+    _assert_no_stale_lock(repo)
+    gc = tv.gc(repo, prune="now", reflog_expire="now")
+    assert gc.deleted_objects == 3 and gc.rewritten_objects == 3
+    assert tv.fsck(repo).ok
+    _assert_good_history(repo, c1, c2)
+    c3 = repo.commit(nudged_state(2), "retried", step=3)
+    assert_same_value(repo.checkout(c3.id), nudged_state(2))
+    assert_same_value(repo.checkout(c2), crash_state(2))
+    assert tv.fsck(repo).ok
+    repo.close()
+
+
 def test_kill_after_the_reflog_line_before_the_ref_moves(tmp_path: Path) -> None:
     """Killed after the reflog line was appended, before the branch file was renamed into
     place (git's order: the reflog first, so a failed append never leaves a moved ref behind
