@@ -201,6 +201,47 @@ def test_concurrent_syncs_install_everything_once(tmp_path: Path) -> None:
     assert store.deferred_replacement_bytes() == 0 and os.listdir(tmp_path / TMP_DIR) == []
 
 
+@pytest.mark.parametrize("meanwhile", ["delete", "newer file", "vanished"])
+def test_a_pending_file_changed_while_the_sync_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    """Another thread deletes a pending file, or gives it a newer file, while a sync is about
+    to fsync it: that sync skips it (the newer file waits for the next sync) and installs the
+    rest. A temp file that vanished behind the store's back is an error, never a silently
+    missing object."""
+    store = LocalStore(tmp_path)
+    names = [f"objects/{i:02x}/n" for i in range(4)]
+    for n in names:
+        assert store.put_if_absent(n, [n.encode()], defer=True)
+    target = store._pending[names[0]]
+    fsync_path = local._fsync_path
+
+    def racing(path: Path, flags: int = 0) -> None:
+        if path == target:
+            if meanwhile == "delete":
+                store.delete(names[0])
+            elif meanwhile == "newer file":
+                store.put(names[0], [b"newer"], defer=True)
+            else:
+                path.unlink()
+        fsync_path(path, flags)
+
+    monkeypatch.setattr(local, "_fsync_path", racing)
+    if meanwhile == "vanished":
+        with pytest.raises(FileNotFoundError):
+            store.sync()
+        return
+    store.sync()
+    other = LocalStore(tmp_path)
+    assert all(other.get(n) == n.encode() for n in names[1:])
+    assert not other.exists(names[0])
+    if meanwhile == "newer file":
+        assert store.get(names[0]) == b"newer"  # still pending, seen by its own store
+        store.sync()
+        assert other.get(names[0]) == b"newer"
+    assert os.listdir(tmp_path / TMP_DIR) == []
+
+
 def test_a_put_or_delete_drops_an_older_deferred_replacement(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     store.put(NAME, [b"one"])

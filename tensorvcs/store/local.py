@@ -354,13 +354,30 @@ class LocalStore(Store):
     def _install_deferred(self, name: str, tmp: Path) -> None:
         """Make a deferred file durable, then give it its name (create-only, as
         put_if_absent): a name is never seen before its bytes are on the disk."""
-        _fsync_path(tmp)
         path = self._path(name)
-        _link_new(tmp, path)  # False: another process stored it meanwhile, the same content
+        try:
+            _fsync_path(tmp)
+            _link_new(tmp, path)  # False: another process stored it meanwhile, the same content
+        except FileNotFoundError:
+            if self._superseded(self._pending, name, tmp):
+                return  # deleted, or given a newer file, while this sync ran: not ours now
+            raise
         self._mark_dirty(path.parent)
         with self._dirty_lock:
-            self._pending.pop(name, None)
+            if self._pending.get(name) == tmp:
+                del self._pending[name]
         tmp.unlink(missing_ok=True)
+
+    def _fsync_replacement(self, name: str, tmp: Path) -> None:
+        try:
+            _fsync_path(tmp)
+        except FileNotFoundError:
+            if not self._superseded(self._replacing, name, tmp):
+                raise
+
+    def _superseded(self, table: dict[str, Path], name: str, tmp: Path) -> bool:
+        with self._dirty_lock:
+            return table.get(name) != tmp
 
     def exists(self, name: str) -> bool:
         return name in self._pending or self._path(name).exists()
@@ -472,7 +489,7 @@ class LocalStore(Store):
             replacing = list(self._replacing.items())
             self._replacing_bytes = 0
         jobs: list[Callable[[], None]] = [partial(self._install_deferred, *d) for d in deferred]
-        jobs += [partial(_fsync_path, t) for _, t in replacing]
+        jobs += [partial(self._fsync_replacement, *r) for r in replacing]
         _each(lambda job: job(), jobs)
         self._sync_dirs()
         if not replacing:
