@@ -135,9 +135,7 @@ def patch(point: str) -> None:
 
         local.os.write = write_half_then_die  # type: ignore[assignment]
     elif point == "delta-early-sync":  # re-encodings put in place as they come; dies mid-commit
-        from tensorvcs.state import writer
-
-        writer.REPLACE_BATCH_BYTES = 1  # every re-encoding makes its worker sync
+        local.REPLACE_BATCH_BYTES = 1  # every re-encoding makes its worker sync
         write = ObjectStore.write
         chunks = itertools.count(1)
 

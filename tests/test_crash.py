@@ -71,6 +71,12 @@ def _assert_no_stale_lock(repo: tv.Repo) -> None:
         pass
 
 
+def _chunk_ids(repo: tv.Repo, commit: str) -> list[str]:
+    """The chunk objects of ``commit``'s chunked tensors, in manifest order."""
+    m = repo.get_manifest(repo.get_commit(commit).manifest)
+    return [oid for e in m.tensors if e.chunks for oid, _ in e.chunks]
+
+
 def _assert_good_history(repo: tv.Repo, c1: str, c2: str) -> None:
     assert repo.head() == ("main", c2)
     assert repo.branches() == {"main": c2}
@@ -181,12 +187,7 @@ def test_kill_while_the_sync_puts_re_encodings_in_place(tmp_path: Path, k: int) 
     c1, c2 = _two_commits(tmp_path)
     with tv.Repo.open(tmp_path) as repo:
         before = object_ids(repo)
-        parent_chunks = [
-            oid
-            for e in repo.get_manifest(repo.get_commit(c2).manifest).tensors
-            if e.chunks
-            for oid, _ in e.chunks
-        ]
+        parent_chunks = _chunk_ids(repo, c2)
     assert len(parent_chunks) == TENSOR_OBJECTS["chunk"]
 
     child = _kill_child(["crash", tmp_path, f"delta-rename-{k}", 2])
@@ -233,12 +234,7 @@ def test_kill_after_early_syncs_of_re_encodings(tmp_path: Path) -> None:
     c1, c2 = _two_commits(tmp_path)
     with tv.Repo.open(tmp_path) as repo:
         before = object_ids(repo)
-        parent_chunks = [
-            oid
-            for e in repo.get_manifest(repo.get_commit(c2).manifest).tensors
-            if e.chunks
-            for oid, _ in e.chunks
-        ]
+        parent_chunks = _chunk_ids(repo, c2)
 
     _kill_child(["crash", tmp_path, "delta-early-sync", 2])
 

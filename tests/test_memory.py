@@ -25,7 +25,7 @@ import torch
 
 import tensorvcs as tv
 from tensorvcs.format import envelope
-from tensorvcs.state import writer as writer_mod
+from tensorvcs.store import local
 from tensorvcs.store.objects import object_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def _run(path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> tuple[tv.Repo
     ids = []
     with monkeypatch.context() as m:
         if how == "batched":  # the re-encodings put in place as they come, mid-commit
-            m.setattr(writer_mod, "REPLACE_BATCH_BYTES", 1)
+            m.setattr(local, "REPLACE_BATCH_BYTES", 1)
         for s in _states():
             if how == "owned":
                 s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}

@@ -64,7 +64,8 @@ _local = threading.local()
 def scratch(slot: int, n: int) -> np.ndarray:
     """``n`` bytes of this thread's reusable buffer ``slot`` (a fresh array beyond
     SCRATCH_MAX). Valid until the thread next asks for the same slot: decode_into's planes
-    use slots 0..width-1, a delta's difference the slot DIFF_SLOT."""
+    use slots 0..width-1, a delta's difference the slot DIFF_SLOT; encodings with ``reuse``
+    ENC_PLANES_SLOT and ENC_DIFF_SLOTS, a writer's parent chunk BASE_SLOT."""
     if n > SCRATCH_MAX:
         return np.empty(n, dtype=np.uint8)
     bufs: dict[int, np.ndarray] | None = getattr(_local, "scratch", None)

@@ -21,11 +21,9 @@
   place by the store's sync at the end of the write (Store.put ``defer``), after the new
   chunks, its bases, are durable and named: no encoded delta waits in memory, and the files
   are fsynced together (one fsync each right after writing cost an ext4 journal commit per
-  file). Past REPLACE_BATCH_BYTES of waiting re-encodings a worker syncs early: until its
-  rename each parent file and its delta are both in the page cache, and a 4 GB commit that
-  changed every chunk took 11-14 s with all of them waiting to its end, 7-9 s in batches of
-  64 MiB (the same 4.6-8 GB of data written; the kernel's page-cache copies took twice the
-  system time). Nothing is left for later when ``write`` returns, so resuming from a commit never
+  file). A local store syncs early past 64 MiB of waiting re-encodings (store/local.py
+  REPLACE_BATCH_BYTES: until its rename each parent file and its delta both fill the page
+  cache). Nothing is left for later when ``write`` returns, so resuming from a commit never
   depends on deferred work. A commit that fails leaves temp files, which the next sync of the
   same store puts in place as it would have (new chunks first, then the deltas on them: the
   content under each id is unchanged) or gc removes; gc keeps the delta bases of what it
@@ -72,8 +70,6 @@ from .tensors import byte_view, dtype_name
 
 Location = tuple[str, int]  # (pack id, offset)
 Deferred = tuple[str, str, int]  # (parent chunk id, new chunk id, element width), left for later
-# a commit's re-encodings waiting for the store's sync, beyond which a worker syncs early
-REPLACE_BATCH_BYTES = 64 << 20
 
 
 @dataclass
@@ -123,7 +119,6 @@ class TensorWriter:
         # this writer stored); any other id is written create-only without asking first
         self.known_ids: set[str] | None = None
         self._stats_lock = threading.Lock()  # the pool's jobs update the stats
-        self._early_sync = threading.Lock()
         self.stats = WriteStats()
         # progress (the CLI's bars): on_phase(name, total bytes) when a phase begins —
         # 'encoding' with the tensors' bytes, then 'syncing' (total 0) before the final
@@ -193,15 +188,6 @@ class TensorWriter:
         with self._stats_lock:
             self.stats.new_stored_bytes += new - old
             self.stats.rewritten_objects += 1
-        store = self.objects.store
-        if (  # one worker syncs, the others go on
-            store.deferred_replacement_bytes() >= REPLACE_BATCH_BYTES
-            and self._early_sync.acquire(blocking=False)
-        ):
-            try:
-                store.sync()
-            finally:
-                self._early_sync.release()
 
     def _stored(self, oid: str) -> bool:
         """Whether ``oid`` is stored already: asked of the store, or, with ``known_ids``,

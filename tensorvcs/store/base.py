@@ -108,8 +108,3 @@ class Store(ABC):
 
     def sync(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Make the names created so far durable (directory entries)."""
-
-    def deferred_replacement_bytes(self) -> int:
-        """Bytes of ``put(..., defer=True)`` replacements waiting for the next ``sync()`` (0
-        for a store that replaces at once)."""
-        return 0

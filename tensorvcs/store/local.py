@@ -62,6 +62,12 @@ DIRECT_MIN = 1 << 20  # durable writes of at least this many bytes go around the
 DIRECT_ALIGN = 4096  # offset, length and buffer alignment of a direct write (any block size)
 DIRECT_STAGE = 4 << 20  # the staging buffer of each writing thread
 MAP_MIN = 1 << 18  # get_view maps files at least this large (smaller ones are read)
+# Deferred replacements waiting beyond this many bytes make the put that adds one sync early
+# (unless a sync is running): until its rename a parent file and its delta are both in the
+# page cache. A 4 GB commit that changed every chunk took 11-14 s with all of them waiting to
+# its end, 7-9 s in batches of 64 MiB (the kernel's page-cache copies took twice the system
+# time).
+REPLACE_BATCH_BYTES = 64 << 20
 MADV_POPULATE_READ = 22  # Linux 5.14+: map every page of the range in one call
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 T = TypeVar("T")
@@ -304,6 +310,12 @@ class LocalStore(Store):
             self._defer_replace(name, self._write_tmp(pieces, self.direct, start=not self.direct))
             with self._dirty_lock:
                 self._replacing_bytes += sum(memoryview(p).nbytes for p in pieces)
+                early = self._replacing_bytes >= REPLACE_BATCH_BYTES
+            if early and self._sync_lock.acquire(blocking=False):  # one thread syncs, others go on
+                try:
+                    self._sync()
+                finally:
+                    self._sync_lock.release()
             return
         tmp = self._write_tmp(data, durable)
         with self._dirty_lock:  # a deferred replacement of the name is older: dropped
@@ -481,6 +493,7 @@ class LocalStore(Store):
             self._sync()
 
     def deferred_replacement_bytes(self) -> int:
+        """Bytes of deferred replacements written since the last sync."""
         return self._replacing_bytes
 
     def _sync(self) -> None:
