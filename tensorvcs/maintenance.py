@@ -546,7 +546,7 @@ def _rebase_if_orphaned(repo: Repo, oid: str, direct: set[str]) -> bool:
         return False
     width = int(h.params["width"])
     _, content = repo.objects.read(oid)
-    enc = codecs.encode_elements(content, width)
+    enc = codecs.encode_elements(content, width).checked(content.data)
     anchor = repo.objects.delta_base(h.params["base"])
     seen = {oid}
     while anchor is not None and anchor not in direct:
@@ -558,7 +558,7 @@ def _rebase_if_orphaned(repo: Repo, oid: str, direct: set[str]) -> bool:
         _, base = repo.objects.read(anchor)
         delta = codecs.encode_delta(content, base, width, anchor, repo.objects.depth(anchor) + 1)
         if delta.size < enc.size:
-            enc = delta
+            enc = delta.checked(content.data)
     repo.objects.replace(oid, h.kind, h.length, enc)
     return True
 

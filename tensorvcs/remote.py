@@ -292,7 +292,7 @@ class _Copier:
             seen.add(cur)
             data = self.src.objects.raw(cur)
             h = envelope.read_header(data, cur)
-            chain.append((cur, data))
+            chain.append((cur, envelope.without_check(data, h)))
             base = h.params.get("base") if h.codec == codecs.CODEC_DELTA else None
             if base is not None and not (isinstance(base, str) and is_object_id(base)):
                 raise CorruptObjectError(f"object {cur} is a delta without a valid base id", cur)

@@ -237,6 +237,7 @@ class Repo:
         self.store = store
         self.config = config
         self.objects = ObjectStore(store)
+        self.objects.checksums = config.settings.get("verify_reads", "checksum") == "checksum"
         self.refs = RefStore(store)
         self.refs.recover()  # a drop a crash cut short is completed before anything is read
         self._workers: int | None = None

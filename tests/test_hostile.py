@@ -632,6 +632,7 @@ def _encoded_lists(n: int) -> Any:
         ("settings", {"delta_max_depth": "ten"}, "delta_max_depth"),
         ("settings", {"delta_max_depth": 10**6}, "delta_max_depth"),
         ("settings", {"delta_cache_bytes": -1}, "delta_cache_bytes"),
+        ("settings", {"verify_reads": "never"}, "verify_reads must be one of 'checksum', 'hash'"),
     ],
 )
 def test_corrupt_config(tmp_path: Path, field: str, value: Any, match: str) -> None:

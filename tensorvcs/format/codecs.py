@@ -22,7 +22,7 @@ import zstandard
 from ..accel import native
 from ..errors import CorruptObjectError
 from .config import MAX_DELTA_CHAIN
-from .ids import is_object_id
+from .ids import CHECK_KEY, content_check, is_object_id
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
@@ -129,6 +129,12 @@ class Encoded:
     @property
     def size(self) -> int:
         return sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in self.pieces)
+
+    def checked(self, content: bytes | bytearray | memoryview, **extra: Any) -> Encoded:
+        """This encoding with the content checksum of ``content`` (what it decodes to) and
+        ``extra`` in its parameters (docs/format.md section 4)."""
+        params = {**self.params, **extra, CHECK_KEY: content_check(content)}
+        return Encoded(self.codec, params, self.pieces)
 
 
 def _as_u8(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:

@@ -21,6 +21,8 @@ MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 1 << 30
 # The longest delta chain a reader decodes (store/objects.py); delta_max_depth may not exceed it.
 MAX_DELTA_CHAIN = 4096
+# settings.verify_reads: what reads verify an object's content against (store/objects.py)
+VERIFY_READS = ("checksum", "hash")
 
 
 @dataclass
@@ -94,6 +96,9 @@ def _settings_problem(settings: Any) -> str | None:
     depth = settings.get("delta_max_depth")
     if depth is not None and (type(depth) is not int or not 0 <= depth <= MAX_DELTA_CHAIN):
         return f"settings.delta_max_depth must be an integer in 0..{MAX_DELTA_CHAIN}"
+    verify = settings.get("verify_reads")
+    if verify is not None and verify not in VERIFY_READS:
+        return f"settings.verify_reads must be one of {', '.join(map(repr, VERIFY_READS))}"
     cache = settings.get("delta_cache_bytes")
     if cache is not None and (type(cache) is not int or cache < 0):
         return "settings.delta_cache_bytes must be a non-negative integer"

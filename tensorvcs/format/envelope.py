@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import CorruptObjectError
 from . import codecs
 from .config import MAX_CHUNK_SIZE
-from .ids import object_id
+from .ids import CHECK_KEY, object_id
 
 MAGIC = b"TVCO"
 ENVELOPE_VERSION = 1
@@ -73,6 +73,18 @@ def pack(kind: int, length: int, enc: codecs.Encoded) -> list[bytes | bytearray 
     params = json.dumps(enc.params, separators=(",", ":"), sort_keys=True).encode()
     head = _HEADER.pack(MAGIC, ENVELOPE_VERSION, kind, enc.codec, 0, length, len(params))
     return [head + params, *enc.pieces]
+
+
+def without_check(data: bytes, h: Header) -> bytes:
+    """The object file ``data`` (whose header is ``h``) without the content checksum in its
+    parameters, the payload unchanged: how a transfer stores what it receives, so that
+    objects from elsewhere are verified against their id, not against a checksum their
+    sender chose (docs/format.md section 4)."""
+    if CHECK_KEY not in h.params:
+        return data
+    params = {k: v for k, v in h.params.items() if k != CHECK_KEY}
+    payload = memoryview(data)[h.payload_offset :]
+    return b"".join(pack(h.kind, h.length, codecs.Encoded(h.codec, params, (payload,))))
 
 
 def header_span(data: bytes | memoryview | mmap) -> int:

@@ -201,7 +201,7 @@ def _store_blob(
         oid = object_id(data)
         if repo.objects.has(oid):
             return oid, 0
-        enc = codecs.encode_bytes(data)
+        enc = codecs.encode_bytes(data).checked(data)
         return oid, repo.objects.write(oid, envelope.KIND_BLOB, len(data), enc)
 
     def drain(limit: int) -> None:

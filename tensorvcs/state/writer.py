@@ -176,6 +176,7 @@ class TensorWriter:
         if seen is not None:  # the statistics' change norm, from the bytes in hand
             seen.base_seen(content, old_content)
         delta = codecs.encode_delta(old_content, content, width, oid, 1, reuse=True)
+        delta = delta.checked(old_content.data)  # the bytes in hand (verified when read)
         if self.cache is not None:
             self.cache.recycle(old_content)
         del old_content
@@ -263,7 +264,7 @@ class TensorWriter:
             if base_id and base_id != oid:
                 seq, h = self._version(base_id)
             enc = codecs.encode_elements(arr, width, reuse=True)
-            enc = codecs.Encoded(enc.codec, {**enc.params, "seq": seq}, enc.pieces)
+            enc = enc.checked(arr.data, seq=seq)
             written = self.objects.write(oid, envelope.KIND_CHUNK, length, enc, defer=True)
             del enc
             # only a chunk this write created may become a delta base: one that was there
@@ -290,7 +291,7 @@ class TensorWriter:
         oid = object_id(content.data)
         written = 0
         if not self._stored(oid):
-            enc = codecs.encode_elements(content, width)
+            enc = codecs.encode_elements(content, width).checked(content.data)
             written = self.objects.write(oid, envelope.KIND_PACK, content.nbytes, enc, defer=True)
         if self.known_ids is not None:
             self.known_ids.add(oid)

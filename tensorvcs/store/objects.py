@@ -1,7 +1,10 @@
 """The object store: enveloped, content-addressed objects on top of a Store.
 
 An object with id ``abcd…`` lives at ``objects/ab/cd…``. Writes never replace an existing
-object (same id, same content); reads verify the content hash unless told not to.
+object (same id, same content). Reads verify the content unless told not to: against the
+content checksum the writer recorded in the envelope (XXH3-128) when there is one and
+``checksums`` is on, else against the id (BLAKE3). fsck (``check``, ``check_many``) always
+verifies the id, and the checksum too where there is one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from ..errors import (
 )
 from ..format import codecs, envelope
 from ..format.config import MAX_DELTA_CHAIN
-from ..format.ids import Buffer, check_object_id, is_object_id, object_id
+from ..format.ids import (
+    CHECK_KEY,
+    Buffer,
+    check_object_id,
+    content_check,
+    is_content_check,
+    is_object_id,
+    object_id,
+)
 from .base import Store, View
 
 OBJECTS = "objects"
@@ -43,6 +54,9 @@ class ObjectStore:
         self._lock = threading.Lock()
         self.bytes_read = 0  # stored (encoded) bytes read since creation; for tests and stats
         self.objects_read = 0
+        # verify reads against the envelope's content checksum where it has one (the
+        # repository setting verify_reads, "checksum" by default); False: always the id
+        self.checksums = True
 
     def has(self, oid: str) -> bool:
         return self.store.exists(object_name(oid))
@@ -89,7 +103,7 @@ class ObjectStore:
         """Hash, encode (zstd when it pays) and store untyped content; returns its id."""
         oid = object_id(content)
         if not self.has(oid):
-            self.write(oid, kind, len(content), codecs.encode_bytes(content))
+            self.write(oid, kind, len(content), codecs.encode_bytes(content).checked(content))
         return oid
 
     def raw(self, oid: str) -> bytes:
@@ -122,20 +136,23 @@ class ObjectStore:
                 data = self.store.get_head(object_name(oid), span)
         return envelope.read_header(data, oid)
 
-    def read(self, oid: str, *, verify: bool = True) -> tuple[envelope.Header, np.ndarray]:
-        """Decode ``oid``; its content must hash to ``oid`` (CorruptObjectError otherwise)."""
+    def read(
+        self, oid: str, *, verify: bool = True, full: bool = False
+    ) -> tuple[envelope.Header, np.ndarray]:
+        """Decode ``oid``; its content must match its checksum, or hash to ``oid``
+        (CorruptObjectError otherwise). ``full``: both, whatever ``checksums`` says (fsck)."""
         data = self._view(oid)
         h = envelope.read_header(data, oid)
         links = self._links(oid, h, data)
         out = envelope.allocate(h, oid)
-        self._decode(links, out, verify)
+        self._decode(links, out, verify, full)
         return h, out
 
     def read_bytes(self, oid: str) -> bytes:
         return self.read(oid)[1].tobytes()
 
     def read_into(self, oid: str, out: np.ndarray, *, verify: bool = True) -> envelope.Header:
-        """Decode ``oid`` straight into the uint8 array ``out`` and verify its hash there."""
+        """Decode ``oid`` straight into the uint8 array ``out`` and verify it there."""
         data = self._view(oid)
         h = envelope.read_header(data, oid)
         if h.length != out.nbytes:
@@ -226,22 +243,49 @@ class ObjectStore:
         ``stop(base)`` is true (a transfer stops at bases the destination has)."""
         return [o for o, _, _ in self._walk(oid, None, self._fetch_header, stop)]
 
-    def _decode(self, links: list[_Link], out: np.ndarray, verify: bool) -> None:
+    def _decode(
+        self, links: list[_Link], out: np.ndarray, verify: bool, full: bool = False
+    ) -> None:
         """Decode a chain bottom-up into ``out``: the self-contained object, then each delta
         on top of it. Iterative, so a chain of any allowed depth needs no recursion. The
-        intermediate contents are not verified: the hash of the final content covers the
-        whole chain; only on a mismatch is the chain decoded again to name the wrong object."""
+        intermediate contents are not verified: the check of the final content (its
+        checksum, or its hash) covers the whole chain; only on a mismatch is the chain
+        decoded again to name the wrong object."""
         bottom, bh, bdata = links[-1]
         codecs.decode_into(bh.codec, bh.params, memoryview(bdata)[bh.payload_offset :], out, bottom)
         for o, lh, ldata in reversed(links[:-1]):
             codecs.decode_delta_into(lh.params, memoryview(ldata)[lh.payload_offset :], out, o)
-        oid = links[0][0]
-        if verify and object_id(out.data) != oid:
+        oid, top = links[0][0], links[0][1]
+        if verify and not self._matches(oid, top, out, full):
             if len(links) > 1:
                 self._name_corrupt_link(links, out.nbytes)
             raise CorruptObjectError(
                 f"object {oid} is corrupt: its content hashes differently", oid
             )
+
+    def _matches(self, oid: str, h: envelope.Header, content: np.ndarray, full: bool) -> bool:
+        """Whether ``content`` is that of ``oid``: it matches the checksum the envelope ``h``
+        records (when there is one and ``checksums`` is on), or hashes to the id. ``full``:
+        it hashes to the id, and matches the checksum where there is one (a malformed
+        checksum is corruption then; otherwise it is not used)."""
+        check = h.params.get(CHECK_KEY)
+        if full:
+            if check is not None and not is_content_check(check):
+                raise CorruptObjectError(
+                    f"object {oid} is corrupt: its {CHECK_KEY} checksum is malformed", oid
+                )
+            if object_id(content.data) != oid:
+                return False
+            if check is not None and content_check(content.data) != check:
+                raise CorruptObjectError(
+                    f"object {oid} is corrupt: its content hashes to its id but not to the "
+                    f"{CHECK_KEY} checksum its envelope records",
+                    oid,
+                )
+            return True
+        if self.checksums and is_content_check(check):
+            return content_check(content.data) == check
+        return object_id(content.data) == oid
 
     def _name_corrupt_link(self, links: list[_Link], n: int) -> None:
         """Decode the chain again verifying every base; raise naming the first one whose
@@ -378,9 +422,10 @@ class ObjectStore:
 
     def _decode_on(self, oid: str, base: np.ndarray | None) -> tuple[np.ndarray, envelope.Header]:
         """Decode ``oid`` (a delta applied in place on ``base``, its base's content) and
-        verify its hash; with ``base`` None, decode it as ``read`` does."""
+        verify its hash (and its checksum); with ``base`` None, decode it as ``read(full=True)``
+        does."""
         if base is None:
-            h, content = self.read(oid)
+            h, content = self.read(oid, full=True)
             return content, h
         data = self._view(oid)
         h = envelope.read_header(data, oid)
@@ -393,7 +438,7 @@ class ObjectStore:
         payload = memoryview(data)[h.payload_offset :]
         envelope.check_fits(h, payload, oid)
         codecs.decode_delta_into(h.params, payload, base, oid)
-        if object_id(base.data) != oid:
+        if not self._matches(oid, h, base, True):
             raise CorruptObjectError(
                 f"object {oid} is corrupt: its content hashes differently", oid
             )
@@ -414,10 +459,10 @@ class ObjectStore:
             raise CorruptObjectError(f"object {oid}: {e}", oid) from e
 
     def check(self, oid: str) -> envelope.Header:
-        """Read and verify one object (its whole delta chain, and its hash); a manifest or a
-        commit is also parsed and validated, so a well-hashed but malformed one is found.
-        Raises CorruptObjectError / ObjectNotFoundError only."""
-        h, content = self.read(oid)
+        """Read and verify one object (its whole delta chain, its hash and its checksum); a
+        manifest or a commit is also parsed and validated, so a well-hashed but malformed one
+        is found. Raises CorruptObjectError / ObjectNotFoundError only."""
+        h, content = self.read(oid, full=True)
         self._check_structure(oid, h, content)
         return h
 
