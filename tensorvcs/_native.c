@@ -9,6 +9,11 @@
  *
  *   split_planes(src, width, out)         out[i*m + k] = src[k*width + i]
  *   merge_planes(planes, out)             the inverse: planes is a sequence of width buffers
+ *   delta_split(new, base, width, out)    split_planes of zigzag(new - base), the difference
+ *       taken in width-byte unsigned lanes (wrapping), zigzag(d) = (d << 1) ^ (d < 0 ? ~0 : 0);
+ *       width 2, 4 or 8: the delta codec's encoding in one pass, no difference array
+ *   delta_merge(planes, out)              the inverse, in place: out holds the base and
+ *       receives base + unzigzag(merge_planes(planes))
  *   scan(kind, new, old, values)          -> (total, sumsq, lo, hi, delta)
  *       kind 0: float32, kind 1: bfloat16. Rows of ROW elements are summed in float32 in
  *       LANES independent lanes (so the compiler may vectorise them without reordering any
@@ -304,10 +309,116 @@ done:
     return result;
 }
 
+/* One lane of the delta codec: T is the unsigned lane type, B its bits. */
+#define DELTA_LOOPS(T, B)                                                                   \
+    MULTI_ISA static void delta_split_##B(const uint8_t *restrict c, const uint8_t *restrict b,       \
+                                size_t m, uint8_t *restrict out) {                         \
+        for (size_t k = 0; k < m; k++) {                                                   \
+            T x, y;                                                                        \
+            memcpy(&x, c + sizeof(T) * k, sizeof(T));                                      \
+            memcpy(&y, b + sizeof(T) * k, sizeof(T));                                      \
+            T d = (T)(x - y);                                                              \
+            T z = (T)((T)(d << 1) ^ (T)(0 - (T)(d >> (B - 1))));                           \
+            for (size_t i = 0; i < sizeof(T); i++) out[i * m + k] = (uint8_t)(z >> (8 * i)); \
+        }                                                                                  \
+    }                                                                                      \
+    MULTI_ISA static void delta_merge_##B(const uint8_t *const *p, size_t m, uint8_t *restrict out) { \
+        const uint8_t *restrict q[sizeof(T)];                                              \
+        for (size_t i = 0; i < sizeof(T); i++) q[i] = p[i];                                \
+        for (size_t k = 0; k < m; k++) {                                                   \
+            T z = 0, y;                                                                    \
+            for (size_t i = 0; i < sizeof(T); i++) z |= (T)((T)q[i][k] << (8 * i));        \
+            T d = (T)((T)(z >> 1) ^ (T)(0 - (T)(z & 1)));                                  \
+            memcpy(&y, out + sizeof(T) * k, sizeof(T));                                    \
+            y = (T)(y + d);                                                                \
+            memcpy(out + sizeof(T) * k, &y, sizeof(T));                                    \
+        }                                                                                  \
+    }
+
+DELTA_LOOPS(uint16_t, 16)
+DELTA_LOOPS(uint32_t, 32)
+DELTA_LOOPS(uint64_t, 64)
+
+static PyObject *py_delta_split(PyObject *self, PyObject *args) {
+    Py_buffer c, b, out;
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "y*y*nw*", &c, &b, &width, &out)) return NULL;
+    PyObject *result = NULL;
+    if (width != 2 && width != 4 && width != 8) {
+        PyErr_SetString(PyExc_ValueError, "delta_split: width must be 2, 4 or 8");
+    } else if (c.len % width || b.len != c.len || out.len != c.len) {
+        PyErr_SetString(PyExc_ValueError, "delta_split: sizes do not match");
+    } else {
+        size_t m = (size_t)(c.len / width);
+        const uint8_t *cp = (const uint8_t *)c.buf, *bp = (const uint8_t *)b.buf;
+        uint8_t *op = (uint8_t *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        if (width == 2) delta_split_16(cp, bp, m, op);
+        else if (width == 4) delta_split_32(cp, bp, m, op);
+        else delta_split_64(cp, bp, m, op);
+        Py_END_ALLOW_THREADS
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+    PyBuffer_Release(&c);
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *py_delta_merge(PyObject *self, PyObject *args) {
+    PyObject *seq;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "Ow*", &seq, &out)) return NULL;
+    PyObject *fast = PySequence_Fast(seq, "delta_merge: planes must be a sequence");
+    if (!fast) {
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_ssize_t width = PySequence_Fast_GET_SIZE(fast);
+    Py_buffer bufs[8];
+    const uint8_t *ptrs[8];
+    Py_ssize_t got = 0;
+    PyObject *result = NULL;
+    if ((width != 2 && width != 4 && width != 8) || out.len % width) {
+        PyErr_SetString(PyExc_ValueError, "delta_merge: unsupported width or size");
+        goto done;
+    }
+    for (; got < width; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &bufs[got],
+                               PyBUF_SIMPLE) < 0)
+            goto done;
+        if (bufs[got].len != out.len / width) {
+            got++;
+            PyErr_SetString(PyExc_ValueError, "delta_merge: a plane has the wrong size");
+            goto done;
+        }
+        ptrs[got] = (const uint8_t *)bufs[got].buf;
+    }
+    {
+        size_t m = (size_t)(out.len / width);
+        uint8_t *op = (uint8_t *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        if (width == 2) delta_merge_16(ptrs, m, op);
+        else if (width == 4) delta_merge_32(ptrs, m, op);
+        else delta_merge_64(ptrs, m, op);
+        Py_END_ALLOW_THREADS
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&bufs[i]);
+    Py_DECREF(fast);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", py_scan, METH_VARARGS, "scan(kind, new, old, values) -> (total, sumsq, lo, hi, delta)"},
     {"split_planes", py_split, METH_VARARGS, "split_planes(src, width, out)"},
     {"merge_planes", py_merge, METH_VARARGS, "merge_planes(planes, out)"},
+    {"delta_split", py_delta_split, METH_VARARGS, "delta_split(new, base, width, out)"},
+    {"delta_merge", py_delta_merge, METH_VARARGS, "delta_merge(planes, base_then_out)"},
     {NULL, NULL, 0, NULL},
 };
 

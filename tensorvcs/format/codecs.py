@@ -13,6 +13,7 @@ A codec never changes an id: ids hash the decoded content.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,7 +181,13 @@ def encode_elements(
             return Encoded(CODEC_RAW, {}, (u8.data,))
         return Encoded(CODEC_ZSTD, {}, (z,))
     out = scratch(ENC_PLANES_SLOT, n).reshape(width, n // width) if reuse else None
-    planes = split_planes(u8, width, out)
+    return _encode_planes(split_planes(u8, width, out), lambda: u8.data)
+
+
+def _encode_planes(planes: np.ndarray, whole: Callable[[], memoryview]) -> Encoded:
+    """The planes codec of split ``planes`` (shape (width, m)); ``whole()`` gives the
+    unsplit content for the raw encoding, when no plane shrinks."""
+    width = planes.shape[0]
     segments: list[bytes | memoryview] = []
     spec: list[list[Any]] = []
     any_compressed = False
@@ -195,7 +202,7 @@ def encode_elements(
             spec.append(["zstd", len(z)])
             any_compressed = True
     if not any_compressed:
-        return Encoded(CODEC_RAW, {}, (u8.data,))
+        return Encoded(CODEC_RAW, {}, (whole(),))
     return Encoded(CODEC_PLANES, {"width": width, "planes": spec}, tuple(segments))
 
 
@@ -316,7 +323,18 @@ def encode_delta(
     the number of deltas down to a full (non-delta) object, this one included. ``reuse``: as
     for encode_elements."""
     lane = delta_lane(width)
-    inner = encode_elements(delta_diff(content, base, lane, reuse=reuse), lane, reuse=reuse)
+    n = content.nbytes
+    if _native_delta(lane, n, content, base):
+        # zigzag difference and plane split in one pass (no difference array)
+        out = scratch(ENC_PLANES_SLOT, n) if reuse else np.empty(n, dtype=np.uint8)
+        assert native is not None  # _native_delta checked it
+        native.delta_split(content, base, lane, out)
+        inner = _encode_planes(
+            out.reshape(lane, n // lane),
+            lambda: delta_diff(content, base, lane, reuse=reuse).data,  # no plane shrank
+        )
+    else:
+        inner = encode_elements(delta_diff(content, base, lane, reuse=reuse), lane, reuse=reuse)
     params = {
         "base": base_id,
         "depth": depth,
@@ -325,6 +343,17 @@ def encode_delta(
         "inner": {"codec": inner.codec, "params": inner.params},
     }
     return Encoded(CODEC_DELTA, params, inner.pieces)
+
+
+def _native_delta(lane: int, n: int, *arrays: np.ndarray) -> bool:
+    """Whether the native one-pass delta loops take these contiguous ``n``-byte arrays."""
+    return (
+        native is not None
+        and lane in (2, 4, 8)
+        and n >= MIN_COMPRESS_BYTES
+        and n % lane == 0
+        and all(a.flags.c_contiguous and a.nbytes == n for a in arrays)
+    )
 
 
 def payload_size(enc: Encoded) -> int:
@@ -420,24 +449,30 @@ def decode_into(
         elif codec == CODEC_ZSTD:
             _unzstd_into(payload, out)
         else:
-            width, spec = _plane_spec(params, n)
-            m = n // width
-            pos = 0
-            planes: list[np.ndarray] = []
-            for i, (kind, size) in enumerate(spec):
-                seg = payload[pos : pos + size]
-                pos += size
-                if kind == "raw":
-                    plane = np.frombuffer(seg, dtype=np.uint8)
-                else:
-                    plane = scratch(i, m)
-                    _unzstd_into(seg, plane)
-                if plane.nbytes != m:
-                    raise ValueError(f"plane {i} holds {plane.nbytes} bytes, expected {m}")
-                planes.append(plane)
-            merge_planes(planes, out)
+            merge_planes(_decode_planes(params, payload, n), out)
     except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
         raise CorruptObjectError(f"object {object_id} does not decode: {e}", object_id) from e
+
+
+def _decode_planes(params: dict[str, Any], payload: memoryview, n: int) -> list[np.ndarray]:
+    """The planes of a checked planes payload: raw ones as views of it, zstd'd ones decoded
+    into this thread's scratch slots 0..width-1."""
+    width, spec = _plane_spec(params, n)
+    m = n // width
+    pos = 0
+    planes: list[np.ndarray] = []
+    for i, (kind, size) in enumerate(spec):
+        seg = payload[pos : pos + size]
+        pos += size
+        if kind == "raw":
+            plane = np.frombuffer(seg, dtype=np.uint8)
+        else:
+            plane = scratch(i, m)
+            _unzstd_into(seg, plane)
+        if plane.nbytes != m:
+            raise ValueError(f"plane {i} holds {plane.nbytes} bytes, expected {m}")
+        planes.append(plane)
+    return planes
 
 
 @dataclass(frozen=True)
@@ -489,6 +524,22 @@ def decode_delta_into(
     except (ValueError, zstandard.ZstdError) as e:
         msg = f"object {object_id} has bad delta parameters: {e}"
         raise CorruptObjectError(msg, object_id) from e
-    diff = scratch(DIFF_SLOT, out.nbytes)
+    n = out.nbytes
+    if (
+        d.inner_codec == CODEC_PLANES
+        and d.inner_params.get("width") == d.width
+        and out.flags.writeable
+        and _native_delta(d.width, n, out)
+    ):
+        # planes merged, un-zigzagged and added to the base in one pass (no difference array)
+        try:
+            planes = _decode_planes(d.inner_params, payload, n)
+        except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
+            msg = f"object {object_id} does not decode: {e}"
+            raise CorruptObjectError(msg, object_id) from e
+        assert native is not None  # _native_delta checked it
+        native.delta_merge(planes, out)
+        return
+    diff = scratch(DIFF_SLOT, n)
     decode_into(d.inner_codec, d.inner_params, payload, diff, object_id)
     delta_apply(out, diff, d.width)
