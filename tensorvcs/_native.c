@@ -268,47 +268,6 @@ static void merge_any(const uint8_t *const *p, size_t m, size_t width,
 
 #define MAX_WIDTH 64
 
-static PyObject *py_merge(PyObject *self, PyObject *args) {
-    PyObject *seq;
-    Py_buffer out;
-    if (!PyArg_ParseTuple(args, "Ow*", &seq, &out)) return NULL;
-    PyObject *fast = PySequence_Fast(seq, "merge_planes: planes must be a sequence");
-    if (!fast) {
-        PyBuffer_Release(&out);
-        return NULL;
-    }
-    Py_ssize_t width = PySequence_Fast_GET_SIZE(fast);
-    Py_buffer bufs[MAX_WIDTH];
-    const uint8_t *ptrs[MAX_WIDTH];
-    Py_ssize_t got = 0;
-    PyObject *result = NULL;
-    if (width < 1 || width > MAX_WIDTH || out.len % width) {
-        PyErr_SetString(PyExc_ValueError, "merge_planes: unsupported width or size");
-        goto done;
-    }
-    for (; got < width; got++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &bufs[got],
-                               PyBUF_SIMPLE) < 0)
-            goto done;
-        if (bufs[got].len != out.len / width) {
-            got++;
-            PyErr_SetString(PyExc_ValueError, "merge_planes: a plane has the wrong size");
-            goto done;
-        }
-        ptrs[got] = (const uint8_t *)bufs[got].buf;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    merge_any(ptrs, (size_t)(out.len / width), (size_t)width, (uint8_t *)out.buf);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    result = Py_None;
-done:
-    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&bufs[i]);
-    Py_DECREF(fast);
-    PyBuffer_Release(&out);
-    return result;
-}
-
 /* One lane of the delta codec: T is the unsigned lane type, B its bits. */
 #define DELTA_LOOPS(T, B)                                                                   \
     MULTI_ISA static void delta_split_##B(const uint8_t *restrict c, const uint8_t *restrict b,       \
@@ -339,6 +298,62 @@ DELTA_LOOPS(uint16_t, 16)
 DELTA_LOOPS(uint32_t, 32)
 DELTA_LOOPS(uint64_t, 64)
 
+/* merge_planes and delta_merge: the planes' buffers taken and checked once, then either
+   interleaved into ``out`` or (delta) interleaved, un-zigzagged and added to it. */
+static PyObject *merge_call(PyObject *args, int delta) {
+    const char *name = delta ? "delta_merge" : "merge_planes";
+    PyObject *seq;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "Ow*", &seq, &out)) return NULL;
+    PyObject *fast = PySequence_Fast(seq, "planes must be a sequence");
+    if (!fast) {
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_ssize_t width = PySequence_Fast_GET_SIZE(fast);
+    Py_buffer bufs[MAX_WIDTH];
+    const uint8_t *ptrs[MAX_WIDTH];
+    Py_ssize_t got = 0;
+    PyObject *result = NULL;
+    int ok = delta ? (width == 2 || width == 4 || width == 8) : (width >= 1 && width <= MAX_WIDTH);
+    if (!ok || out.len % width) {
+        PyErr_Format(PyExc_ValueError, "%s: unsupported width or size", name);
+        goto done;
+    }
+    for (; got < width; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &bufs[got],
+                               PyBUF_SIMPLE) < 0)
+            goto done;
+        if (bufs[got].len != out.len / width) {
+            got++;
+            PyErr_Format(PyExc_ValueError, "%s: a plane has the wrong size", name);
+            goto done;
+        }
+        ptrs[got] = (const uint8_t *)bufs[got].buf;
+    }
+    {
+        size_t m = (size_t)(out.len / width);
+        uint8_t *op = (uint8_t *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        if (!delta) merge_any(ptrs, m, (size_t)width, op);
+        else if (width == 2) delta_merge_16(ptrs, m, op);
+        else if (width == 4) delta_merge_32(ptrs, m, op);
+        else delta_merge_64(ptrs, m, op);
+        Py_END_ALLOW_THREADS
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&bufs[i]);
+    Py_DECREF(fast);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *py_merge(PyObject *self, PyObject *args) { return merge_call(args, 0); }
+
+static PyObject *py_delta_merge(PyObject *self, PyObject *args) { return merge_call(args, 1); }
+
 static PyObject *py_delta_split(PyObject *self, PyObject *args) {
     Py_buffer c, b, out;
     Py_ssize_t width;
@@ -362,53 +377,6 @@ static PyObject *py_delta_split(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&c);
     PyBuffer_Release(&b);
-    PyBuffer_Release(&out);
-    return result;
-}
-
-static PyObject *py_delta_merge(PyObject *self, PyObject *args) {
-    PyObject *seq;
-    Py_buffer out;
-    if (!PyArg_ParseTuple(args, "Ow*", &seq, &out)) return NULL;
-    PyObject *fast = PySequence_Fast(seq, "delta_merge: planes must be a sequence");
-    if (!fast) {
-        PyBuffer_Release(&out);
-        return NULL;
-    }
-    Py_ssize_t width = PySequence_Fast_GET_SIZE(fast);
-    Py_buffer bufs[8];
-    const uint8_t *ptrs[8];
-    Py_ssize_t got = 0;
-    PyObject *result = NULL;
-    if ((width != 2 && width != 4 && width != 8) || out.len % width) {
-        PyErr_SetString(PyExc_ValueError, "delta_merge: unsupported width or size");
-        goto done;
-    }
-    for (; got < width; got++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &bufs[got],
-                               PyBUF_SIMPLE) < 0)
-            goto done;
-        if (bufs[got].len != out.len / width) {
-            got++;
-            PyErr_SetString(PyExc_ValueError, "delta_merge: a plane has the wrong size");
-            goto done;
-        }
-        ptrs[got] = (const uint8_t *)bufs[got].buf;
-    }
-    {
-        size_t m = (size_t)(out.len / width);
-        uint8_t *op = (uint8_t *)out.buf;
-        Py_BEGIN_ALLOW_THREADS
-        if (width == 2) delta_merge_16(ptrs, m, op);
-        else if (width == 4) delta_merge_32(ptrs, m, op);
-        else delta_merge_64(ptrs, m, op);
-        Py_END_ALLOW_THREADS
-    }
-    Py_INCREF(Py_None);
-    result = Py_None;
-done:
-    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&bufs[i]);
-    Py_DECREF(fast);
     PyBuffer_Release(&out);
     return result;
 }

@@ -109,6 +109,25 @@ def test_delta_is_identical_bytes(
         assert np.array_equal(out, new), path
 
 
+
+@needs_native
+def test_native_delta_refuses_what_does_not_fit() -> None:
+    """The native loops name themselves and the problem instead of reading out of bounds."""
+    nat = accel.native
+    assert nat is not None
+    a, b, out = np.zeros(12, np.uint8), np.zeros(12, np.uint8), np.zeros(12, np.uint8)
+    with pytest.raises(ValueError, match="delta_split: width must be 2, 4 or 8"):
+        nat.delta_split(a, b, 3, out)
+    with pytest.raises(ValueError, match="delta_split: sizes do not match"):
+        nat.delta_split(a, np.zeros(8, np.uint8), 4, out)
+    with pytest.raises(ValueError, match="delta_merge: unsupported width or size"):
+        nat.delta_merge([a[:4]] * 3, out)
+    with pytest.raises(ValueError, match="delta_merge: a plane has the wrong size"):
+        nat.delta_merge([a[:6], a[:5]], out)
+    with pytest.raises(ValueError, match="merge_planes: a plane has the wrong size"):
+        nat.merge_planes([a[:6], a[:5]], out)
+
+
 def _values(kind: str, draw: Any) -> torch.Tensor:
     n = draw(st.integers(0, 5000))
     scale = draw(st.sampled_from([1.0, 1e-20, 1e-30, 1e30, 3e38]))
