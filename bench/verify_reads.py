@@ -4,7 +4,7 @@ Commits one synthetic state (bench/scale.py's) and torch.saves it, then times, i
 process per repetition and interleaved round by round, `torch.load(weights_only=True)` of the
 file and `repo.checkout()` with `settings.verify_reads` set to "checksum" (the default: each
 object's XXH3-128 checksum) and to "hash" (each object's BLAKE3 id recomputed, the check every
-read made before format 1.1's checksums). Prints each mode's median, its range, and the ratio to
+read made before objects recorded checksums). Prints each mode's median, its range, and the ratio to
 torch.load of the same round.
 
     python bench/verify_reads.py [--gb 1] [--dtype bf16] [--reps 9] [--dir DIR]

@@ -76,7 +76,6 @@ def test_wide_and_strided_planes_take_the_numpy_path() -> None:
     assert np.array_equal(strided, u8)
 
 
-
 @needs_native
 @settings(max_examples=200, deadline=None)
 @given(width=st.sampled_from([1, 2, 4, 8, 16]), m=st.integers(0, 40_000),
@@ -107,7 +106,6 @@ def test_delta_is_identical_bytes(
         else:
             _numpy_path(codecs, decode, *args)
         assert np.array_equal(out, new), path
-
 
 
 @needs_native

@@ -438,9 +438,15 @@ def check_payload(codec: int, params: dict[str, Any], payload: memoryview, n: in
 
 
 def decode_into(
-    codec: int, params: dict[str, Any], payload: memoryview, out: np.ndarray, object_id: str
+    codec: int,
+    params: dict[str, Any],
+    payload: memoryview,
+    out: np.ndarray,
+    object_id: str,
+    merge: Callable[[list[np.ndarray], np.ndarray], None] | None = None,
 ) -> None:
-    """Decode ``payload`` into the uint8 array ``out`` (whose length is the content length)."""
+    """Decode ``payload`` into the uint8 array ``out`` (whose length is the content length).
+    ``merge``: what puts a planes payload's planes into ``out`` (default merge_planes)."""
     n = out.nbytes
     try:
         check_payload(codec, params, payload, n)
@@ -449,7 +455,7 @@ def decode_into(
         elif codec == CODEC_ZSTD:
             _unzstd_into(payload, out)
         else:
-            merge_planes(_decode_planes(params, payload, n), out)
+            (merge or merge_planes)(_decode_planes(params, payload, n), out)
     except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
         raise CorruptObjectError(f"object {object_id} does not decode: {e}", object_id) from e
 
@@ -532,13 +538,8 @@ def decode_delta_into(
         and _native_delta(d.width, n, out)
     ):
         # planes merged, un-zigzagged and added to the base in one pass (no difference array)
-        try:
-            planes = _decode_planes(d.inner_params, payload, n)
-        except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
-            msg = f"object {object_id} does not decode: {e}"
-            raise CorruptObjectError(msg, object_id) from e
         assert native is not None  # _native_delta checked it
-        native.delta_merge(planes, out)
+        decode_into(CODEC_PLANES, d.inner_params, payload, out, object_id, native.delta_merge)
         return
     diff = scratch(DIFF_SLOT, n)
     decode_into(d.inner_codec, d.inner_params, payload, diff, object_id)
