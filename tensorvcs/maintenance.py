@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -34,6 +33,7 @@ from .errors import (
     UsageError,
 )
 from .format import codecs, envelope, jsonenc
+from .format.commit import parse_timestamp
 from .format.config import RepoConfig
 from .format.envelope import KIND_COMMIT
 from .format.values import path_str, walk_leaves
@@ -260,10 +260,9 @@ def _walk_commits(
 
 def _entry_time(e: ReflogEntry) -> float | None:
     try:
-        t = _dt.datetime.strptime(e.time, "%Y-%m-%dT%H:%M:%S.%fZ")
-    except (TypeError, ValueError):
+        return parse_timestamp(e.time).timestamp()
+    except ValueError:
         return None
-    return t.replace(tzinfo=_dt.timezone.utc).timestamp()
 
 
 def _reflog_line(e: ReflogEntry) -> bytes:

@@ -22,9 +22,12 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tensorvcs as tv
 from tensorvcs.format import envelope
+from tensorvcs.format.ids import object_id
 from tensorvcs.store import local
 from tensorvcs.store.objects import object_name
 
@@ -182,11 +185,11 @@ def test_cache_reuses_its_copies_and_never_a_callers_tensor(
         repo.base_cache.budget = 1 << 30
         w = torch.randn(64, 256)  # 16 chunks
         saved = [(repo.commit({"w": w}, "one").id, w.clone())]
-        assert made["n"] == 16
+        assert made["n"] == 0  # a first commit copies nothing (no chunk changed)
         for i in range(3):
             w.mul_(1 + 1e-3)  # every chunk changes (the caller's tensor, changed in place)
             saved.append((repo.commit({"w": w}, f"step {i}").id, w.clone()))
-        assert made["n"] == 16  # each copy went into a buffer the delta just used
+            assert made["n"] == 16  # then each copy went into a buffer the delta just used
         for cid, v in saved:
             assert torch.equal(repo.checkout(cid)["w"], v)
     finally:
@@ -216,9 +219,14 @@ def test_cache_keeps_whole_tensors_within_its_budget(tmp_path: Path) -> None:
         repo.base_cache.budget = 3 * 16384  # room for three of the eight 16 KiB tensors
         state = {f"t{i}": torch.randn(4096) for i in range(8)}
         repo.commit(state, "first")
-        assert repo.base_cache.nbytes == 3 * 16384  # three whole tensors, no partial one
+        assert repo.base_cache.nbytes == 0  # nothing changed yet: nothing copied
+        for t in state.values():
+            t.mul_(1.5)
+        repo.commit(state, "changed")
+        assert repo.base_cache.nbytes == 3 * 16384  # what fits, counted per chunk
         repo.commit(state, "again")  # unchanged: the copies are carried over, not made again
         assert repo.base_cache.nbytes == 3 * 16384
+        # owned snapshots are kept uncopied, whole tensors only
         # an owned view pins its whole storage: a slice of a large buffer is not kept
         big = torch.randn(8 * 4096)
         repo.commit({"v": big[:4096]}, "view", owned=True)
@@ -364,3 +372,79 @@ def test_export_of_a_1gb_dcp_commit_to_one_file_is_bounded(tmp_path: Path) -> No
         assert torch.equal(got["model"][k], v), k
         assert torch.equal(flat[f"model.{k}"], v), k
         assert torch.equal(flat2[f"model.{k}"], v), k
+
+
+def _chunk_ids(state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """The id of every 4 KiB chunk of each tensor, by key."""
+    out = {}
+    for k, t in state.items():
+        u8 = t.contiguous().view(torch.uint8).numpy()
+        out[k] = [object_id(u8[o : o + 4096].data) for o in range(0, u8.nbytes, 4096)]
+    return out
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.sets(st.integers(0, 3)), st.booleans()), min_size=1, max_size=5
+    ),
+    budget_chunks=st.integers(0, 20),
+)
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_cache_admits_only_changed_chunks_and_never_changes_what_is_stored(
+    tmp_path_factory: pytest.TempPathFactory,
+    steps: list[tuple[set[int], bool]],
+    budget_chunks: int,
+) -> None:
+    """Any history of live (copied) commits: the cache holds only chunks of the last commit
+    that changed against the parent's chunk at their place or were held before, never more
+    than its budget, and the objects stored are those of a repository that keeps nothing."""
+    d = tmp_path_factory.mktemp("admit")
+    cached = tv.Repo.init(d / "cached", chunk_size=4096, pack_threshold=1024)
+    plain = tv.Repo.init(d / "plain", chunk_size=4096, pack_threshold=1024)
+    cached.base_cache.budget = budget_chunks * 4096
+    plain.base_cache.budget = 0
+    gen = torch.Generator().manual_seed(len(steps) * 31 + budget_chunks)
+    state = {f"t{i}": torch.randn(4 * 1024, generator=gen) for i in range(4)}  # 4 chunks each
+    try:
+        ids: list[tuple[str, str]] = []
+        held_before: set[str] = set()
+        prev: dict[str, list[str]] = {}
+        for n, (change, grow) in enumerate([(set(), False), *steps]):
+            for i in change:  # tensor i changes its first i + 1 chunks (1024 floats each)
+                state[f"t{i}"][: 1024 * (i + 1)].mul_(1.001)
+            if grow:  # a key new to this commit: nothing to change against
+                state[f"new{n}"] = torch.randn(2048, generator=gen)
+            a = cached.commit(state, f"c{n}")
+            b = plain.commit(state, f"c{n}")
+            ids.append((a.id, b.id))
+            chunks = _chunk_ids(state)
+            now = {oid for oids in chunks.values() for oid in oids}
+            changed = {
+                oid
+                for k, oids in chunks.items()
+                for j, oid in enumerate(oids)
+                if k in prev and prev[k][j] != oid
+            }
+            held = set(cached.base_cache._current)
+            assert held <= changed | (held_before & now)
+            assert cached.base_cache.nbytes <= cached.base_cache.budget
+            if n == 0 or not changed:
+                assert held <= held_before  # nothing changed: nothing new copied
+            if budget_chunks >= 16:  # room for every chunk that can be held at once
+                assert changed <= held
+            held_before, prev = held, chunks
+        assert _chunk_objects(cached, [x for x, _ in ids]) == _chunk_objects(
+            plain, [y for _, y in ids]
+        )
+        for x, y in ids:
+            got, want = cached.checkout(x), plain.checkout(y)
+            assert got.keys() == want.keys()
+            for k in got:
+                assert torch.equal(got[k].view(torch.uint8), want[k].view(torch.uint8))
+        for k, t in cached.checkout(ids[-1][0]).items():
+            assert torch.equal(t.view(torch.uint8), state[k].view(torch.uint8))
+    finally:
+        cached.close()
+        plain.close()

@@ -49,6 +49,7 @@ class TensorReader:
     ) -> dict[int, torch.Tensor]:
         """Tensors for ``entries`` ({index: entry}); ``where(i)`` names entry i's key path."""
         out: dict[int, torch.Tensor] = {}
+        views: dict[int, np.ndarray] = {}
         jobs: list[tuple[int, Future[Any]]] = []
         packs: dict[str, list[int]] = {}
         for i, e in entries.items():
@@ -64,10 +65,15 @@ class TensorReader:
                     f"tensor at key path {where(i)!r}: {e.dtype}{e.shape} is not {e.nbytes} bytes"
                 )
             out[i] = t
+            if e.pack is None:
+                views[i] = _u8(t)
+        # Queued only once every tensor is allocated and viewed: torch.empty and reshape
+        # release the GIL, and with jobs already running each call waited to take it back.
+        for i, e in entries.items():
             if e.pack is not None:
                 packs.setdefault(e.pack, []).append(i)
                 continue
-            dst = _u8(t)
+            dst = views[i]
             off = 0
             for oid, length in e.chunks or []:
                 piece = dst[off : off + length]

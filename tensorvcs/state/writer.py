@@ -224,13 +224,17 @@ class TensorWriter:
         self.objects.store.sync()
         return self.stats.rewritten_objects
 
-    def _held_bytes(self, t: torch.Tensor, src: torch.Tensor) -> int:
-        """The memory the cache holds when it keeps this tensor's chunks: copies of its bytes,
-        or, kept uncopied (owned snapshots), the whole storage the views pin."""
-        n = src.numel()
+    def _cache_mode(self, src: torch.Tensor) -> str | None:
+        """How this tensor's chunks go into the delta-base cache: ``"views"``, an owned
+        snapshot's chunks uncopied, admitted per tensor (a view pins its whole storage, which
+        is what is counted); ``"changed"``, every other chunk copied (or a device tensor's
+        host copy kept) if it changed since the parent (BaseCache.offer); None: not kept."""
+        if self.cache is None:
+            return None
         if self.owned and src.device.type == "cpu":
-            return max(n, src.untyped_storage().nbytes())
-        return n
+            held = max(src.numel(), src.untyped_storage().nbytes())
+            return "views" if self.cache.reserve(held) else None
+        return "changed"
 
     def _base_chunks(self, p: PendingTensor, t: torch.Tensor) -> list[tuple[str, int]] | None:
         if self.max_depth <= 0:
@@ -247,7 +251,7 @@ class TensorWriter:
         length: int,
         width: int,
         base_id: str | None,
-        cached: bool,
+        cached: str | None,
         hook: ChunkHook | None = None,
     ) -> tuple[str, int]:
         piece = src[offset : offset + length]
@@ -280,8 +284,11 @@ class TensorWriter:
             self.known_ids.add(oid)
         if hook is not None and hook.base is not None:
             hook.finish(oid, arr, lambda: self._content(hook.base or "", length))
-        if cached and self.cache is not None:
-            self.cache.keep(oid, arr, copy=on_host and not self.owned)
+        if cached == "views" and self.cache is not None:
+            self.cache.keep(oid, arr, copy=False)
+        elif cached == "changed" and self.cache is not None:
+            changed = base_id is not None and base_id != oid
+            self.cache.offer(oid, arr, changed=changed, copy=on_host)
         if self.on_bytes is not None:
             self.on_bytes(length)
         return oid, written
@@ -342,9 +349,7 @@ class TensorWriter:
             if n > self.pack_threshold:
                 cs = self.chunk_size
                 bases = self._base_chunks(p, t)
-                cached = self.cache is not None and self.cache.reserve(
-                    self._held_bytes(t, src)
-                )
+                cached = self._cache_mode(src)
                 th = hooks[i] = rec.tensor(path_str(p.path), t) if rec is not None else None
                 futs = [
                     self.pool.submit(
