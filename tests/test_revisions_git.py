@@ -342,12 +342,17 @@ def reflog_bases(counts: dict[str, int]) -> list[str]:
 
 def id_bases(ids: dict[str, str], full: int) -> dict[str, dict[int, str]]:
     """{message: {length: prefix}} for one side: 4, 7 and 12 digits and the full id (keyed
-    0), only prefixes that are unique among that side's commits."""
+    0), only prefixes that are unique among that side's commits and are not also a ref's
+    name (the branch ``cafe``: a name wins over an id prefix, in both tools, so a random id
+    that begins with it resolves to the branch on that side only)."""
+    names = {b.lower() for b in NAMED_BASES}
     out: dict[str, dict[int, str]] = {}
     for msg, oid in ids.items():
         forms = {}
         for n in (4, 7, 12, full):
             p = oid[:n]
+            if p.lower() in names:
+                continue
             if n == full or sum(o.startswith(p) for o in ids.values()) == 1:
                 forms[0 if n == full else n] = p
         out[msg] = forms
