@@ -4,8 +4,9 @@ intra-op thread) with a ``CheckpointManager`` saving the full training state (mo
 scheduler, epoch, data position, RNG) every ``--every`` steps in the background.
 
 Each step's train time (forward, backward, optimizer and scheduler step) is classified by
-the background commits' intervals (from ``save()`` returning, the snapshot taken, to the
-commit's future completing, retention and gc included): *busy* when a commit runs for the
+the background jobs' intervals (from ``save()`` returning, the snapshot taken, to the end of
+the background job: the commit, retention and gc, and the delta re-encodings after it with
+``compact_in_background``): *busy* when a commit runs for the
 whole step, *idle* when none runs at any time of it, *partial* otherwise. The figure is
 median(busy) / median(idle) of the same run; goal 4 asks for at most 1.25. The time the
 loop spends in ``save()`` itself (the host snapshot, plus any wait for a commit still in
@@ -62,7 +63,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "threads1": {"background_threads": 1, "background_nice": 0, "defer_deltas": False},
     "nice": {"background_threads": None, "background_nice": 10, "defer_deltas": False},
     "defer": {"background_threads": None, "background_nice": 0, "defer_deltas": True},
+    # the defaults before compact_in_background: every re-encoding waits for close()
+    "untilclose": {"compact_in_background": False},
 }
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
 
 
 def load_demo() -> Any:
@@ -114,18 +121,27 @@ class Run:
         self.every = every
         self.steps: list[tuple[float, float]] = []  # train intervals
         self.saves: list[float] = []  # seconds in save()
-        self.commits: list[list[float]] = []  # [start, end] of each background commit
+        # [start, end] of each background job: the commit, retention, and the re-encodings
+        # after it (compact_in_background); and of the commit alone (its future)
+        self.commits: list[list[float]] = []
+        self.commit_only: list[list[float]] = []
         self.loads: list[float] = []
         self.round_s: list[tuple[float, int]] = []  # (wall seconds, steps) of each round
+        self.stored_during_run = 0  # the repository's bytes after the last round, before close
+        self.stored_after_close = 0
+        self.deferred_at_end = 0  # re-encodings still waiting then (for close's compact)
 
     def save(self, trainer: Any) -> None:
         t0 = time.perf_counter()
         fut = self.mgr.save(state_of(trainer), step=trainer.step)
         t1 = time.perf_counter()
         self.saves.append(t1 - t0)
-        span = [t1, float("inf")]
+        span, alone = [t1, float("inf")], [t1, float("inf")]
         self.commits.append(span)
-        fut.add_done_callback(lambda _f: span.__setitem__(1, time.perf_counter()))
+        self.commit_only.append(alone)
+        fut.add_done_callback(lambda _f: alone.__setitem__(1, time.perf_counter()))
+        job = self.mgr._committer._future or fut  # the whole job, its second part included
+        job.add_done_callback(lambda _f: span.__setitem__(1, time.perf_counter()))
 
     def round(self, trainer: Any, steps: int) -> None:
         self.loads.append(os.getloadavg()[0])
@@ -164,6 +180,7 @@ class Run:
                 "background_threads": self.mgr.background_threads,
                 "background_nice": self.mgr.background_nice,
                 "defer_deltas": self.mgr.defer_deltas,
+                "compact_in_background": self.mgr.compact_in_background,
             },
             "steps_idle": len(idle),
             "steps_busy": len(busy),
@@ -172,7 +189,11 @@ class Run:
             "busy_s": med(busy) if busy else None,
             "partial_s": med(partial) if partial else None,
             "save_call_s": med(self.saves) if self.saves else None,
-            "commit_s": med([e - s for s, e in self.commits]) if self.commits else None,
+            "commit_s": med([e - s for s, e in self.commit_only]) if self.commits else None,
+            "job_s": med([e - s for s, e in self.commits]) if self.commits else None,
+            "stored_during_run": self.stored_during_run,
+            "stored_after_close": self.stored_after_close,
+            "deferred_at_end": self.deferred_at_end,
             "load_average": self.loads,
         }
         r["slowdown"] = r["busy_s"] / r["idle_s"] if idle and busy else None
@@ -213,10 +234,13 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs:
                 r.round(trainer, args.steps)
                 print(f"  round {i + 1} {r.name}: load {r.loads[-1]:.2f}", flush=True)
-        results = {r.name: r.result() for r in runs}
         for r in runs:
+            r.stored_during_run = tree_bytes(r.repo.root)
+            r.deferred_at_end = r.mgr.deferred
             r.mgr.close()
+            r.stored_after_close = tree_bytes(r.repo.root)
             r.repo.close()
+        results = {r.name: r.result() for r in runs}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     out = {
@@ -234,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| config | threads | nice | deferred deltas | train step, no commit | "
         "train step, commit running | slowdown | paired slowdown | loop per step / idle step | "
-        "save() call | commit | steps idle/busy/partial |"
+        "save() call | commit | background job | stored during the run / after close | "
+        "steps idle/busy/partial |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def secs(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f} s"
@@ -253,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['defer_deltas']} | {secs(r['idle_s'])} | {secs(r['busy_s'])} | "
             f"{times(r['slowdown'])} | {times(r['paired_slowdown'], True)} | "
             f"{times(r['loop_over_idle'])} | {secs(r['save_call_s'])} | {secs(r['commit_s'])} | "
+            f"{secs(r['job_s'])} | {r['stored_during_run'] / 1e6:.0f} / "
+            f"{r['stored_after_close'] / 1e6:.0f} MB | "
             f"{r['steps_idle']}/{r['steps_busy']}/{r['steps_partial']} |"
         )
     loads = [x for r in results.values() for x in r["load_average"]]

@@ -23,9 +23,11 @@ gives the step (``maybe_save(..., step=n)``, or ``mgr.step = n`` since the previ
 
 A save waits only for a host snapshot (``tensorvcs.snapshot``): tensors copied to CPU memory,
 the RNG states captured. Hashing, compression, writing, tagging, retention and gc then run in
-one background thread. At most one commit is in flight: the next save first waits for it. An
-error in the background is raised by the next call (``save``, ``maybe_save``, ``wait``,
-``close``, ``restore``).
+one background thread, and after them the re-encoding of the previous checkpoint's chunks as
+deltas (``compact_in_background``), which the next save stops between two chunks. At most one
+commit is in flight: the next save first waits for it. An error in the background is raised
+by the next call (``save``, ``maybe_save``, ``wait``, ``close``, ``restore``); a failed
+re-encoding only warns (the checkpoints are complete without it).
 
 Every checkpoint is a commit on ``branch`` (default: HEAD's branch) tagged ``step-<step>``
 (``<branch>/step-<step>`` when a branch is given),
@@ -58,7 +60,7 @@ import numpy as np
 import torch
 
 from . import history, maintenance
-from .errors import NotFoundError, UsageError
+from .errors import LockTimeoutError, NotFoundError, UsageError
 from .loading import LoadReport, load_state
 from .refs import HEAD, HEADS, check_ref_name
 from .retention import CheckpointInfo, KeepBest, Policy, select
@@ -78,6 +80,7 @@ DEFAULT_TAG = "step-{step}"
 DEFAULT_BACKGROUND_THREADS = 1
 DEFAULT_BACKGROUND_NICE = 10
 MAX_NICE = 19
+BACKGROUND_LOCK_TIMEOUT = 1.0  # background re-encodings wait this long for the locks, else later
 IDLE_CALLS_WARNING = 1000  # maybe_save calls with watched optimizers that never step: warn
 
 
@@ -104,7 +107,12 @@ class AsyncCommitter:
     """Runs jobs one at a time in a background thread (or inline when ``async_commit`` is
     false). ``submit`` waits for the previous job first; a job's exception is raised by the
     next ``submit``, ``check`` (only if already finished), ``wait`` or ``close``.
-    ``niceness``: the background thread's (``lower_thread_priority``; None: as started)."""
+    ``niceness``: the background thread's (``lower_thread_priority``; None: as started).
+
+    A job may have a second part, ``after(stopped)``: work that may be cut short (the
+    manager's delta re-encodings). The future ``submit`` returns is done when the first part
+    is; ``wait`` (and so the next ``submit``) asks the second part to stop (``stopped()``
+    turns True) and waits for it to do so, unless ``finish=True``."""
 
     def __init__(
         self, async_commit: bool = True, name: str = "tvcs-commit", niceness: int | None = None
@@ -114,6 +122,7 @@ class AsyncCommitter:
         self.niceness = niceness
         self._executor: ThreadPoolExecutor | None = None
         self._future: Future[Any] | None = None
+        self._stop = threading.Event()  # asks a job's second part to stop
         self.last_result: Any = None
 
     @property
@@ -127,15 +136,23 @@ class AsyncCommitter:
             self._future = None
             self.last_result = f.result()
 
-    def wait(self) -> Any:
-        """Wait for the job in flight; return its result or raise its error."""
+    def wait(self, finish: bool = False) -> Any:
+        """Wait for the job in flight; return its result or raise its error. Its second part
+        is asked to stop first, unless ``finish``."""
         f = self._future
         if f is not None:
             self._future = None
-            self.last_result = f.result()
+            if not finish:
+                self._stop.set()
+            try:
+                self.last_result = f.result()
+            finally:
+                self._stop.clear()
         return self.last_result
 
-    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+    def submit(
+        self, fn: Callable[[], Any], after: Callable[[Callable[[], bool]], None] | None = None
+    ) -> Future[Any]:
         self.wait()
         if not self.async_commit:
             fut: Future[Any] = Future()
@@ -149,8 +166,21 @@ class AsyncCommitter:
                 initializer=lower_thread_priority,
                 initargs=(self.niceness,),
             )
-        self._future = self._executor.submit(fn)
-        return self._future
+        done: Future[Any] = Future()
+
+        def job() -> Any:
+            try:
+                result = fn()
+            except BaseException as err:
+                done.set_exception(err)
+                raise
+            done.set_result(result)
+            if after is not None:
+                after(self._stop.is_set)
+            return result
+
+        self._future = self._executor.submit(job)
+        return done
 
     def close(self) -> None:
         try:
@@ -222,9 +252,16 @@ class CheckpointManager:
         background_nice: niceness added to the background threads (Linux, per thread; at
             most 19), so that the scheduler prefers the training loop's threads. 0: none.
         defer_deltas: background commits leave the re-encoding of the parent checkpoint's
-            chunks as deltas (a size optimisation, docs/format.md "reverse deltas") for later:
-            ``compact()``, which ``close()`` runs. Until then older checkpoints are stored
-            whole; what any checkout or ``restore`` returns is the same either way.
+            chunks as deltas (a size optimisation, docs/format.md "reverse deltas") until
+            the checkpoint is durable: the commit becomes durable sooner. Until the
+            re-encoding is done the older checkpoint is stored whole; what any checkout or
+            ``restore`` returns is the same either way.
+        compact_in_background: with ``defer_deltas``, the background thread does that work
+            right after each commit is durable (from the snapshot still in memory), so the
+            repository stays as small as with deltas made in the commit; the next ``save``
+            (or ``wait``, ``restore``, ``close``) stops it between chunks and leaves the rest
+            for the next pass or ``compact()``. False: everything waits for ``compact()``
+            or ``close()``, and every checkpoint of the run is stored whole until then.
     """
 
     def __init__(
@@ -244,6 +281,7 @@ class CheckpointManager:
         background_threads: int | None = DEFAULT_BACKGROUND_THREADS,
         background_nice: int = DEFAULT_BACKGROUND_NICE,
         defer_deltas: bool = True,
+        compact_in_background: bool = True,
     ) -> None:
         if every_n_steps is not None and every_n_steps <= 0:
             raise UsageError(f"every_n_steps must be positive, not {every_n_steps}")
@@ -281,8 +319,12 @@ class CheckpointManager:
         self.background_threads = background_threads
         self.background_nice = background_nice
         self.defer_deltas = defer_deltas
+        self.compact_in_background = compact_in_background
         self._pool: ThreadPoolExecutor | None = None  # background_threads threads
         self._deferred: list[tuple[str, str, int]] = []  # re-encodings left for compact()
+        # the last background commit's chunks in memory for those re-encodings (views of its
+        # snapshot, the parents' from the delta-base cache): dropped by the pass that uses them
+        self._deferred_content: dict[str, np.ndarray] = {}
         self.saved: list[SavedCheckpoint] = []
         self.load_reports: dict[str, LoadReport] = {}
         self.restored_from: str | None = None
@@ -455,8 +497,9 @@ class CheckpointManager:
         self._last_save_time = time.monotonic()
         msg = (message or self.message).format(step=step)
         meta = dict(metadata or {})
+        after = self._compact_after if self._compacts_after() else None
         return self._committer.submit(
-            lambda: self._commit(payload, step, plain, meta, msg, list(tags))
+            lambda: self._commit(payload, step, plain, meta, msg, list(tags)), after
         )
 
     def _commit(
@@ -492,6 +535,10 @@ class CheckpointManager:
         stats = getattr(self.repo, "last_write_stats", None)
         with self._lock:
             self._deferred.extend(getattr(stats, "deferred", None) or [])
+            if stats is not None and self._compacts_after():
+                self._deferred_content = stats.deferred_content
+            if stats is not None:
+                stats.deferred_content = {}  # the snapshot's memory: not kept past this job
         # repo.commit has returned: the commit and the branch are durable. Only now are the
         # tags written, so a tag never names a checkpoint that a crash left incomplete.
         for name in ([tag] if tag else []) + tags:
@@ -514,6 +561,41 @@ class CheckpointManager:
     def _background(self) -> bool:
         return self._committer.async_commit
 
+    def _compacts_after(self) -> bool:
+        return self._background() and self.defer_deltas and self.compact_in_background
+
+    def _compact_after(self, stopped: Callable[[], bool]) -> None:
+        """The second part of a background commit (``compact_in_background``): the
+        re-encodings it deferred, and any an earlier pass left, from the chunks in memory
+        where it has them. ``stopped()`` turns True when the loop wants the thread back (a
+        save, a wait): the items not begun go back to the list. A failure leaves them there
+        too (for ``compact()``), with a warning: the checkpoints are complete without it."""
+        with self._lock:
+            items, self._deferred = self._deferred, []
+            contents, self._deferred_content = self._deferred_content, {}
+        left: list[tuple[str, str, int]] = []
+        try:
+            if items and not stopped():
+                self.repo.apply_deferred_deltas(
+                    items, self._background_pool(), contents=contents, stop=stopped,
+                    left=left, timeout=BACKGROUND_LOCK_TIMEOUT,
+                )
+            else:
+                left = items
+        except LockTimeoutError:  # a compaction or gc elsewhere: its business, or later
+            left = items
+        except Exception as err:  # a size optimisation must not stop a training run
+            left = items
+            warnings.warn(
+                f"CheckpointManager: re-encoding older checkpoints as deltas in the "
+                f"background failed ({type(err).__name__}: {err}); compact() will retry",
+                stacklevel=1,
+            )
+        finally:
+            del contents
+        with self._lock:
+            self._deferred[:0] = left
+
     def _background_pool(self) -> ThreadPoolExecutor | None:
         """The background commit's own pool (None: the repository's)."""
         if self.background_threads is None or not self._background():
@@ -529,7 +611,8 @@ class CheckpointManager:
 
     @property
     def deferred(self) -> int:
-        """Delta re-encodings background commits left for ``compact()``."""
+        """Delta re-encodings background commits left undone (for the next background pass,
+        or ``compact()``)."""
         with self._lock:
             return len(self._deferred)
 
@@ -546,9 +629,11 @@ class CheckpointManager:
             items, self._deferred = self._deferred, []
         return self.repo.apply_deferred_deltas(items) if items else 0
 
-    def wait(self) -> Commit | None:
-        """Wait for the commit in flight; return the last commit (raise its error)."""
-        return self._committer.wait()
+    def wait(self, compaction: bool = False) -> Commit | None:
+        """Wait for the commit in flight; return the last commit (raise its error). The
+        background re-encodings after it (``compact_in_background``) are stopped between
+        chunks, or, with ``compaction=True``, waited for."""
+        return self._committer.wait(finish=compaction)
 
     def close(self) -> None:
         """Wait for the commit in flight, do the deferred work (``compact``), remove the step

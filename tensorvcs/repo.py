@@ -515,7 +515,10 @@ class Repo:
         ``pool``: the threads that hash, encode and write (default: the repository's).
         ``defer_deltas=True`` leaves the re-encoding of the parent's chunks as deltas for
         later: they are listed in ``last_write_stats.deferred`` for
-        ``apply_deferred_deltas`` (the commit is complete without them).
+        ``apply_deferred_deltas`` (the commit is complete without them). With ``owned=True``
+        too, ``last_write_stats.deferred_content`` holds those chunks' contents in memory
+        (views of the state, parents' from the delta-base cache) for its ``contents``, until
+        the next commit starts.
         ``on_bytes(n)`` / ``on_phase(name, total)``: progress, called from the pool's threads
         as chunks are stored and when a phase ('encoding', 'syncing') begins (TensorWriter)."""
         if step is not None and (type(step) is not int):
@@ -542,21 +545,35 @@ class Repo:
                 self.record(c, branch)
             except BaseException:
                 self.base_cache.discard()
+                last = getattr(self, "last_write_stats", None)
+                if last is not None:  # no commit to re-encode for: let the state's memory go
+                    last.deferred_content = {}
                 raise
             self.base_cache.promote()
             return c
 
     def apply_deferred_deltas(
-        self, items: Sequence[tuple[str, str, int]], pool: ThreadPoolExecutor | None = None
+        self,
+        items: Sequence[tuple[str, str, int]],
+        pool: ThreadPoolExecutor | None = None,
+        *,
+        contents: dict[str, np.ndarray] | None = None,
+        stop: Callable[[], bool] | None = None,
+        left: list[tuple[str, str, int]] | None = None,
+        timeout: float = 3600.0,
     ) -> int:
         """Do the delta re-encodings commits with ``defer_deltas=True`` left
         (``last_write_stats.deferred``): each parent chunk becomes a delta against its newer
         chunk where that is smaller, as the commit would have made it. What any checkout
         returns is the same before and after; items whose chunks gc removed are skipped.
-        Returns the number of chunks re-encoded."""
-        with self.store.lock(GC_LOCK, shared=True, timeout=3600), \
-                self.store.lock(COMPACT_LOCK, shared=False, timeout=3600):
-            return self.tensor_writer(None, None, pool).rewrite_deferred(list(items))
+        ``contents``: chunk contents in memory (``last_write_stats.deferred_content``), else
+        read from the store. ``stop``: asked before each item; the items not begun once it
+        answers True are appended to ``left`` instead. ``timeout``: seconds to wait for the
+        gc and compaction locks (LockTimeoutError). Returns the number of chunks re-encoded."""
+        with self.store.lock(GC_LOCK, shared=True, timeout=timeout), \
+                self.store.lock(COMPACT_LOCK, shared=False, timeout=timeout):
+            writer = self.tensor_writer(None, None, pool)
+            return writer.rewrite_deferred(list(items), contents, stop, left)
 
     def commit_ref(self, branch: str | None = None) -> str:
         """The ref a commit on ``branch`` moves: the branch, HEAD's branch, or HEAD itself."""
@@ -613,6 +630,9 @@ class Repo:
         """Write the objects of ``state`` and then its manifest; returns the manifest id."""
         from .state.encode import CommitHooks
 
+        last = getattr(self, "last_write_stats", None)
+        if last is not None:  # the last commit's chunks in memory: not for this one to pin
+            last.deferred_content = {}
         parent = self.get_manifest(self.get_commit(hint).manifest) if hint else None
         hooks = CommitHooks(allow_pickle, self._put_blob)
         tree = values.encode(state, hooks)

@@ -12,7 +12,11 @@ after a random delay. Then, in this process, what a resume relies on:
 - every tag names a commit on the branch; fsck finds no problem;
 - the run goes on: one more save, and it is the newest.
 
-Prints one JSON line: {"kills": n, "defects": [...], "steps": [newest step per trial]}.
+The kills also land in the background re-encodings of each commit's parent chunks as deltas
+(``compact_in_background``): the drifting weight gives them something to re-encode.
+
+Prints one JSON line: {"kills": n, "defects": [...], "steps": [newest step per trial],
+"deltas": delta objects found}.
 """
 
 from __future__ import annotations
@@ -32,15 +36,23 @@ import torch
 from helpers import assert_same_value
 
 import tensorvcs as tv
+from tensorvcs.format.codecs import CODEC_DELTA
 
 # the children are forked from this process: no OpenMP thread pool may exist here (libgomp is
 # not fork-safe), so torch runs single-threaded on both sides
 torch.set_num_threads(1)
 
 
+BASE = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+
+
 def state(step: int) -> dict[str, Any]:
+    """A weight that drifts a little each step (so each checkpoint's parent chunks become
+    deltas: in the background after each commit, where the kill may land) and one that does
+    not resemble the last (its chunks stay whole)."""
     g = torch.Generator().manual_seed(step)
-    return {"w": torch.randn(256, 256, generator=g), "step_value": step}
+    drift = BASE + 1e-3 * torch.randn(256, 256, generator=g)
+    return {"w": torch.randn(256, 256, generator=g), "drift": drift, "step_value": step}
 
 
 def child(path: Path) -> None:
@@ -50,15 +62,18 @@ def child(path: Path) -> None:
     while True:
         step += 1
         mgr.save(state(step), step=step)
+        if step % 3 == 0:  # let the background re-encodings run to their end now and then
+            mgr.wait(compaction=True)
 
 
-def check(path: Path, where: str) -> tuple[list[str], int | None]:
+def check(path: Path, where: str) -> tuple[list[str], int | None, int]:
     defects: list[str] = []
     with tv.Repo.open(path) as repo:
         mgr = tv.CheckpointManager(repo, keep=[tv.KeepLast(3)])
         latest = mgr.latest()
         if latest is None:
-            return defects, None
+            return defects, None, 0
+        deltas = sum(repo.objects.header(o).codec == CODEC_DELTA for o in repo.objects.ids())
         rest = mgr.restore()
         got = repo.checkout(latest.commit)
         got.pop("_tvcs")
@@ -82,7 +97,7 @@ def check(path: Path, where: str) -> tuple[list[str], int | None]:
         after = tv.CheckpointManager(repo).latest()
         if after is None or after.step != latest.step + 1:
             defects.append(f"{where}: the save after the resume is not the newest")
-        return defects, latest.step
+        return defects, latest.step, deltas
 
 
 def main(work: Path, kills: int, seed: int) -> dict[str, Any]:
@@ -90,6 +105,7 @@ def main(work: Path, kills: int, seed: int) -> dict[str, Any]:
     defects: list[str] = []
     killed = 0
     steps: list[int | None] = []
+    deltas = 0  # delta objects found after the kills (re-encodings done in the background)
     for i in range(kills):
         path = work / f"r{i}"
         tv.Repo.init(path, chunk_size=65536, pack_threshold=4096).close()
@@ -107,11 +123,12 @@ def main(work: Path, kills: int, seed: int) -> dict[str, Any]:
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         killed += os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        d, newest = check(path, f"kill after {delay:.2f}s")
+        d, newest, n = check(path, f"kill after {delay:.2f}s")
         defects += d
+        deltas += n
         steps.append(newest)
         shutil.rmtree(path)
-    return {"kills": killed, "defects": defects, "steps": steps}
+    return {"kills": killed, "defects": defects, "steps": steps, "deltas": deltas}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The background commit's budget (issue 11, goal 4): CheckpointManager's threads and their
-niceness, and the delta re-encodings it defers to ``compact()``. Deferred work never changes
-what a checkout or a resume returns, whether it was done, half done or never done."""
+niceness, and the delta re-encodings it defers past the commit (done in the background after
+it, or by ``compact()``). Deferred work never changes what a checkout or a resume returns,
+whether it was done, half done or never done."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import sys
 import tempfile
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from hypothesis import strategies as st
 
 import tensorvcs as tv
 from tensorvcs.format import codecs, envelope
+from tensorvcs.manager import AsyncCommitter
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature"
@@ -183,7 +187,9 @@ def test_deferred_deltas_store_the_same_objects_once_compacted(
         for name, defer in (("now", False), ("later", True)):
             repo = tv.Repo.init(Path(d) / name, chunk_size=4096, pack_threshold=1024)
             repo.delta_max_depth = depth
-            mgr = tv.CheckpointManager(repo, defer_deltas=defer, save_rng=False)
+            mgr = tv.CheckpointManager(
+                repo, defer_deltas=defer, compact_in_background=False, save_rng=False
+            )
             ids.append(save_all(mgr, series))
             if defer:  # nothing re-encoded yet: every chunk whole, every checkout the same
                 assert deltas(repo) == 0
@@ -210,7 +216,8 @@ def test_deferred_deltas_store_the_same_objects_once_compacted(
 def test_resume_never_depends_on_deferred_work(tmp_path: Path) -> None:
     series = states(4, seed=3)
     repo = tv.Repo.init(tmp_path, chunk_size=4096, pack_threshold=1024)
-    mgr = tv.CheckpointManager(repo, save_rng=False)  # defer_deltas by default
+    # defer_deltas by default; all of it left for compact() here
+    mgr = tv.CheckpointManager(repo, compact_in_background=False, save_rng=False)
     ids = save_all(mgr, series)
     items = list(mgr._deferred)
     assert len(items) == 3 * 16  # 16 parent chunks for each of the 3 later commits
@@ -236,7 +243,9 @@ def test_resume_never_depends_on_deferred_work(tmp_path: Path) -> None:
 def test_compact_skips_the_work_of_checkpoints_retention_dropped(tmp_path: Path) -> None:
     series = states(5, seed=4)
     repo = tv.Repo.init(tmp_path, chunk_size=4096, pack_threshold=1024)
-    mgr = tv.CheckpointManager(repo, keep=[tv.KeepLast(2)], save_rng=False)
+    mgr = tv.CheckpointManager(
+        repo, keep=[tv.KeepLast(2)], compact_in_background=False, save_rng=False
+    )
     save_all(mgr, series)
     assert mgr.deferred == 4 * 16
     assert mgr.compact() == 16  # only the pair of the two kept checkpoints is left to do
@@ -247,3 +256,144 @@ def test_compact_skips_the_work_of_checkpoints_retention_dropped(tmp_path: Path)
     assert tv.fsck(repo).ok
     mgr.close()
     repo.close()
+
+
+# -- re-encodings in the background, between saves (compact_in_background) --------------------
+def test_the_commit_future_is_done_before_the_second_part_which_a_wait_stops() -> None:
+    committer = AsyncCommitter()
+    seen: list[Any] = []
+
+    def until_stopped(stopped: Any) -> None:
+        while not stopped():
+            time.sleep(0.001)
+        seen.append("stopped")
+
+    fut = committer.submit(lambda: 7, until_stopped)
+    assert fut.result(timeout=30) == 7
+    time.sleep(0.05)
+    assert committer.busy and seen == []  # the second part runs on until asked
+    assert committer.wait() == 7 and seen == ["stopped"] and not committer.busy
+
+    go = threading.Event()
+
+    def to_the_end(stopped: Any) -> None:
+        go.wait(30)
+        seen.append(stopped())
+
+    committer.submit(lambda: 8, to_the_end)
+    threading.Timer(0.1, go.set).start()
+    assert committer.wait(finish=True) == 8 and seen[-1] is False  # waited for, not stopped
+
+    def fails() -> None:
+        raise ValueError("no commit")
+
+    fut = committer.submit(fails, until_stopped)
+    with pytest.raises(ValueError, match="no commit"):
+        fut.result(timeout=30)
+    with pytest.raises(ValueError, match="no commit"):
+        committer.wait()
+    assert seen[-1] is False  # the second part never ran
+    committer.close()
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    n=st.integers(2, 5),
+    rows=st.lists(st.integers(0, 63), max_size=6, unique=True).map(tuple),
+    depth=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+    threads=st.sampled_from([1, None]),
+)
+def test_background_compaction_stores_after_every_save_what_deltas_in_the_commit_store(
+    n: int, rows: tuple[int, ...], depth: int, seed: int, threads: int | None
+) -> None:
+    series = states(n, seed, rows)
+    with tempfile.TemporaryDirectory() as d:
+        now = tv.Repo.init(Path(d) / "now", chunk_size=4096, pack_threshold=1024)
+        later = tv.Repo.init(Path(d) / "background", chunk_size=4096, pack_threshold=1024)
+        now.delta_max_depth = later.delta_max_depth = depth
+        eager = tv.CheckpointManager(now, defer_deltas=False, save_rng=False)
+        mgr = tv.CheckpointManager(later, background_threads=threads, save_rng=False)
+        reads = [0]
+        read_into = later.objects.read_into
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            reads[0] += 1
+            return read_into(*args, **kwargs)
+
+        later.objects.read_into = counted  # type: ignore[method-assign]
+        ids = []
+        for i, s in enumerate(series):
+            eager.save(s, step=i + 1).result()
+            ids.append(mgr.save(s, step=i + 1).result().id)
+            mgr.wait(compaction=True)
+            assert mgr.deferred == 0
+            # both chunks of every re-encoding came from memory (the snapshot, the cache)
+            assert reads[0] == 0
+            # the snapshot's memory is let go once the pass is done
+            assert mgr._deferred_content == {} and later.last_write_stats.deferred_content == {}
+            assert chunk_files(later) == chunk_files(now)  # byte for byte, after every save
+        assert deltas(later) == deltas(now) > 0
+        for got, want in zip(checkouts(later, ids), series, strict=True):
+            assert_same_tensors(got, want)
+        assert tv.fsck(later).ok
+        for m, r in ((eager, now), (mgr, later)):
+            m.close()
+            r.close()
+
+
+def test_saves_that_stop_the_background_compaction_lose_nothing(tmp_path: Path) -> None:
+    series = states(8, seed=5)
+    now = tv.Repo.init(tmp_path / "now", chunk_size=4096, pack_threshold=1024)
+    eager = tv.CheckpointManager(now, defer_deltas=False, save_rng=False)
+    save_all(eager, series)
+    repo = tv.Repo.init(tmp_path / "r", chunk_size=4096, pack_threshold=1024)
+    mgr = tv.CheckpointManager(repo, save_rng=False)
+    ids = save_all(mgr, series)  # each save stops the pass after the commit before it
+    mgr.wait()  # and so does this one: whatever was not done is left in the list
+    assert 0 <= mgr.deferred <= 7 * 16
+    assert deltas(repo) + mgr.deferred == 7 * 16  # every re-encoding done or still listed
+    for got, want in zip(checkouts(repo, ids), series, strict=True):
+        assert_same_tensors(got, want)
+    assert tv.fsck(repo).ok
+    mgr.close()  # compact(): the rest
+    assert mgr.deferred == 0
+    assert chunk_files(repo) == chunk_files(now)
+    eager.close()
+    now.close()
+    repo.close()
+
+
+@settings(max_examples=8, deadline=None)
+@given(k=st.integers(0, 16), one_thread=st.booleans())
+def test_deferred_re_encodings_stop_between_items_and_list_the_rest(
+    k: int, one_thread: bool
+) -> None:
+    s0, s1 = states(2, seed=k)
+    with tempfile.TemporaryDirectory() as d:
+        repo = tv.Repo.init(d, chunk_size=4096, pack_threshold=1024)
+        repo.commit(s0, "0")
+        repo.commit(s1, "1", defer_deltas=True, owned=True)
+        items = list(repo.last_write_stats.deferred)
+        contents = repo.last_write_stats.deferred_content
+        assert len(items) == 16 and {oid for _, oid, _ in items} <= contents.keys()
+        lock, calls = threading.Lock(), [0]
+
+        def stop() -> bool:
+            with lock:
+                calls[0] += 1
+                return calls[0] > k
+
+        left: list[Any] = []
+        pool = ThreadPoolExecutor(1) if one_thread else None
+        done = repo.apply_deferred_deltas(items, pool, contents=contents, stop=stop, left=left)
+        assert done == k and deltas(repo) == k and len(left) == 16 - k
+        if one_thread:  # items begin in order: the rest is the tail
+            assert left == items[k:]
+        assert set(left) <= set(items)
+        assert repo.apply_deferred_deltas(left) == 16 - k and deltas(repo) == 16
+        assert_same_tensors(repo.checkout("HEAD"), s1)
+        assert_same_tensors(repo.checkout("HEAD~1"), s0)
+        if pool is not None:
+            pool.shutdown()
+        repo.close()

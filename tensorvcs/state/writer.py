@@ -82,6 +82,11 @@ class WriteStats:
     rewritten_objects: int = 0  # parent chunks re-encoded as deltas against new ones
     # with defer_deltas: the re-encodings left for later (TensorWriter.rewrite_deferred)
     deferred: list[Deferred] = field(default_factory=list)
+    # with defer_deltas and an owned snapshot: the contents in memory of those items' chunks
+    # (views of the snapshot's new chunks, the parents' from the delta-base cache), so that
+    # the re-encodings need not read them back (rewrite_deferred ``contents``). It holds the
+    # snapshot's memory: Repo.commit drops it when the next commit starts.
+    deferred_content: dict[str, np.ndarray] = field(default_factory=dict)
     # ‖new − parent‖ per key path: a property of the commit, not of the state, so it goes
     # into the commit ("changes"), never the manifest (same state, same manifest)
     changes: dict[str, float] = field(default_factory=dict)
@@ -165,12 +170,15 @@ class TensorWriter:
         oid: str,
         width: int,
         seen: ChunkHook | None = None,
+        old_content: np.ndarray | None = None,
     ) -> None:
         """Re-encode the parent's chunk ``parent`` as a delta against the new chunk ``oid``
         (written by this writer: its install is pending or done) if that is smaller. The new
         file goes in place at the store's next sync, after the chunk it depends on is durable
-        and named (Store.put ``defer``): nothing is held in memory meanwhile."""
-        old_content = self._content(parent, content.nbytes)
+        and named (Store.put ``defer``): nothing is held in memory meanwhile.
+        ``old_content``: the parent chunk's content when the caller has it in memory."""
+        if old_content is None or old_content.nbytes != content.nbytes:
+            old_content = self._content(parent, content.nbytes)
         if old_content is None:
             return
         if seen is not None:  # the statistics' change norm, from the bytes in hand
@@ -198,30 +206,51 @@ class TensorWriter:
             return self.objects.has(oid)
         return oid in self.known_ids
 
-    def rewrite_deferred(self, items: list[Deferred]) -> int:
+    def rewrite_deferred(
+        self,
+        items: list[Deferred],
+        contents: dict[str, np.ndarray] | None = None,
+        stop: Callable[[], bool] | None = None,
+        left: list[Deferred] | None = None,
+    ) -> int:
         """Do re-encodings an earlier write deferred: each parent chunk becomes a delta
-        against its new chunk when that is smaller, exactly as the write would have made it
-        (the new chunk read back from the store). Items whose chunks are gone (gc) or whose
-        parent is a delta already are skipped. Returns the parent chunks re-encoded. The
-        caller holds off gc (the repository's gc lock, shared) while this runs. The items run
-        on the writer's pool (reads and encodings overlap; on object storage each read is a
-        round trip), each job holding two chunks; the re-encodings are in place when this
-        returns (the store's sync)."""
+        against its new chunk when that is smaller, exactly as the write would have made it.
+        A chunk's content comes from ``contents`` (id -> bytes in memory, e.g. the write's
+        ``deferred_content``) when there, else from the store. Items whose chunks are gone
+        (gc) or whose parent is a delta already are skipped. ``stop``: asked before each item;
+        once it answers True the items not yet begun are not done but appended to ``left``
+        (the ones begun finish). Returns the parent chunks re-encoded. The caller holds off
+        gc (the repository's gc lock, shared) while this runs. The items run on the writer's
+        pool (reads and encodings overlap; on object storage each read is a round trip), each
+        job holding two chunks; the re-encodings are in place when this returns (the store's
+        sync)."""
+        held = contents or {}
+        skipped: list[Deferred] = []
+        lock = threading.Lock()
 
         def one(item: Deferred) -> None:
+            if stop is not None and stop():
+                with lock:
+                    skipped.append(item)
+                return
             parent, oid, width = item
+            content = held.get(oid)
             try:  # a chunk gc removed raises here (and the parent's in _version): skipped
-                content = np.empty(self.objects.header(oid).length, dtype=np.uint8)
-                self.objects.read_into(oid, content)
+                if content is None:
+                    content = np.empty(self.objects.header(oid).length, dtype=np.uint8)
+                    self.objects.read_into(oid, content)
             except (ObjectNotFoundError, CorruptObjectError):
                 return
             _, h = self._version(parent)
             if h is not None:
-                self._rewrite(parent, h, content, oid, width)
+                self._rewrite(parent, h, content, oid, width, old_content=held.get(parent))
 
         for _ in self.pool.map(one, items):
             pass
         self.objects.store.sync()
+        if left is not None:  # in the order given, whatever order the pool ran them in
+            order = {id(it): k for k, it in enumerate(items)}
+            left.extend(sorted(skipped, key=lambda it: order.get(id(it), 0)))
         return self.stats.rewritten_objects
 
     def _cache_mode(self, src: torch.Tensor) -> str | None:
@@ -263,6 +292,7 @@ class TensorWriter:
         if hook is not None:
             hook.values(arr)
         written = 0
+        held_base: np.ndarray | None = None  # the parent's content, kept for a deferred delta
         if not self._stored(oid):
             seq, h = 0, None
             if base_id and base_id != oid:
@@ -276,14 +306,27 @@ class TensorWriter:
             # delta whose chain leads back to the parent's chunk
             if written and h is not None and base_id:
                 if self.defer_deltas:
+                    # an owned snapshot's chunk stays as it is: its view, and the parent's
+                    # content if the cache holds it, let the re-encoding skip two reads
+                    if self.owned and on_host and self.cache is not None:
+                        held_base = self.cache.take(base_id)
+                        if held_base is not None and held_base.nbytes != length:
+                            held_base = None
                     with self._stats_lock:
                         self.stats.deferred.append((base_id, oid, width))
+                        if self.owned and on_host:
+                            self.stats.deferred_content[oid] = arr
+                            if held_base is not None:
+                                self.stats.deferred_content[base_id] = held_base
                 else:
                     self._rewrite(base_id, h, arr, oid, width, hook)
         if self.known_ids is not None:
             self.known_ids.add(oid)
         if hook is not None and hook.base is not None:
-            hook.finish(oid, arr, lambda: self._content(hook.base or "", length))
+            if held_base is not None and hook.base == base_id:
+                hook.finish(oid, arr, lambda: held_base)
+            else:
+                hook.finish(oid, arr, lambda: self._content(hook.base or "", length))
         if cached == "views" and self.cache is not None:
             self.cache.keep(oid, arr, copy=False)
         elif cached == "changed" and self.cache is not None:
