@@ -14,6 +14,7 @@ from helpers import assert_same_value
 
 import tensorvcs as tv
 from tensorvcs.errors import ObjectNotFoundError, RepoNotFoundError
+from tensorvcs.format import codecs
 
 
 def test_repo_on_s3_commit_checkout(
@@ -100,3 +101,33 @@ def test_repo_does_not_import_remote() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_checkpoint_manager_on_s3_re_encodes_in_the_background(
+    s3_url: str, s3_options: dict[str, Any]
+) -> None:
+    """The defaults (deferred deltas done after each commit, in the background) on object
+    storage: the same objects as re-encoding in the commit, every save bit for bit."""
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(64, 256, generator=g)
+    series = []
+    for i in range(3):
+        w = w + 1e-4 * torch.randn(w.shape, generator=g)
+        series.append({"w": w.clone(), "i": i})
+    repo = tv.Repo.init(s3_url, chunk_size=4096, pack_threshold=1024, **s3_options)
+    mgr = tv.CheckpointManager(repo, save_rng=False)
+    ids = []
+    for i, s in enumerate(series):
+        ids.append(mgr.save(s, step=i + 1).result().id)
+        mgr.wait(compaction=True)
+        assert mgr.deferred == 0
+    delta_ids = [
+        o for o in repo.objects.ids() if repo.objects.header(o).codec == codecs.CODEC_DELTA
+    ]
+    assert len(delta_ids) == 2 * 16  # the 16 chunks of each of the two older checkpoints
+    for oid, s in zip(ids, series, strict=True):
+        got = repo.checkout(oid)
+        assert got["w"].view(torch.uint8).equal(s["w"].view(torch.uint8)) and got["i"] == s["i"]
+    assert tv.fsck(repo).ok
+    mgr.close()
+    repo.close()
