@@ -112,7 +112,8 @@ class AsyncCommitter:
     A job may have a second part, ``after(stopped)``: work that may be cut short (the
     manager's delta re-encodings). The future ``submit`` returns is done when the first part
     is; ``wait`` (and so the next ``submit``) asks the second part to stop (``stopped()``
-    turns True) and waits for it to do so, unless ``finish=True``."""
+    turns True) and waits for it to do so, unless ``finish=True``. Without a background
+    thread (``async_commit=False``) there is no second part: ``after`` is not run."""
 
     def __init__(
         self, async_commit: bool = True, name: str = "tvcs-commit", niceness: int | None = None
@@ -121,8 +122,9 @@ class AsyncCommitter:
         self.name = name
         self.niceness = niceness
         self._executor: ThreadPoolExecutor | None = None
-        self._future: Future[Any] | None = None
-        self._stop = threading.Event()  # asks a job's second part to stop
+        self._future: Future[Any] | None = None  # the job in flight, both parts
+        self._done: Future[Any] | None = None  # its first part (what submit returned)
+        self._stop = threading.Event()  # asks that job's second part to stop (one per job)
         self.last_result: Any = None
 
     @property
@@ -136,18 +138,20 @@ class AsyncCommitter:
             self._future = None
             self.last_result = f.result()
 
+    @property
+    def first_part(self) -> Future[Any] | None:
+        """The first part of the job in flight (done when its result is), or None."""
+        return self._done if self._future is not None else None
+
     def wait(self, finish: bool = False) -> Any:
         """Wait for the job in flight; return its result or raise its error. Its second part
         is asked to stop first, unless ``finish``."""
-        f = self._future
+        f, stop = self._future, self._stop
         if f is not None:
             self._future = None
             if not finish:
-                self._stop.set()
-            try:
-                self.last_result = f.result()
-            finally:
-                self._stop.clear()
+                stop.set()
+            self.last_result = f.result()
         return self.last_result
 
     def submit(
@@ -167,6 +171,7 @@ class AsyncCommitter:
                 initargs=(self.niceness,),
             )
         done: Future[Any] = Future()
+        stop = threading.Event()
 
         def job() -> Any:
             try:
@@ -176,9 +181,10 @@ class AsyncCommitter:
                 raise
             done.set_result(result)
             if after is not None:
-                after(self._stop.is_set)
+                after(stop.is_set)
             return result
 
+        self._stop, self._done = stop, done
         self._future = self._executor.submit(job)
         return done
 
@@ -539,6 +545,16 @@ class CheckpointManager:
                 self._deferred_content = stats.deferred_content
             if stats is not None:
                 stats.deferred_content = {}  # the snapshot's memory: not kept past this job
+        try:
+            return self._after_commit(c, step, tag, tags, stats, t0)
+        except BaseException:
+            with self._lock:  # no second part runs for a failed job: let the snapshot go
+                self._deferred_content = {}
+            raise
+
+    def _after_commit(
+        self, c: Commit, step: int, tag: str | None, tags: list[str], stats: Any, t0: float
+    ) -> Commit:
         # repo.commit has returned: the commit and the branch are durable. Only now are the
         # tags written, so a tag never names a checkpoint that a crash left incomplete.
         for name in ([tag] if tag else []) + tags:
@@ -573,19 +589,21 @@ class CheckpointManager:
         with self._lock:
             items, self._deferred = self._deferred, []
             contents, self._deferred_content = self._deferred_content, {}
-        left: list[tuple[str, str, int]] = []
+        # the last commit's items first, while their chunks are in memory; an earlier pass's
+        # leftovers (read back from the store) after them, so a backlog cannot starve them
+        items = [i for i in items if i[1] in contents] + [i for i in items if i[1] not in contents]
+        back = items  # what goes back to the list unless the pass ran to its end or stop
         try:
             if items and not stopped():
+                left: list[tuple[str, str, int]] = []
                 self.repo.apply_deferred_deltas(
                     items, self._background_pool(), contents=contents, stop=stopped,
                     left=left, timeout=BACKGROUND_LOCK_TIMEOUT,
                 )
-            else:
-                left = items
+                back = left
         except LockTimeoutError:  # a compaction or gc elsewhere: its business, or later
-            left = items
+            pass
         except Exception as err:  # a size optimisation must not stop a training run
-            left = items
             warnings.warn(
                 f"CheckpointManager: re-encoding older checkpoints as deltas in the "
                 f"background failed ({type(err).__name__}: {err}); compact() will retry",
@@ -593,8 +611,8 @@ class CheckpointManager:
             )
         finally:
             del contents
-        with self._lock:
-            self._deferred[:0] = left
+            with self._lock:
+                self._deferred[:0] = back
 
     def _background_pool(self) -> ThreadPoolExecutor | None:
         """The background commit's own pool (None: the repository's)."""
@@ -627,6 +645,7 @@ class CheckpointManager:
         self._committer.wait()
         with self._lock:
             items, self._deferred = self._deferred, []
+            self._deferred_content = {}  # a commit that failed after its write left it
         return self.repo.apply_deferred_deltas(items) if items else 0
 
     def wait(self, compaction: bool = False) -> Commit | None:

@@ -272,7 +272,9 @@ def test_the_commit_future_is_done_before_the_second_part_which_a_wait_stops() -
     assert fut.result(timeout=30) == 7
     time.sleep(0.05)
     assert committer.busy and seen == []  # the second part runs on until asked
+    assert committer.first_part is fut and fut.done()  # what other writers wait for
     assert committer.wait() == 7 and seen == ["stopped"] and not committer.busy
+    assert committer.first_part is None
 
     go = threading.Event()
 

@@ -55,7 +55,9 @@ def _after_others(repo: Repo, me: AsyncCommitter) -> None:
     errors stay theirs to raise)."""
     with _WRITERS_LOCK:
         others = [c for c in _WRITERS.get(str(repo.path), ()) if c is not me]
-    pending = [f for c in others if (f := c._future) is not None]
+    # their commits, not the delta re-encodings a manager may run after one (those stop
+    # only for their own manager's next save, and may run beside this commit)
+    pending = [f for c in others if (f := c.first_part) is not None]
     if pending:
         wait_futures(pending)
 

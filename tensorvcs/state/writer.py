@@ -52,6 +52,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -245,8 +246,10 @@ class TensorWriter:
             if h is not None:
                 self._rewrite(parent, h, content, oid, width, old_content=held.get(parent))
 
-        for _ in self.pool.map(one, items):
-            pass
+        futures = [self.pool.submit(one, item) for item in items]
+        wait_futures(futures)  # all of them ended, even when one failed: none runs on after
+        for f in futures:
+            f.result()
         self.objects.store.sync()
         if left is not None:  # in the order given, whatever order the pool ran them in
             order = {id(it): k for k, it in enumerate(items)}
