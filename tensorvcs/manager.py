@@ -539,22 +539,15 @@ class CheckpointManager:
             defer_deltas=self._background() and self.defer_deltas,
         )
         stats = getattr(self.repo, "last_write_stats", None)
+        # the snapshot's chunks in memory, for the second part of this job only: handed to
+        # it once the rest succeeded (a failed job has no second part to let them go)
+        content: dict[str, np.ndarray] = {}
+        if stats is not None:
+            if self._compacts_after():
+                content = stats.deferred_content
+            stats.deferred_content = {}
         with self._lock:
             self._deferred.extend(getattr(stats, "deferred", None) or [])
-            if stats is not None and self._compacts_after():
-                self._deferred_content = stats.deferred_content
-            if stats is not None:
-                stats.deferred_content = {}  # the snapshot's memory: not kept past this job
-        try:
-            return self._after_commit(c, step, tag, tags, stats, t0)
-        except BaseException:
-            with self._lock:  # no second part runs for a failed job: let the snapshot go
-                self._deferred_content = {}
-            raise
-
-    def _after_commit(
-        self, c: Commit, step: int, tag: str | None, tags: list[str], stats: Any, t0: float
-    ) -> Commit:
         # repo.commit has returned: the commit and the branch are durable. Only now are the
         # tags written, so a tag never names a checkpoint that a crash left incomplete.
         for name in ([tag] if tag else []) + tags:
@@ -572,6 +565,8 @@ class CheckpointManager:
             self.saved.append(rec)
         rec.dropped = self.apply_retention()
         rec.seconds = time.perf_counter() - t0
+        with self._lock:
+            self._deferred_content = content
         return c
 
     def _background(self) -> bool:

@@ -545,12 +545,16 @@ class Repo:
                 self.record(c, branch)
             except BaseException:
                 self.base_cache.discard()
-                last = getattr(self, "last_write_stats", None)
-                if last is not None:  # no commit to re-encode for: let the state's memory go
-                    last.deferred_content = {}
+                self._drop_deferred_content()  # no commit to re-encode for
                 raise
             self.base_cache.promote()
             return c
+
+    def _drop_deferred_content(self) -> None:
+        """Let go of the state's memory ``last_write_stats.deferred_content`` holds."""
+        last = getattr(self, "last_write_stats", None)
+        if last is not None:
+            last.deferred_content = {}
 
     def apply_deferred_deltas(
         self,
@@ -630,9 +634,7 @@ class Repo:
         """Write the objects of ``state`` and then its manifest; returns the manifest id."""
         from .state.encode import CommitHooks
 
-        last = getattr(self, "last_write_stats", None)
-        if last is not None:  # the last commit's chunks in memory: not for this one to pin
-            last.deferred_content = {}
+        self._drop_deferred_content()  # the last commit's: not for this one to pin
         parent = self.get_manifest(self.get_commit(hint).manifest) if hint else None
         hooks = CommitHooks(allow_pickle, self._put_blob)
         tree = values.encode(state, hooks)

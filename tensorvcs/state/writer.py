@@ -226,15 +226,13 @@ class TensorWriter:
         job holding two chunks; the re-encodings are in place when this returns (the store's
         sync)."""
         held = contents or {}
-        skipped: list[Deferred] = []
-        lock = threading.Lock()
+        skipped = [False] * len(items)
 
-        def one(item: Deferred) -> None:
+        def one(k: int) -> None:
             if stop is not None and stop():
-                with lock:
-                    skipped.append(item)
+                skipped[k] = True
                 return
-            parent, oid, width = item
+            parent, oid, width = items[k]
             content = held.get(oid)
             try:  # a chunk gc removed raises here (and the parent's in _version): skipped
                 if content is None:
@@ -246,14 +244,13 @@ class TensorWriter:
             if h is not None:
                 self._rewrite(parent, h, content, oid, width, old_content=held.get(parent))
 
-        futures = [self.pool.submit(one, item) for item in items]
+        futures = [self.pool.submit(one, k) for k in range(len(items))]
         wait_futures(futures)  # all of them ended, even when one failed: none runs on after
         for f in futures:
             f.result()
         self.objects.store.sync()
         if left is not None:  # in the order given, whatever order the pool ran them in
-            order = {id(it): k for k, it in enumerate(items)}
-            left.extend(sorted(skipped, key=lambda it: order.get(id(it), 0)))
+            left.extend(item for item, s in zip(items, skipped, strict=True) if s)
         return self.stats.rewritten_objects
 
     def _cache_mode(self, src: torch.Tensor) -> str | None:
