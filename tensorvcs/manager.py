@@ -81,6 +81,7 @@ DEFAULT_BACKGROUND_THREADS = 1
 DEFAULT_BACKGROUND_NICE = 10
 MAX_NICE = 19
 BACKGROUND_LOCK_TIMEOUT = 1.0  # background re-encodings wait this long for the locks, else later
+BACKGROUND_LOCK_POLL = 0.05  # ... in tries this long, asking between them whether to stop
 IDLE_CALLS_WARNING = 1000  # maybe_save calls with watched optimizers that never step: warn
 
 
@@ -591,10 +592,7 @@ class CheckpointManager:
         try:
             if items and not stopped():
                 left: list[tuple[str, str, int]] = []
-                self.repo.apply_deferred_deltas(
-                    items, self._background_pool(), contents=contents, stop=stopped,
-                    left=left, timeout=BACKGROUND_LOCK_TIMEOUT,
-                )
+                self._apply_when_unlocked(items, contents, stopped, left)
                 back = left
         except LockTimeoutError:  # a compaction or gc elsewhere: its business, or later
             pass
@@ -608,6 +606,30 @@ class CheckpointManager:
             del contents
             with self._lock:
                 self._deferred[:0] = back
+
+    def _apply_when_unlocked(
+        self,
+        items: list[tuple[str, str, int]],
+        contents: dict[str, Any],
+        stopped: Callable[[], bool],
+        left: list[tuple[str, str, int]],
+    ) -> None:
+        """``apply_deferred_deltas`` once the gc and compaction locks are free, within
+        BACKGROUND_LOCK_TIMEOUT; it waits in short tries and gives up as soon as ``stopped()``
+        (LockTimeoutError), so a save never waits for a pass that waits for a lock. The
+        locks are taken before any item begins, so a try that times out did nothing."""
+        deadline = time.monotonic() + BACKGROUND_LOCK_TIMEOUT
+        while True:
+            wait = max(0.0, min(BACKGROUND_LOCK_POLL, deadline - time.monotonic()))
+            try:
+                self.repo.apply_deferred_deltas(
+                    items, self._background_pool(), contents=contents, stop=stopped,
+                    left=left, timeout=wait,
+                )
+                return
+            except LockTimeoutError:
+                if stopped() or time.monotonic() >= deadline:
+                    raise
 
     def _background_pool(self) -> ThreadPoolExecutor | None:
         """The background commit's own pool (None: the repository's)."""

@@ -20,8 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorvcs as tv
+from tensorvcs import manager
 from tensorvcs.format import codecs, envelope
 from tensorvcs.manager import AsyncCommitter
+from tensorvcs.repo import COMPACT_LOCK
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature"
@@ -367,6 +369,57 @@ def test_saves_that_stop_the_background_compaction_lose_nothing(tmp_path: Path) 
     assert chunk_files(repo) == chunk_files(now)
     eager.close()
     now.close()
+    repo.close()
+
+
+def test_a_save_does_not_wait_for_a_pass_that_waits_for_a_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another holder has the compaction lock, a background pass waits for it in short
+    tries and gives up once the next save (or a wait) asks it to stop, however long its lock
+    timeout: the save is not held until the lock is free. What the passes did not do stays
+    listed, and compact() does it once the lock is free."""
+    monkeypatch.setattr(manager, "BACKGROUND_LOCK_TIMEOUT", 300.0)
+    series = states(3, seed=7)
+    repo = tv.Repo.init(tmp_path / "r", chunk_size=4096, pack_threshold=1024)
+    mgr = tv.CheckpointManager(repo, save_rng=False)
+    ids = [mgr.save(series[0], step=1).result().id]
+    mgr.wait()
+    tries = threading.Event()
+    apply = repo.apply_deferred_deltas
+
+    def observed(*args: Any, **kwargs: Any) -> int:
+        tries.set()
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "apply_deferred_deltas", observed)
+    held = repo.store.lock(COMPACT_LOCK)  # its own descriptor: held as by another process
+    held.__enter__()
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            held.__exit__(None, None, None)
+
+    timer = threading.Timer(30.0, release)  # the old behaviour: the save waits until this
+    timer.start()
+    try:
+        ids.append(mgr.save(series[1], step=2).result().id)
+        assert tries.wait(60.0)  # the pass after commit 2 is waiting for the lock
+        ids.append(mgr.save(series[2], step=3).result().id)  # stops it
+        mgr.wait()  # stops the pass after commit 3
+        assert not released.is_set()
+        assert mgr.deferred == 2 * 16 and deltas(repo) == 0
+    finally:
+        timer.cancel()
+        release()
+    for got, want in zip(checkouts(repo, ids), series, strict=True):
+        assert_same_tensors(got, want)
+    mgr.close()  # compact(): the lock is free now
+    assert mgr.deferred == 0 and deltas(repo) == 2 * 16
+    for got, want in zip(checkouts(repo, ids), series, strict=True):
+        assert_same_tensors(got, want)
     repo.close()
 
 

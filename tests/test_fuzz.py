@@ -61,6 +61,7 @@ POOL: list[Any] = [
     -(2**63) - 1,
     10**30,
     10**400,
+    2**1024 - 1,  # below 2**1024, yet float() of it overflows
     "",
     "x",
     "float32",
@@ -486,6 +487,27 @@ def test_targeted_manifest_mutations(base: Base, mutate: Callable[[Any], Any]) -
     doc = copy.deepcopy(base.manifests[0][1])
     mutate(doc)
     _check(base, Mutation(_encode(doc), True, repr(mutate)), "manifest", in_hypothesis=False)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(changes={"model.w": 10**400}),
+        lambda d: d.update(changes={"model.w": 2**1024 - 1}),
+        lambda d: d.update(changes={"model.w": -1}),
+        lambda d: d.update(changes={"model.w": True}),
+        lambda d: d.update(changes={"model.w": "1.0"}),
+        lambda d: d.update(changes=[["model.w", 1.0]]),
+        lambda d: d.update(metrics=["dict", [["loss", ["complex", 2**1024 - 1, 0]]]]),
+        lambda d: d.update(metrics=["dict", [["loss", ["complex", 0, 10**400]]]]),
+    ],
+)
+def test_targeted_commit_mutations(base: Base, mutate: Callable[[Any], Any]) -> None:
+    """Numbers no float holds, where a commit's floats are stored: refused, never an
+    OverflowError (the fuzzer drew the first one only rarely)."""
+    doc = copy.deepcopy(base.commits[0][1])
+    mutate(doc)
+    _check(base, Mutation(_encode(doc), True, repr(mutate)), "commit", in_hypothesis=False)
 
 
 def test_the_base_repository_reads_back(base: Base) -> None:

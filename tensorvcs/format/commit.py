@@ -77,6 +77,20 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _change_norms(changes: Any) -> dict[str, float] | None:
+    """A stored ``changes`` field as key path -> norm; None unless every norm is a finite
+    number >= 0 under a string key."""
+    if not isinstance(changes, dict):
+        return None
+    out: dict[str, float] = {}
+    for k, v in changes.items():
+        norm = values.finite_float(v)
+        if not isinstance(k, str) or norm is None or norm < 0:
+            return None
+        out[k] = norm
+    return out
+
+
 @dataclass
 class Commit:
     manifest: str
@@ -131,11 +145,8 @@ class Commit:
             metadata = values.decode(doc["metadata"], hooks)
         except CorruptObjectError as e:
             raise CorruptObjectError(f"commit {oid} is malformed: {e}", oid, e.key_path) from None
-        changes = doc.get("changes", {})
-        if not isinstance(changes, dict) or not all(
-            isinstance(k, str) and type(v) in (int, float) and 0 <= v < float("inf")
-            for k, v in changes.items()
-        ):
+        changes = _change_norms(doc.get("changes", {}))
+        if changes is None:
             raise CorruptObjectError(f"commit {oid} is malformed: bad 'changes' field", oid)
         return cls(
             manifest=doc["manifest"],
@@ -146,7 +157,7 @@ class Commit:
             step=doc["step"],
             metrics=metrics,
             metadata=metadata,
-            changes={k: float(v) for k, v in changes.items()},
+            changes=changes,
             id=oid,
         )
 

@@ -295,9 +295,23 @@ def _no_leaves(node: list[Any], path: KeyPath) -> str | None:
     return f"unknown value tag {node[0]!r}"
 
 
+def finite_float(node: Any) -> float | None:
+    """The finite float a stored JSON number (int or float, not bool) stands for, or None:
+    not a number, not finite, or an integer that overflows a float (``float(2**1024 - 1)``
+    raises, though it is below 2**1024)."""
+    if type(node) is float:
+        return node if math.isfinite(node) else None
+    if type(node) is int:
+        try:
+            return float(node)
+        except OverflowError:
+            return None
+    return None
+
+
 def _float_problem(node: Any) -> str | None:
     if type(node) is int:
-        return None if abs(node) < 1 << 1024 else "an integer too large for a float"
+        return None if finite_float(node) is not None else "an integer too large for a float"
     if type(node) is float:
         return None if math.isfinite(node) else "a non-finite float written as a number"
     if isinstance(node, list) and len(node) == 2 and node[0] == "float":
