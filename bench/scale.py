@@ -17,6 +17,9 @@ subprocess:
   ``torch.load(weights_only=True)``.
 - ``st-save`` / ``st-load``: safetensors ``save_file`` + fsync; ``load_file`` (it maps the
   file; one element of every page is read, so the bytes are really loaded).
+- ``dcp-save`` / ``dcp-load``: ``torch.distributed.checkpoint.save`` in one process with
+  ``FileSystemWriter``'s defaults, + fsync of its files and folder; ``dcp.load`` into tensors
+  allocated from the checkpoint's metadata (DCP loads in place), bitwise checked afterwards.
 - with ``--cli``: ``cli-commit1`` / ``cli-commit2``: ``tvcs commit model.pt`` of a torch.save
   file of the state, then of the updated state written over it; the figure is the process's
   peak RSS (``ru_maxrss``) minus that of ``tvcs --version``. ``cli-checkout``: then ``tvcs
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import shutil
@@ -69,14 +73,14 @@ COLS = 4096
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OPS = [
     "tvcs-commit1", "tvcs-commit2", "tvcs-checkout",
-    "torch-save", "torch-load", "st-save", "st-load",
+    "torch-save", "torch-load", "st-save", "st-load", "dcp-save", "dcp-load",
     "cli-commit1", "cli-commit2", "cli-checkout", "py-checkout-save",
 ]
 # only with --cli
 CLI_OPS = ("cli-commit1", "cli-commit2", "cli-checkout", "py-checkout-save")
 TVCS_OPS = ("tvcs-commit1", "tvcs-commit2", "tvcs-checkout", "cli-commit1", "cli-commit2",
             "cli-checkout")
-LOADS = ("tvcs-checkout", "torch-load", "st-load")  # their figure excludes the returned state
+LOADS = ("tvcs-checkout", "torch-load", "st-load", "dcp-load")  # figures exclude the state
 LABELS = {
     "tvcs-commit1": "tensorvcs first commit",
     "tvcs-commit2": "tensorvcs second commit",
@@ -85,6 +89,8 @@ LABELS = {
     "torch-load": "torch.load(weights_only)",
     "st-save": "safetensors save + fsync",
     "st-load": "safetensors load_file (mmap; every page read)",
+    "dcp-save": "DCP save (FileSystemWriter) + fsync",
+    "dcp-load": "DCP load (FileSystemReader)",
     "cli-commit1": "tvcs commit model.pt (first)",
     "cli-commit2": "tvcs commit model.pt (second)",
     "cli-checkout": "tvcs checkout HEAD model.pt -o out.pt",
@@ -251,6 +257,22 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
         update(state, a.update)
         torch.save(state, d / "model2.pt")
         out["logical_bytes"] = logical(state)
+    elif a.child == "dcp-save":
+        importlib.import_module("torch.distributed.checkpoint")  # not part of the save
+
+        state = build_state(a.size, a.dtype)
+        out["logical_bytes"] = logical(state)
+        _, m = measure(lambda: dcp_save_fsync(state, d / "dcp"))
+        out["save"] = m
+        out["file_bytes"] = c.dir_bytes(d / "dcp")
+    elif a.child == "dcp-load":
+        importlib.import_module("torch.distributed.checkpoint")
+
+        got, m = measure(lambda: dcp_load(d / "dcp"))
+        out["load"] = m
+        out["logical_bytes"] = logical(got)
+        if a.verify:
+            out["bitwise_equal"] = c.states_equal(got, build_state(a.size, a.dtype))
     elif a.child in ("torch-load", "st-load"):
         if a.child == "torch-load":
             got, m = measure(lambda: torch.load(d / "state.pt", weights_only=True))
@@ -261,6 +283,32 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown op {a.child}")
     return out
+
+
+def dcp_save_fsync(state: dict[str, torch.Tensor], path: Path) -> None:
+    """torch.distributed.checkpoint.save in one process (no process group; DCP warns and
+    assumes that) with FileSystemWriter's defaults, then fsync of every file and the folder
+    (as for torch.save): the reference a DCP user has for a save."""
+    import torch.distributed.checkpoint as dcp
+
+    with c.quiet_warnings():
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(path)))
+    c.fsync_tree(path)
+
+
+def dcp_load(path: Path) -> dict[str, torch.Tensor]:
+    """DCP's load of a whole state: read the metadata, allocate every tensor it lists (DCP
+    loads in place, into tensors the caller allocates), load into them."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(path))
+    meta = reader.read_metadata().state_dict_metadata
+    state = {k: torch.empty(v.size, dtype=v.properties.dtype) for k, v in meta.items()
+             if isinstance(v, TensorStorageMetadata)}
+    with c.quiet_warnings():
+        dcp.load(state, storage_reader=reader)
+    return state
 
 
 def _touched(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -278,6 +326,7 @@ def figure(res: dict[str, Any]) -> dict[str, float]:
     op = res["op"]
     m = {"tvcs-commit1": "first", "tvcs-commit2": "second", "tvcs-checkout": "checkout",
          "torch-save": "save", "st-save": "save", "torch-load": "load", "st-load": "load",
+         "dcp-save": "save", "dcp-load": "load",
          "cli-commit1": "cli", "cli-commit2": "cli", "cli-checkout": "cli",
          "py-checkout-save": "cli"}[op]
     x = res[m]
@@ -430,28 +479,31 @@ def render(results: dict[str, Any]) -> str:
         def t(op: str, med: dict[str, dict[str, float]] = med) -> float:
             return med[op]["seconds"] if op in med else float("nan")
 
-        ref = {"tvcs-commit1": ("torch-save", "st-save"), "tvcs-commit2": ("torch-save", "st-save"),
-               "tvcs-checkout": ("torch-load", "st-load"),
-               "cli-commit1": ("torch-save", "st-save"), "cli-commit2": ("torch-save", "st-save"),
-               "cli-checkout": ("py-checkout-save", "")}
+        ref = {"tvcs-commit1": ("torch-save", "st-save", "dcp-save"),
+               "tvcs-commit2": ("torch-save", "st-save", "dcp-save"),
+               "tvcs-checkout": ("torch-load", "st-load", "dcp-load"),
+               "cli-commit1": ("torch-save", "st-save", "dcp-save"),
+               "cli-commit2": ("torch-save", "st-save", "dcp-save"),
+               "cli-checkout": ("py-checkout-save", "", "")}
         for op in OPS:
             if op not in med:
                 continue
             f = med[op]
-            vs_torch = vs_st = goal = ""
+            vs_torch = vs_st = vs_dcp = goal = ""
             if op in ref:
-                a, b = ref[op]
+                a, b, d = ref[op]
                 vs_torch = c.fmt_x(c.ratio(f["seconds"], t(a)), 2)
                 vs_st = c.fmt_x(c.ratio(f["seconds"], t(b)), 2) if b else "-"
+                vs_dcp = c.fmt_x(c.ratio(f["seconds"], t(d)), 2) if d else "-"
                 goal = "met" if f["extra"] <= lim else "**missed**"
             gbps = per_op[op]["reps"][0]["logical_bytes"] / f["seconds"] / GB
             rows.append([
                 f"{size} GB {dtype}" if op == next(iter(med)) else "",
                 LABELS[op], c.fmt_s(f["seconds"]), f"{gbps:.2f}", c.fmt_bytes(f["extra"]),
-                vs_torch, vs_st, c.fmt_bytes(lim) if op in TVCS_OPS else "", goal,
+                vs_torch, vs_st, vs_dcp, c.fmt_bytes(lim) if op in TVCS_OPS else "", goal,
             ])
     header = ["state", "operation", "time", "GB/s", "extra peak RSS", "vs torch", "vs safetensors",
-              "goal-1 limit", "goal 1"]
+              "vs DCP", "goal-1 limit", "goal 1"]
     m = results["machine"]
     head = (f"machine: {m['cores']} cores, {m['mem_total_bytes'] / c.GiB:.0f} GiB RAM, "
             f"torch {m['torch']}, safetensors {m['safetensors']}, tensorvcs git "
@@ -467,7 +519,9 @@ def render(results: dict[str, Any]) -> str:
              "the interpreter's start (that of `tvcs --version` is in the JSON). "
              "vs torch: against torch.save+fsync (commits), torch.load (checkout) or the Python "
              "process's checkout + torch.save (tvcs checkout -o); "
-             "vs safetensors: save_file+fsync or load_file.")
+             "vs safetensors: save_file+fsync or load_file; vs DCP: DCP save+fsync or load "
+             "(one process, FileSystemWriter/Reader defaults; load allocates the state from "
+             "the metadata).")
     what = {"goal1": "goal 1 (extra RSS ≤ 512 MiB + 0.1 S for commits and checkout)",
             "goal2": "goal 2 (first commit ≤ 1.0x torch.save+fsync and ≤ 1.3x safetensors+fsync)",
             "goal3": "goal 3 (checkout ≤ 1.0x torch.load; tvcs checkout -o ≤ 1.2x checkout + "
@@ -531,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         ops.append("cli-commit1")
     if "tvcs-checkout" in ops and "tvcs-commit2" not in ops:
         ops.insert(ops.index("tvcs-checkout"), "tvcs-commit2")  # it makes the repository
-    for need, op in (("torch-save", "torch-load"), ("st-save", "st-load")):
+    for need, op in (("torch-save", "torch-load"), ("st-save", "st-load"),
+                     ("dcp-save", "dcp-load")):
         if op in ops and need not in ops:
             ops.insert(ops.index(op), need)
     ops = [op for op in OPS if op in ops]
@@ -574,8 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - t_start
     results.update(verdicts(results))
-    eq = [v["tvcs-checkout"]["bitwise_equal"] for v in results["results"].values()
-          if "bitwise_equal" in v.get("tvcs-checkout", {})]
+    eq = [v[op]["bitwise_equal"] for v in results["results"].values()
+          for op in ("tvcs-checkout", "dcp-load") if "bitwise_equal" in v.get(op, {})]
     results["bitwise_equal"] = all(eq) if eq else None
     name = "scale-smoke.json" if a.smoke else "scale.json"
     c.dump_json(results, out_dir / name)

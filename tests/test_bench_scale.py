@@ -31,10 +31,14 @@ def test_scale_smoke(tmp_path: Path) -> None:
     assert data["bitwise_equal"] is True
     per_op = data["results"]["0.05/bf16"]
     for op in ("tvcs-commit1", "tvcs-commit2", "tvcs-checkout", "torch-save", "torch-load",
-               "st-save", "st-load"):
+               "st-save", "st-load", "dcp-save", "dcp-load"):
         med = per_op[op]["median"]
         assert med["seconds"] > 0 and med["peak_rss"] > 0, op
         assert len(per_op[op]["reps"]) == 1
+    assert per_op["dcp-load"]["bitwise_equal"] is True  # the reference loads what it saved
+    assert per_op["dcp-save"]["reps"][0]["file_bytes"] >= per_op["dcp-save"]["reps"][0][
+        "logical_bytes"]
+    assert "DCP save (FileSystemWriter) + fsync" in proc.stdout and "vs DCP" in proc.stdout
     second = per_op["tvcs-commit2"]["reps"][0]["second"]
     assert second["rewritten_objects"] > 0 and second["stored_bytes"] > 0
     goal = data["goal1"]
