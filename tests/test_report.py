@@ -320,6 +320,23 @@ def test_metric_names_and_messages_are_escaped(tmp_path: Path) -> None:
     r.close()
 
 
+def test_metrics_no_float_holds_are_left_out_of_the_chart(tmp_path: Path) -> None:
+    """A commit may store an integer metric of any size; the report plots the numbers a float
+    holds and leaves the others out (it raised OverflowError)."""
+    r = tv.Repo.init(tmp_path)
+    huge = [10**400, 2**1024 - 1, 2**1023]
+    for i, n in enumerate(huge):
+        r.commit({"w": torch.ones(4) * i}, f"c{i}", step=i, metrics={"loss": 1.0 / (i + 1),
+                                                                   "tokens": n})
+    data, page = build(r)
+    assert data.metrics == ["loss", "tokens"]
+    assert [c.metrics for c in data.commits] == [
+        {"loss": 1.0}, {"loss": 0.5}, {"loss": 1.0 / 3, "tokens": float(2**1023)}
+    ]
+    assert "c0" in page and "c2" in page
+    r.close()
+
+
 # -- the CLI ---------------------------------------------------------------------------------------
 def test_cli_report(run: tv.Repo, tmp_path: Path) -> None:
     out = tmp_path / "run.html"

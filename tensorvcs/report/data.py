@@ -187,10 +187,15 @@ def decorations(repo: Repo) -> dict[str, list[str]]:
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The metrics a chart can plot: numbers (not bools) as floats; an integer no float holds
+    (``10**400``, which a commit may store) is left out, as a string metric is."""
     out: dict[str, float] = {}
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[str(k)] = float(v)
+            try:
+                out[str(k)] = float(v)
+            except OverflowError:
+                continue
     return out
 
 
