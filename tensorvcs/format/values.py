@@ -295,18 +295,22 @@ def _no_leaves(node: list[Any], path: KeyPath) -> str | None:
     return f"unknown value tag {node[0]!r}"
 
 
+def as_float(value: Any) -> float | None:
+    """``value`` as a float when it is a number (int or float, not bool), else None; None too
+    for an integer that overflows a float (``float(2**1024 - 1)`` raises, though it is below
+    2**1024). NaN and infinities stay as they are."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def finite_float(node: Any) -> float | None:
-    """The finite float a stored JSON number (int or float, not bool) stands for, or None:
-    not a number, not finite, or an integer that overflows a float (``float(2**1024 - 1)``
-    raises, though it is below 2**1024)."""
-    if type(node) is float:
-        return node if math.isfinite(node) else None
-    if type(node) is int:
-        try:
-            return float(node)
-        except OverflowError:
-            return None
-    return None
+    """The finite float a stored JSON number stands for (``as_float``), or None."""
+    f = as_float(node)
+    return f if f is not None and math.isfinite(f) else None
 
 
 def _float_problem(node: Any) -> str | None:

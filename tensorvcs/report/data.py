@@ -23,7 +23,7 @@ from ..errors import TensorVCSError, UsageError
 from ..format.commit import Commit
 from ..format.manifest import Manifest, TensorEntry
 from ..format.stats import TensorStats, relative, with_change
-from ..format.values import KeyPath, path_str, walk_leaves
+from ..format.values import KeyPath, as_float, path_str, walk_leaves
 from ..repo import Repo
 from ..state.reader import TensorReader
 from ..state.stats import compute_stats
@@ -191,11 +191,9 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     (``10**400``, which a commit may store) is left out, as a string metric is."""
     out: dict[str, float] = {}
     for k, v in metrics.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            try:
-                out[str(k)] = float(v)
-            except OverflowError:
-                continue
+        f = as_float(v)
+        if f is not None:
+            out[str(k)] = f
     return out
 
 
