@@ -41,6 +41,11 @@ tensorvcs rows.
     .venv/bin/python bench/scale.py --sizes 0.1,1 --cli   # also `tvcs commit FILE`
     .venv/bin/python bench/scale.py --sizes 1 --dtypes bf16 --ops tvcs-commit1,tvcs-commit2
 
+The operations run in groups that share files (tensorvcs, torch, safetensors, DCP, the CLI):
+the group that goes first moves on by one with every repetition, over all rows, and each
+group's files are removed once it is done, so no writer finds the page cache full of another's
+files (``GROUPS``; each result records its ``position`` in its repetition).
+
 Writes <out>/scale.json (scale-smoke.json with --smoke) and prints a Markdown table. Times
 are medians of ``--reps`` repetitions (default 3 below 4 GB, 1 at 4 GB and above).
 """
@@ -56,6 +61,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -413,6 +419,40 @@ def run_cli(op: str, size: float, dtype: str, d: Path, a: argparse.Namespace) ->
     return out
 
 
+# Operations that share files, in the order they run; each group's files are removed when it
+# is done. What a page-cache writer pays for fresh pages on this VM moves by 5-25x between runs
+# minutes apart (4 GiB written + fsync: 12.9 s, then 2.6 s; docs/performance.md, "Caveats"),
+# and a writer that runs after others finds the page cache full of their files. So the groups
+# take turns going first (``rotated``), and none writes beside an earlier group's files.
+GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+    (("tvcs-commit1", "tvcs-commit2", "tvcs-checkout"), ("repo",)),
+    (("torch-save", "torch-load"), ("state.pt",)),
+    (("st-save", "st-load"), ("state.safetensors",)),
+    (("dcp-save", "dcp-load"), ("dcp",)),
+    (CLI_OPS, ("cli", "model2.pt")),
+]
+
+
+assert sorted(op for names, _ in GROUPS for op in names) == sorted(OPS)
+
+
+def rotated(ops: list[str], turn: int, d: Path) -> Iterator[str | None]:
+    """``ops`` by group, the groups present starting with the ``turn``-th (mod their count);
+    after each group its files in ``d`` are removed and None is yielded."""
+    present = [(tuple(op for op in ops if op in names), files) for names, files in GROUPS]
+    present = [g for g in present if g[0]]
+    k = turn % len(present) if present else 0
+    for names, files in present[k:] + present[:k]:
+        yield from names
+        for f in files:
+            path = d / f
+            if path.is_dir():
+                c.remove(path)
+            else:
+                path.unlink(missing_ok=True)
+        yield None
+
+
 def reps_for(size: float, a: argparse.Namespace) -> int:
     if a.reps is not None:
         return a.reps
@@ -600,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         "update": a.update, "cache_bytes": a.cache_bytes, "owned": a.owned,
         "machine": c.machine_info(work), "results": {},
     }
+    turn = 0  # repetitions begun, over all rows: which group goes first (rotated)
     try:
         for size in sizes:
             for dtype in dtypes:
@@ -609,13 +650,19 @@ def main(argv: list[str] | None = None) -> int:
                     d = work / f"{size:g}-{dtype}-{rep}"
                     d.mkdir(parents=True)
                     try:
-                        for op in ops:
+                        turn += 1
+                        position = 0
+                        for op in rotated(ops, turn - 1, d):
+                            if op is None:  # a group is done: its files go (see rotated)
+                                continue
                             if op in CLI_OPS:
                                 r = run_cli(op, size, dtype, d, a)
                                 if op != "cli-commit1":
                                     r["logical_bytes"] = runs["cli-commit1"][-1]["logical_bytes"]
                             else:
                                 r = run_child(op, size, dtype, d, a)
+                            r["position"] = position  # in this repetition's order, from 0
+                            position += 1
                             runs[op].append(r)
                             f = figure(r)
                             print(f"{key} rep {rep + 1} {op}: {c.fmt_s(f['seconds'])}, extra "

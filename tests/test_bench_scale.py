@@ -74,3 +74,32 @@ def test_verdicts_judge_each_time_goal_on_its_reference() -> None:
     assert v["goal3"]["missed"] == ["1/fp32 cli-checkout 1.25x py-checkout-save (limit 1.2x)"]
     results["results"]["1/fp32"]["tvcs-checkout"] = med(0.9, 700 << 20)  # > 512 MiB + 0.1 GB
     assert verdicts(results)["goal1"]["missed"] == ["1/fp32 tvcs-checkout"]
+
+
+def test_groups_take_turns_and_leave_no_files(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.scale import CLI_OPS, GROUPS, OPS, rotated
+
+    ops = [op for op in OPS if op not in CLI_OPS]
+    firsts = []
+    for turn in range(5):
+        (tmp_path / "repo").mkdir()
+        (tmp_path / "repo" / "x").write_bytes(b"x")
+        (tmp_path / "state.pt").write_bytes(b"x")
+        order: list[str] = []
+        for op in rotated(ops, turn, tmp_path):
+            if op is None:  # the group just run left nothing behind
+                done = next(files for names, files in GROUPS if order[-1] in names)
+                assert not any((tmp_path / f).exists() for f in done)
+            else:
+                order.append(op)
+        assert sorted(order) == sorted(ops)
+        # an operation that needs another's files runs after it, in the same group
+        for need, op in (("tvcs-commit1", "tvcs-commit2"), ("tvcs-commit2", "tvcs-checkout"),
+                         ("torch-save", "torch-load"), ("st-save", "st-load"),
+                         ("dcp-save", "dcp-load")):
+            assert order.index(need) == order.index(op) - 1
+        firsts.append(order[0])
+        assert list(tmp_path.iterdir()) == []
+    assert firsts == ["tvcs-commit1", "torch-save", "st-save", "dcp-save", "tvcs-commit1"]
+    assert [op for op in rotated(["torch-save"], 7, tmp_path) if op] == ["torch-save"]
