@@ -420,10 +420,11 @@ def run_cli(op: str, size: float, dtype: str, d: Path, a: argparse.Namespace) ->
 
 
 # Operations that share files, in the order they run; each group's files are removed when it
-# is done. What a page-cache writer pays for fresh pages on this VM moves by 5-25x between runs
-# minutes apart (4 GiB written + fsync: 12.9 s, then 2.6 s; docs/performance.md, "Caveats"),
-# and a writer that runs after others finds the page cache full of their files. So the groups
-# take turns going first (``rotated``), and none writes beside an earlier group's files.
+# is done. What a page-cache writer pays on this VM moves by up to 5x between runs minutes
+# apart (4 GiB written + fsync: 12.9 s, then 2.6 s; fresh memory alone up to 25x; see
+# docs/performance.md, "Caveats"), and a writer that runs after others finds the page cache
+# full of their files. So the groups take turns going first (``rotated``), and none writes
+# beside an earlier group's files.
 GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("tvcs-commit1", "tvcs-commit2", "tvcs-checkout"), ("repo",)),
     (("torch-save", "torch-load"), ("state.pt",)),
