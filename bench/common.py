@@ -236,7 +236,11 @@ def make_workdir(base: str | None) -> Path:
 
 
 def remove(path: str | os.PathLike[str]) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a folder and what it holds, or a file; nothing if it is not there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        Path(path).unlink(missing_ok=True)
 
 
 @contextmanager

@@ -432,25 +432,19 @@ GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("dcp-save", "dcp-load"), ("dcp",)),
     (CLI_OPS, ("cli", "model2.pt")),
 ]
-
-
 assert sorted(op for names, _ in GROUPS for op in names) == sorted(OPS)
 
 
 def rotated(ops: list[str], turn: int, d: Path) -> Iterator[str | None]:
     """``ops`` by group, the groups present starting with the ``turn``-th (mod their count);
     after each group its files in ``d`` are removed and None is yielded."""
-    present = [(tuple(op for op in ops if op in names), files) for names, files in GROUPS]
-    present = [g for g in present if g[0]]
+    present = [(mine, files) for names, files in GROUPS
+               if (mine := tuple(op for op in ops if op in names))]
     k = turn % len(present) if present else 0
     for names, files in present[k:] + present[:k]:
         yield from names
         for f in files:
-            path = d / f
-            if path.is_dir():
-                c.remove(path)
-            else:
-                path.unlink(missing_ok=True)
+            c.remove(d / f)
         yield None
 
 
@@ -652,10 +646,9 @@ def main(argv: list[str] | None = None) -> int:
                     d.mkdir(parents=True)
                     try:
                         turn += 1
-                        position = 0
-                        for op in rotated(ops, turn - 1, d):
-                            if op is None:  # a group is done: its files go (see rotated)
-                                continue
+                        # None: a group is done and its files are gone (see rotated)
+                        order = (op for op in rotated(ops, turn - 1, d) if op is not None)
+                        for position, op in enumerate(order):
                             if op in CLI_OPS:
                                 r = run_cli(op, size, dtype, d, a)
                                 if op != "cli-commit1":
@@ -663,7 +656,6 @@ def main(argv: list[str] | None = None) -> int:
                             else:
                                 r = run_child(op, size, dtype, d, a)
                             r["position"] = position  # in this repetition's order, from 0
-                            position += 1
                             runs[op].append(r)
                             f = figure(r)
                             print(f"{key} rep {rep + 1} {op}: {c.fmt_s(f['seconds'])}, extra "
