@@ -644,7 +644,9 @@ class Repo:
         writer.on_bytes, writer.on_phase = on_bytes, on_phase
         manifest = Manifest(tree, writer.write(hooks.pending), files)
         self.last_write_stats: WriteStats = writer.stats
-        self.store.sync()  # objects durable before the manifest that names them
+        # the objects are durable before the manifest that names them: the writer synced
+        # them. The folders of its re-encodings are fsynced by the manifest's sync (or
+        # record()'s, where the manifest is stored already) in one round with its own
         mid = self.objects.put_bytes(envelope.KIND_MANIFEST, manifest.to_bytes())
         self._manifests[mid] = manifest
         return mid

@@ -449,7 +449,9 @@ class TensorWriter:
                 e.pack, e.offset = self.known_small[e.id]
         if self.on_phase is not None:
             self.on_phase("syncing", 0)
-        self.objects.store.sync()  # the new objects named, then the re-encodings in place
+        # the new objects named, then the re-encodings in place; their folders are fsynced
+        # by the caller's next sync (a commit's manifest), in the same round as its own
+        self.objects.store.sync(defer_folders=True)
         for p, e in zip(pending, entries, strict=True):
             if e.stats is not None and e.stats.delta_norm is not None:
                 if e.stats.delta_norm > 0:  # unchanged tensors are not named (see with_change)

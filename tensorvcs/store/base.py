@@ -106,5 +106,8 @@ class Store(ABC):
         Released when the holder exits the context or dies.
         """
 
-    def sync(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
-        """Make the names created so far durable (directory entries)."""
+    def sync(self, *, defer_folders: bool = False) -> None:  # noqa: B027 - optional hook
+        """Make the names created so far durable (directory entries). ``defer_folders``:
+        where a sync renames deferred replacements into place (LocalStore), their folders
+        are fsynced by the next sync instead of this one; the caller syncs again before
+        anything it returns depends on it."""

@@ -356,7 +356,7 @@ class FsspecStore(Store):
                 return  # broken by someone else: do not clobber theirs
             self.put(lock_name, [self._lock_body(token)])
 
-    def sync(self) -> None:
+    def sync(self, *, defer_folders: bool = False) -> None:
         """Nothing to do: every put is complete when it returns."""
 
 

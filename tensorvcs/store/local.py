@@ -312,8 +312,8 @@ class LocalStore(Store):
                 self._replacing_bytes += sum(memoryview(p).nbytes for p in pieces)
                 early = self._replacing_bytes >= REPLACE_BATCH_BYTES
             if early and self._sync_lock.acquire(blocking=False):  # one thread syncs, others go on
-                try:
-                    self._sync()
+                try:  # the renamed files' folders: with the next sync's new folders
+                    self._sync(defer_folders=True)
                 finally:
                     self._sync_lock.release()
             return
@@ -483,20 +483,27 @@ class LocalStore(Store):
         with self._dirty_lock:
             self._dirty_dirs.add(folder)
 
-    def sync(self) -> None:
+    def sync(self, *, defer_folders: bool = False) -> None:
         """Install the deferred files (each fsynced, then linked into place) and fsync the
         deferred replacements' files, all together; fsync every folder a durable write touched
         since the last sync; then rename the replacements into place and fsync their folders.
         A replacement (a parent chunk re-encoded as a delta) may depend on a new file of the
-        same sync (its delta base): it is renamed only once every new name is durable."""
+        same sync (its delta base): it is renamed only once every new name is durable.
+
+        ``defer_folders``: the renamed replacements' folders are left for the next sync to
+        fsync, together with the folders it has to fsync anyway (a commit's manifest, or the
+        next batch's new chunks), instead of in a round of their own. Nothing depends on a
+        replacement's name being durable: a rename that a crash loses leaves the parent's
+        whole file under its name (the same content) and at most a temp file, which gc
+        removes."""
         with self._sync_lock:
-            self._sync()
+            self._sync(defer_folders=defer_folders)
 
     def deferred_replacement_bytes(self) -> int:
         """Bytes of deferred replacements written since the last sync."""
         return self._replacing_bytes
 
-    def _sync(self) -> None:
+    def _sync(self, defer_folders: bool = False) -> None:
         with self._dirty_lock:
             deferred = list(self._pending.items())
             replacing = list(self._replacing.items())
@@ -513,7 +520,8 @@ class LocalStore(Store):
                     continue
                 del self._replacing[name]
             self._install(tmp, self._path(name), durable=True)
-        self._sync_dirs()
+        if not defer_folders:
+            self._sync_dirs()
 
     def _sync_dirs(self) -> None:
         with self._dirty_lock:
