@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,29 @@ def test_a_commit_names_no_pending_object(tmp_path: Path, monkeypatch: pytest.Mo
     fresh.close()
 
 
+def watch_names(
+    named: Callable[[str], None], dir_synced: Callable[[str], None]
+) -> tuple[Callable[..., None], Callable[..., None], Callable[[int], None]]:
+    """Stand-ins for os.link, os.replace and os.fsync that make the real call, then report the
+    folder a name went into, or the folder fsynced (real paths)."""
+    link, replace, fsync = os.link, os.replace, os.fsync
+
+    def watched_link(src: Any, dst: Any) -> None:
+        link(src, dst)
+        named(os.path.realpath(Path(dst).parent))
+
+    def watched_replace(src: Any, dst: Any) -> None:
+        replace(src, dst)
+        named(os.path.realpath(Path(dst).parent))
+
+    def watched_fsync(fd: int) -> None:
+        fsync(fd)
+        if os.path.stat.S_ISDIR(os.fstat(fd).st_mode):
+            dir_synced(os.readlink(f"/proc/self/fd/{fd}"))
+
+    return watched_link, watched_replace, watched_fsync
+
+
 def test_a_commit_fsyncs_every_folder_it_named_into_before_its_ref_moves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -315,25 +339,13 @@ def test_a_commit_fsyncs_every_folder_it_named_into_before_its_ref_moves(
     commit was named into is fsynced after that name appeared and before the branch moves."""
     r = tv.Repo.init(tmp_path, chunk_size=1 << 16, pack_threshold=1 << 12)
     objects = os.path.realpath(tmp_path / ".tvcs" / "objects")
-    link, replace, fsync = os.link, os.replace, os.fsync
+    heads = os.path.realpath(tmp_path / ".tvcs" / "refs" / "heads")
     events: list[tuple[str, str]] = []
-
-    def watched_link(src: Any, dst: Any) -> None:
-        link(src, dst)
-        events.append(("name", os.path.realpath(Path(dst).parent)))
-
-    def watched_replace(src: Any, dst: Any) -> None:
-        replace(src, dst)
-        events.append(("name", os.path.realpath(Path(dst).parent)))
-
-    def watched_fsync(fd: int) -> None:
-        fsync(fd)
-        if os.path.stat.S_ISDIR(os.fstat(fd).st_mode):
-            events.append(("dir fsync", os.readlink(f"/proc/self/fd/{fd}")))
-
-    monkeypatch.setattr(os, "link", watched_link)
-    monkeypatch.setattr(os, "replace", watched_replace)
-    monkeypatch.setattr(os, "fsync", watched_fsync)
+    watched = watch_names(
+        lambda d: events.append(("name", d)), lambda d: events.append(("dir fsync", d))
+    )
+    for fn, stand_in in zip(("link", "replace", "fsync"), watched, strict=True):
+        monkeypatch.setattr(os, fn, stand_in)
     w = randn(0, 256, 300)
     rewritten = 0
     for i in range(4):
@@ -341,7 +353,6 @@ def test_a_commit_fsyncs_every_folder_it_named_into_before_its_ref_moves(
         events.clear()
         r.commit({"w": w, "step": torch.tensor(i)}, message=f"step {i}")
         rewritten += r.last_write_stats.rewritten_objects
-        heads = os.path.realpath(tmp_path / ".tvcs" / "refs" / "heads")
         moved = max(k for k, (what, d) in enumerate(events) if what == "name" and d == heads)
         for k, (what, d) in enumerate(events[:moved]):
             if what == "name" and d.startswith(objects):
@@ -370,25 +381,7 @@ class DeferredInstalls(RuleBasedStateMachine):
         # calls, watched (restored in teardown)
         self.owed: set[str] = set()
         self.real = os.link, os.replace, os.fsync
-        link, replace, fsync = self.real
-
-        def named(dst: Any) -> None:
-            self.owed.add(os.path.realpath(Path(dst).parent))
-
-        def watched_link(src: Any, dst: Any) -> None:
-            link(src, dst)
-            named(dst)
-
-        def watched_replace(src: Any, dst: Any) -> None:
-            replace(src, dst)
-            named(dst)
-
-        def watched_fsync(fd: int) -> None:
-            fsync(fd)
-            if os.path.stat.S_ISDIR(os.fstat(fd).st_mode):
-                self.owed.discard(os.readlink(f"/proc/self/fd/{fd}"))
-
-        os.link, os.replace, os.fsync = watched_link, watched_replace, watched_fsync
+        os.link, os.replace, os.fsync = watch_names(self.owed.add, self.owed.discard)
         self.disk: dict[str, bytes] = {}  # named on the disk
         self.pending: dict[str, bytes] = {}  # this store's deferred files
         self.replacing: dict[str, bytes] = {}  # this store's deferred replacements
