@@ -370,6 +370,7 @@ class Repo:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.store.drain()  # the replaced files' blocks freed: nothing of ours left in tmp/
 
     def __enter__(self) -> Repo:
         return self

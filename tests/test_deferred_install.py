@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,13 +142,18 @@ def test_sync_puts_replacements_in_place_after_the_new_files(
         events.append(("fsync", (st_.st_ino, os.path.stat.S_ISDIR(st_.st_mode))))
 
     def watched_link(src: Any, dst: Any) -> None:
+        ino = os.stat(src).st_ino
         link(src, dst)
-        events.append(("link", Path(dst).parent.stat().st_ino))
+        if Path(dst).parent.name == TMP_DIR:  # a second name keeping a replaced file alive
+            events.append(("keep", (ino, Path(src))))
+        else:
+            events.append(("link", Path(dst).parent.stat().st_ino))
 
     def watched_replace(src: Any, dst: Any) -> None:
-        ino = os.stat(src).st_ino
+        ino, old = os.stat(src).st_ino, os.stat(dst).st_ino
         replace(src, dst)
         events.append(("rename", (ino, Path(dst).parent.stat().st_ino)))
+        events.append(("replaced", old))
 
     monkeypatch.setattr(local.os, "fsync", watched_fsync)
     monkeypatch.setattr(local.os, "link", watched_link)
@@ -164,8 +170,107 @@ def test_sync_puts_replacements_in_place_after_the_new_files(
         assert ("fsync", (events[k][1], True)) in events[max(links) : min(renames)]
     for k in renames:
         assert ("fsync", (events[k][1][1], True)) in events[k:]
+    # each old file got a second name in tmp/ before the rename over it (so the rename frees
+    # no blocks); the reaper unlinks those names after the sync
+    keeps = [arg for what, arg in events if what == "keep"]
+    assert len(keeps) == 6 and {p for _, p in keeps} == {tmp_path / o for o in olds}
+    for k in renames:
+        _, replaced = events[k + 1]  # the inode the rename took the name from
+        assert any(what == "keep" and arg[0] == replaced for what, arg in events[:k]), (
+            "renamed over a file with no second name"
+        )
     for o in olds:
         assert other.get(o) == b"re-encoded " + o.encode()
+    store.drain()
+    assert os.listdir(tmp_path / TMP_DIR) == []
+
+
+def test_a_replaced_file_is_unlinked_after_the_sync_and_by_close(tmp_path: Path) -> None:
+    """What the sync replaced is unlinked by the reaper thread, not in the sync: the old file's
+    inode outlives its name until then, and Repo.close waits for it."""
+    store = LocalStore(tmp_path)
+    store.put(NAME, [b"old" * 1000])
+    old_ino = (tmp_path / NAME).stat().st_ino
+    store.put(NAME, [b"new" * 1000], sync=False, defer=True)
+    store.sync()
+    assert (tmp_path / NAME).read_bytes() == b"new" * 1000
+    store.drain()
+    assert os.listdir(tmp_path / TMP_DIR) == []
+    assert all(p.stat().st_ino != old_ino for p in tmp_path.rglob("*") if p.is_file())
+
+    r = tv.Repo.init(tmp_path / "repo", chunk_size=1 << 16, pack_threshold=1 << 12)
+    w = randn(0, 256, 300)
+    for i in range(3):
+        w = w + 0.01 * randn(100 + i, 256, 300)  # every chunk changes: re-encodings
+        r.commit({"w": w}, message=f"step {i}")
+        assert r.last_write_stats.rewritten_objects == 0 or i > 0
+    assert r.last_write_stats.rewritten_objects == -(-256 * 300 * 4 // (1 << 16))
+    r.close()
+    assert os.listdir(tmp_path / "repo" / ".tvcs" / TMP_DIR) == []
+    assert_same_value(tv.Repo.open(tmp_path / "repo").checkout()["w"], w)
+
+
+def test_a_file_system_without_hard_links_replaces_in_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where link(2) is refused (EPERM: some FUSE and network file systems), the rename frees
+    the old file itself: the replacement still lands and nothing waits in tmp/."""
+    import errno
+
+    link = os.link
+
+    def refused(src: Any, dst: Any) -> None:
+        if Path(dst).parent.name == TMP_DIR:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
+        link(src, dst)
+
+    monkeypatch.setattr(local.os, "link", refused)
+    store = LocalStore(tmp_path)
+    names = [f"objects/{i:02x}/n" for i in range(5)]
+    for n in names:
+        store.put(n, [b"old " + n.encode()])
+        store.put(n, [b"new " + n.encode()], sync=False, defer=True)
+    store.sync()
+    assert os.listdir(tmp_path / TMP_DIR) == []
+    assert all(LocalStore(tmp_path).get(n) == b"new " + n.encode() for n in names)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork(2) is POSIX")
+def test_a_forked_child_syncs_with_threads_of_its_own(tmp_path: Path) -> None:
+    """The sync threads and the reaper are the process's, started once: a child forked after
+    the parent used them has none of them, and its syncs must not wait on them forever."""
+    store = LocalStore(tmp_path)
+    for i in range(4):  # the parent's sync threads and reaper are running now
+        store.put(f"objects/{i:02x}/p", [b"old"])
+        store.put(f"objects/{i:02x}/p", [b"new"], sync=False, defer=True)
+        assert store.put_if_absent(f"objects/{i:02x}/q", [b"q"], defer=True)
+    store.sync()
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its syncs work
+        code = 1
+        try:
+            child = LocalStore(tmp_path)
+            for i in range(4):
+                child.put(f"objects/{i:02x}/p", [b"child"], sync=False, defer=True)
+                child.put_if_absent(f"objects/{i:02x}/c", [b"c"], defer=True)
+            child.sync()
+            child.drain()
+            code = 0 if all(child.get(f"objects/{i:02x}/p") == b"child" for i in range(4)) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's sync hung")
+    assert os.waitstatus_to_exitcode(status) == 0
+    store.drain()
+    assert LocalStore(tmp_path).get("objects/00/c") == b"c"
     assert os.listdir(tmp_path / TMP_DIR) == []
 
 
@@ -299,6 +404,7 @@ def test_a_commit_names_no_pending_object(tmp_path: Path, monkeypatch: pytest.Mo
         states.append(s)
         r.commit(s, message=f"step {i}")
     assert seen and all(n == 0 for _, n in seen), [x for x in seen if x[1]]
+    r.store.drain()
     assert os.listdir(tmp_path / ".tvcs" / TMP_DIR) == []
     fresh = tv.Repo.open(tmp_path)  # another process's view
     for i, c in enumerate(reversed(fresh.log())):
@@ -312,12 +418,15 @@ def watch_names(
     named: Callable[[str], None], dir_synced: Callable[[str], None]
 ) -> tuple[Callable[..., None], Callable[..., None], Callable[[int], None]]:
     """Stand-ins for os.link, os.replace and os.fsync that make the real call, then report the
-    folder a name went into, or the folder fsynced (real paths)."""
+    folder a name went into, or the folder fsynced (real paths). A link into tmp/ is not a
+    name anyone reads (a second name keeping a replaced file alive for the reaper): not
+    reported."""
     link, replace, fsync = os.link, os.replace, os.fsync
 
     def watched_link(src: Any, dst: Any) -> None:
         link(src, dst)
-        named(os.path.realpath(Path(dst).parent))
+        if Path(dst).parent.name != TMP_DIR:
+            named(os.path.realpath(Path(dst).parent))
 
     def watched_replace(src: Any, dst: Any) -> None:
         replace(src, dst)
@@ -444,11 +553,16 @@ class DeferredInstalls(RuleBasedStateMachine):
             if there is not None:
                 assert self.other.get(name) == there
         waiting = len(self.pending) + len(self.replacing)
-        assert (
-            len(os.listdir(self.root / TMP_DIR)) == waiting
-            if (self.root / TMP_DIR).is_dir()
-            else not waiting
-        )
+        tmp = self.root / TMP_DIR
+        # besides the waiting files: replaced files the reaper has not unlinked yet
+        files = [f for f in os.listdir(tmp) if not f.endswith(".old")] if tmp.is_dir() else []
+        assert len(files) == waiting
+
+    @rule()
+    def drain(self) -> None:
+        self.mine.drain()
+        tmp = self.root / TMP_DIR
+        assert not tmp.is_dir() or not [f for f in os.listdir(tmp) if f.endswith(".old")]
 
     def teardown(self) -> None:
         if hasattr(self, "real"):

@@ -111,3 +111,7 @@ class Store(ABC):
         where a sync renames deferred replacements into place (LocalStore), their folders
         are fsynced by the next sync instead of this one; the caller syncs again before
         anything it returns depends on it."""
+
+    def drain(self) -> None:  # noqa: B027 - optional hook
+        """Wait for the work a store left to the background (LocalStore: freeing the blocks
+        of files its syncs replaced). Nothing read or written depends on it."""
