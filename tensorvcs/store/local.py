@@ -169,9 +169,10 @@ class _Background:
     After a fork the child starts with none of the parent's threads or queue."""
 
     def __init__(self) -> None:
-        self._reset()
+        self.forget()
 
-    def _reset(self) -> None:
+    def forget(self) -> None:
+        """A fresh start (in a forked child: the parent's threads and queue are not here)."""
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._doomed: queue.SimpleQueue[Path] = queue.SimpleQueue()
@@ -218,10 +219,6 @@ class _Background:
         with self._lock:  # the one the reaper holds, if any
             while self._owed > 0 and self._reaper is not None and self._reaper.is_alive():
                 self._idle.wait(0.1)
-
-    def forget(self) -> None:
-        """In a forked child: the parent's threads do not exist here, nor its queue."""
-        self._reset()
 
 
 _background = _Background()
@@ -333,11 +330,15 @@ class LocalStore(Store):
             # "a/b" where "a" is a file, or "a" where "a/" is a folder: no such file
             raise FileNotFoundError(name) from None
 
+    def _tmp_path(self, suffix: str = "") -> Path:
+        """A new name in ``tmp/``: ``<pid>-<random><suffix>`` (docs/format.md § 8)."""
+        return self.root / TMP_DIR / f"{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+
     def _write_tmp(self, data: Iterable[Chunk], durable: bool, start: bool = False) -> Path:
         """A new temp file holding ``data``: fsynced if ``durable``; with ``start``, its
         writeback to the disk begun but not waited for (sync_file_range)."""
-        tmp_dir = self.root / TMP_DIR
-        tmp = tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
+        tmp = self._tmp_path()
+        tmp_dir = tmp.parent
         if not tmp_dir.is_dir():
             tmp_dir.mkdir(parents=True, exist_ok=True)
         if durable and self.direct and isinstance(data, (list, tuple)):  # an iterator streams
@@ -610,7 +611,7 @@ class LocalStore(Store):
         """A second name in ``tmp/`` for the file at ``path``, so that renaming a replacement
         over it does not free its blocks (the reaper thread does, after the sync); None where
         there is no such file or the file system refuses hard links (the rename frees them)."""
-        old = self.root / TMP_DIR / f"{os.getpid()}-{secrets.token_hex(8)}.old"
+        old = self._tmp_path(".old")
         try:
             os.link(path, old)
         except OSError:
