@@ -2,7 +2,13 @@
 
 Commits the W4 series (bf16 copies of MiniLM's AdamW-updated weights, one commit per step)
 into a fresh repository once per mode, each commit followed by torch.save+fsync of the same
-state, and prints the steady medians (commits 2..N) and their ratio:
+state twice: into a new file per commit, all kept until the mode ends (the folder of
+checkpoints tensorvcs replaces), and over one file. It prints the steady medians (commits
+2..N) and the ratios to both. They differ on this VM: a file written over another reuses the
+page-cache pages the old one freed, where a kept checkpoint (or a new object) takes pages the
+guest has not touched for a while, which cost several times as much to write into once a few
+hundred MB have been written (docs/performance.md, "W3/W4 steady commits against kept
+checkpoints"). The modes:
 
 - ``normal``: what tensorvcs does;
 - ``defer``: no re-encoding of the parent chunks (``defer_deltas``, as an async commit does;
@@ -10,10 +16,14 @@ state, and prints the steady medians (commits 2..N) and their ratio:
 - ``raw``: every new chunk stored raw (no planes, no zstd), re-encodings as usual;
 - ``rawdefer``: neither encoding: each changed chunk hashed, its statistics taken and written
   raw as one file, fsynced and named as a commit does. That is the floor of one object per
-  chunk, without any of the work that makes W4 store 0.03x raw per commit.
+  chunk, without any of the work that makes W4 store 0.03x raw per commit;
+- ``onefile``: ``rawdefer`` with every changed chunk appended to one file per commit (one
+  fsync for all of them) instead of a file each: the floor of a layout that packs a commit's
+  chunks together, with the encodings left to a background step. Its repository cannot be
+  checked out (the chunks are in no object file); it measures the commit's cost only.
 
-``raw`` and ``rawdefer`` patch the codec in this process only: they are experiments, not modes
-of tensorvcs.
+``raw``, ``rawdefer`` and ``onefile`` patch the codec (and ``onefile`` the object store) in
+this process only: they are experiments, not modes of tensorvcs.
 
     .venv/bin/python bench/steady_floor.py [--commits 12] [--modes normal,defer,raw,rawdefer]
 """
@@ -26,6 +36,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,46 +49,112 @@ if str(ROOT) not in sys.path:
 import tensorvcs as tv  # noqa: E402
 from bench import common as c  # noqa: E402
 from bench import minilm  # noqa: E402
-from tensorvcs.format import codecs  # noqa: E402
+from tensorvcs.format import codecs, envelope  # noqa: E402
 from tensorvcs.state import writer as state_writer  # noqa: E402
+from tensorvcs.store import objects as store_objects  # noqa: E402
 
-MODES = ("normal", "defer", "raw", "rawdefer")
+MODES = ("normal", "defer", "raw", "rawdefer", "onefile")
 
 
 def _raw(data: Any, width: int, *, reuse: bool = False) -> codecs.Encoded:
     return codecs.Encoded(codecs.CODEC_RAW, {}, (codecs._as_u8(data).data,))
 
 
+class _OneFile:
+    """The ``onefile`` mode: chunks appended to one file per TensorWriter.write, fsynced with
+    its folder after the writer's own sync; the other objects go to the store as usual."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ids: set[str] = set()
+        self.fd, self.pos, self.n = -1, 0, 0
+
+    def patch(self) -> None:
+        put, has, wrote = (store_objects.ObjectStore.write, store_objects.ObjectStore.has,
+                           state_writer.TensorWriter.write)
+        one = self
+
+        def write(objs: Any, oid: str, kind: int, length: int, enc: Any, *,
+                  defer: bool = False) -> int:
+            if kind != envelope.KIND_CHUNK:
+                return put(objs, oid, kind, length, enc, defer=defer)
+            pieces = envelope.pack(kind, length, enc)
+            size = sum(len(memoryview(b)) for b in pieces)
+            with one.lock:
+                at, one.pos = one.pos, one.pos + size
+                one.ids.add(oid)
+            os.pwritev(one.fd, pieces, at)
+            return size
+
+        def writer_write(w: Any, pending: Any) -> Any:
+            folder = w.objects.store.root / "objects"
+            path = folder / f"onefile-{one.n}"
+            one.n += 1
+            one.fd, one.pos = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 0
+            try:
+                out = wrote(w, pending)
+                os.fsync(one.fd)
+            finally:
+                os.close(one.fd)
+            dfd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            return out
+
+        store_objects.ObjectStore.write = write  # type: ignore[method-assign]
+        store_objects.ObjectStore.has = (  # type: ignore[method-assign]
+            lambda objs, oid: oid in one.ids or has(objs, oid))
+        state_writer.TensorWriter.write = writer_write  # type: ignore[method-assign]
+        # no parent chunk is in the store: no version to read, no re-encoding to defer
+        state_writer.TensorWriter._version = (  # type: ignore[method-assign]
+            lambda w, parent: (1, None))
+
+
 def run_mode(mode: str, states: list[Any], work: Path) -> dict[str, float]:
     encode, write = codecs.encode_elements, state_writer.TensorWriter.write
+    put, has = store_objects.ObjectStore.write, store_objects.ObjectStore.has
+    version = state_writer.TensorWriter._version
 
     def deferring(self: state_writer.TensorWriter, pending: Any) -> Any:
         self.defer_deltas = True
         return write(self, pending)
 
-    if mode in ("raw", "rawdefer"):
+    if mode in ("raw", "rawdefer", "onefile"):
         codecs.encode_elements = _raw  # type: ignore[assignment]
     if mode in ("defer", "rawdefer"):
         state_writer.TensorWriter.write = deferring  # type: ignore[method-assign]
+    if mode == "onefile":
+        _OneFile().patch()
     root = work / mode
     repo = tv.Repo.init(root)
-    tvcs, ref = [], []
+    tvcs, kept, same = [], [], []
     try:
         for i, s in enumerate(states):
             t0 = time.perf_counter()
             repo.commit(s, f"step {i}", step=i)
             tvcs.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            c.torch_save_fsync(s, work / "ref.pt")
-            ref.append(time.perf_counter() - t0)
+            c.torch_save_fsync(s, work / f"ckpt-{i:04d}.pt")
+            kept.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            c.torch_save_fsync(s, work / "same.pt")
+            same.append(time.perf_counter() - t0)
         size = c.dir_bytes(root / ".tvcs")
     finally:
         repo.close()
         codecs.encode_elements = encode  # type: ignore[assignment]
         state_writer.TensorWriter.write = write  # type: ignore[method-assign]
+        state_writer.TensorWriter._version = version  # type: ignore[method-assign]
+        store_objects.ObjectStore.write, store_objects.ObjectStore.has = (  # type: ignore[method-assign]
+            put, has)
         shutil.rmtree(root, ignore_errors=True)
-    a, b = statistics.median(tvcs[1:]), statistics.median(ref[1:])
-    return {"tvcs": a, "torch_save": b, "ratio": a / b, "repo_bytes": size}
+        for f in work.glob("*.pt"):
+            f.unlink()
+    a, b, o = (statistics.median(x[1:]) for x in (tvcs, kept, same))
+    return {"tvcs": a, "torch_save": b, "ratio": a / b, "torch_save_same": o,
+            "ratio_same": a / o, "repo_bytes": size}
 
 
 def main() -> int:
@@ -94,8 +171,9 @@ def main() -> int:
         for m in modes:
             r = run_mode(m, half.states, Path(d))
             print(
-                f"{m:9s} steady commit {r['tvcs'] * 1e3:6.1f} ms  torch.save+fsync "
-                f"{r['torch_save'] * 1e3:5.1f} ms  ratio {r['ratio']:.2f}  "
+                f"{m:9s} steady commit {r['tvcs'] * 1e3:6.1f} ms  torch.save+fsync: new file "
+                f"{r['torch_save'] * 1e3:5.1f} ms ({r['ratio']:.2f}x), over one file "
+                f"{r['torch_save_same'] * 1e3:5.1f} ms ({r['ratio_same']:.2f}x)  "
                 f"repository {c.fmt_bytes(int(r['repo_bytes']))}",
                 flush=True,
             )

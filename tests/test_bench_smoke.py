@@ -45,3 +45,18 @@ def test_bench_quick_w2(tmp_path: Path) -> None:
     assert target["workload"] == "W2" and target["measured"] > 0
     assert isinstance(target["met"], bool)
     assert (out / "bench.md").is_file()
+
+
+def test_page_cost_alternates_its_modes_and_leaves_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "page_cost.py"), "--dir", str(tmp_path),
+         "--mib", "2", "--rounds", "3", "--warm", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    rounds = [ln.split()[2] for ln in lines if ln.startswith("round ")]
+    assert rounds == ["kept", "recycled"] * 3
+    medians = [ln.split()[0] for ln in lines if "medians of rounds 1-2" in ln]
+    assert medians == ["kept", "recycled"]
+    assert list(tmp_path.iterdir()) == []
