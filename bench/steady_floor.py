@@ -25,12 +25,13 @@ checkpoints"). The modes:
 ``raw``, ``rawdefer`` and ``onefile`` patch the codec (and ``onefile`` the object store) in
 this process only: they are experiments, not modes of tensorvcs.
 
-    .venv/bin/python bench/steady_floor.py [--commits 12] [--modes normal,defer,raw,rawdefer]
+    .venv/bin/python bench/steady_floor.py [--commits 12] [--modes MODE,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -60,6 +61,14 @@ def _raw(data: Any, width: int, *, reuse: bool = False) -> codecs.Encoded:
     return codecs.Encoded(codecs.CODEC_RAW, {}, (codecs._as_u8(data).data,))
 
 
+def _set(stack: contextlib.ExitStack, owner: Any, name: str, value: Any) -> Any:
+    """Replace ``owner.name`` with ``value`` until ``stack`` closes; returns the original."""
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    stack.callback(setattr, owner, name, old)
+    return old
+
+
 class _OneFile:
     """The ``onefile`` mode: chunks appended to one file per TensorWriter.write, fsynced with
     its folder after the writer's own sync; the other objects go to the store as usual."""
@@ -69,9 +78,7 @@ class _OneFile:
         self.ids: set[str] = set()
         self.fd, self.pos, self.n = -1, 0, 0
 
-    def patch(self) -> None:
-        put, has, wrote = (store_objects.ObjectStore.write, store_objects.ObjectStore.has,
-                           state_writer.TensorWriter.write)
+    def patch(self, stack: contextlib.ExitStack) -> None:
         one = self
 
         def write(objs: Any, oid: str, kind: int, length: int, enc: Any, *,
@@ -96,37 +103,36 @@ class _OneFile:
                 os.fsync(one.fd)
             finally:
                 os.close(one.fd)
-            dfd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            c.fsync_path(folder)
             return out
 
-        store_objects.ObjectStore.write = write  # type: ignore[method-assign]
-        store_objects.ObjectStore.has = (  # type: ignore[method-assign]
-            lambda objs, oid: oid in one.ids or has(objs, oid))
-        state_writer.TensorWriter.write = writer_write  # type: ignore[method-assign]
+        put = _set(stack, store_objects.ObjectStore, "write", write)
+        has = store_objects.ObjectStore.has
+        _set(stack, store_objects.ObjectStore, "has", lambda objs, oid: oid in one.ids
+             or has(objs, oid))
+        wrote = _set(stack, state_writer.TensorWriter, "write", writer_write)
         # no parent chunk is in the store: no version to read, no re-encoding to defer
-        state_writer.TensorWriter._version = (  # type: ignore[method-assign]
-            lambda w, parent: (1, None))
+        _set(stack, state_writer.TensorWriter, "_version", lambda w, parent: (1, None))
 
 
 def run_mode(mode: str, states: list[Any], work: Path) -> dict[str, float]:
-    encode, write = codecs.encode_elements, state_writer.TensorWriter.write
-    put, has = store_objects.ObjectStore.write, store_objects.ObjectStore.has
-    version = state_writer.TensorWriter._version
+    with contextlib.ExitStack() as stack:
+        if mode in ("raw", "rawdefer", "onefile"):
+            _set(stack, codecs, "encode_elements", _raw)
+        if mode in ("defer", "rawdefer"):
+            write = state_writer.TensorWriter.write
 
-    def deferring(self: state_writer.TensorWriter, pending: Any) -> Any:
-        self.defer_deltas = True
-        return write(self, pending)
+            def deferring(self: state_writer.TensorWriter, pending: Any) -> Any:
+                self.defer_deltas = True
+                return write(self, pending)
 
-    if mode in ("raw", "rawdefer", "onefile"):
-        codecs.encode_elements = _raw  # type: ignore[assignment]
-    if mode in ("defer", "rawdefer"):
-        state_writer.TensorWriter.write = deferring  # type: ignore[method-assign]
-    if mode == "onefile":
-        _OneFile().patch()
+            _set(stack, state_writer.TensorWriter, "write", deferring)
+        if mode == "onefile":
+            _OneFile().patch(stack)
+        return _series(mode, states, work)
+
+
+def _series(mode: str, states: list[Any], work: Path) -> dict[str, float]:
     root = work / mode
     repo = tv.Repo.init(root)
     tvcs, kept, same = [], [], []
@@ -144,11 +150,6 @@ def run_mode(mode: str, states: list[Any], work: Path) -> dict[str, float]:
         size = c.dir_bytes(root / ".tvcs")
     finally:
         repo.close()
-        codecs.encode_elements = encode  # type: ignore[assignment]
-        state_writer.TensorWriter.write = write  # type: ignore[method-assign]
-        state_writer.TensorWriter._version = version  # type: ignore[method-assign]
-        store_objects.ObjectStore.write, store_objects.ObjectStore.has = (  # type: ignore[method-assign]
-            put, has)
         shutil.rmtree(root, ignore_errors=True)
         for f in work.glob("*.pt"):
             f.unlink()
